@@ -1,0 +1,212 @@
+"""The run configuration: one typed, frozen object that flows one way through the pipeline.
+
+`load_config("run.yaml", overrides=["train.lr=3e-5"])` returns a validated `RunConfig`. Each
+component receives only its own part (`cfg.data`, `cfg.train`, ...). Unknown keys are errors that
+name the key and the closest valid one.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from tunery.errors import ConfigError
+
+TaskType = Literal["auto", "classification", "multilabel", "regression"]
+
+
+class _Part(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataConfig(_Part):
+    """Where the data is and how to read it."""
+
+    train: str = Field(description="training file (csv, tsv, jsonl or parquet)")
+    validation: str | None = Field(None, description="validation file; split from train if absent")
+    test: str | None = Field(None, description="test file; split from train if absent")
+    text_column: str | None = Field(None, description="text column; inferred if absent")
+    text_pair_column: str | None = Field(None, description="second text column for pair tasks")
+    label_column: str | None = Field(None, description="label column; inferred if absent")
+    label_delimiter: str | None = Field(
+        None, description="delimiter of multi-label strings such as 'a|b'; inferred if absent"
+    )
+    labels: list[str] | None = Field(None, description="label names in order; inferred if absent")
+    validation_fraction: float = Field(0.1, gt=0, lt=0.5)
+    test_fraction: float = Field(0.1, ge=0, lt=0.5)
+    split_seed: int = 42
+    max_length: int = Field(128, ge=8, le=8192, description="tokens per text (pair) after truncation")
+    drop_invalid_rows: bool = Field(
+        False, description="drop rows with empty texts or missing labels (reported as warnings)"
+    )
+    imbalance_ratio_warning: float = Field(
+        10.0, gt=1, description="warn when the largest class is this many times the smallest"
+    )
+
+
+class TaskConfig(_Part):
+    type: TaskType = "auto"
+    problem_threshold: float = Field(
+        0.5, gt=0, lt=1, description="starting multi-label threshold (tuned on validation)"
+    )
+
+
+class LoraConfig(_Part):
+    r: int = Field(8, ge=1)
+    alpha: int = Field(16, ge=1)
+    dropout: float = Field(0.1, ge=0, lt=1)
+    target_modules: list[str] = Field(default_factory=lambda: ["query", "key", "value", "dense"])
+
+
+class ModelConfig(_Part):
+    backbone: str = Field("minilm-l6", description="alias, local Hugging Face directory or hub id")
+    method: Literal["full", "lora"] = "full"
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+    freeze_embeddings: bool = Field(
+        True, description="keep word embeddings fixed: faster steps, little or no accuracy cost"
+    )
+    classifier_dropout: float | None = Field(None, ge=0, lt=1)
+
+
+class TrainConfig(_Part):
+    epochs: float = Field(3, gt=0)
+    max_steps: int | None = Field(None, ge=1, description="stop after this many optimizer steps")
+    batch_size: int = Field(32, ge=1)
+    eval_batch_size: int = Field(128, ge=1)
+    grad_accum_steps: int = Field(1, ge=1)
+    lr: float = Field(5e-5, gt=0)
+    head_lr: float | None = Field(None, gt=0, description="learning rate of the new head")
+    weight_decay: float = Field(0.01, ge=0)
+    warmup_ratio: float = Field(0.06, ge=0, lt=1)
+    scheduler: Literal["linear", "cosine", "constant"] = "linear"
+    grad_clip: float | None = Field(1.0, gt=0)
+    precision: Literal["fp32", "bf16"] = "fp32"
+    group_by_length: bool = True
+    seed: int = 42
+    eval_every_steps: int | None = Field(None, ge=1, description="default: once per epoch")
+    checkpoint_every_steps: int | None = Field(None, ge=1, description="default: at each eval")
+    early_stopping_patience: int | None = Field(3, ge=1, description="evals without improvement")
+    metric: str | None = Field(None, description="validation metric to select on; task default")
+    log_every_steps: int = Field(20, ge=1)
+    num_threads: int | None = Field(None, ge=1, description="torch threads; default all cores")
+    progress: bool = True
+
+
+class EvaluateConfig(_Part):
+    baseline: bool = True
+    n_errors: int = Field(20, ge=0, description="most confident mistakes listed in the report")
+    calibration_bins: int = Field(10, ge=2)
+
+
+class RunConfig(_Part):
+    name: str | None = Field(None, description="run name; default: data stem + timestamp")
+    output_dir: str = "runs"
+    data: DataConfig
+    task: TaskConfig = Field(default_factory=TaskConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+
+    @model_validator(mode="after")
+    def _check(self) -> RunConfig:
+        if self.name is not None and (not self.name or "/" in self.name or self.name.startswith(".")):
+            raise ValueError(f"name {self.name!r} must be a plain directory name")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+def _model_at(path: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The pydantic model class that holds the field at `path` (a pydantic error location)."""
+    model: type[BaseModel] = RunConfig
+    for key in path[:-1]:
+        field = model.model_fields.get(str(key))
+        if field is None:
+            return None
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            model = ann
+        else:
+            return None
+    return model
+
+
+def _format_errors(err: ValidationError, source: str) -> str:
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"])
+        if e["type"] == "extra_forbidden":
+            model = _model_at(e["loc"])
+            valid = sorted(model.model_fields) if model else []
+            close = difflib.get_close_matches(str(e["loc"][-1]), valid, n=1)
+            hint = f" (did you mean {'.'.join([*map(str, e['loc'][:-1]), close[0]])!r}?)" if close else ""
+            lines.append(f"{source}: unknown key {loc!r}{hint}; valid keys here: {', '.join(valid)}")
+        elif e["type"] == "missing":
+            lines.append(f"{source}: missing required key {loc!r}")
+        else:
+            lines.append(f"{source}: {loc}: {e['msg']} (got {e.get('input')!r})")
+    return "\n".join(lines)
+
+
+def _set_path(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = tree
+    for k in keys[:-1]:
+        child = node.setdefault(k, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {dotted!r}: {k!r} is a value, not a section")
+        node = child
+    node[keys[-1]] = value
+
+
+def apply_overrides(tree: dict[str, Any], overrides: list[str] | None) -> dict[str, Any]:
+    """Apply `key.sub=value` overrides; values are parsed as YAML (`3e-5`, `true`, `[a, b]`)."""
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like key=value, e.g. train.lr=3e-5")
+        key, raw = item.split("=", 1)
+        value = yaml.safe_load(raw) if raw != "" else None
+        if isinstance(value, str) and raw.strip().lower() in ("none", "null"):
+            value = None
+        _set_path(tree, key.strip(), value)
+    return tree
+
+
+def config_from_dict(tree: dict[str, Any], *, source: str = "config") -> RunConfig:
+    try:
+        return RunConfig.model_validate(tree)
+    except ValidationError as err:
+        raise ConfigError(_format_errors(err, source)) from None
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
+    """Read a YAML config, apply overrides, validate. Data paths are resolved against the config's
+    directory, so a config can travel with its data."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {str(path)!r} not found; `tunery init DATA` writes a starter")
+    try:
+        tree = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections (data, train, ...)")
+    tree = apply_overrides(tree, overrides)
+    data = tree.get("data")
+    if isinstance(data, dict):
+        for key in ("train", "validation", "test"):
+            value = data.get(key)
+            if isinstance(value, str) and not Path(value).is_absolute():
+                candidate = path.parent / value
+                if candidate.exists() or not Path(value).exists():
+                    data[key] = str(candidate)
+    return config_from_dict(tree, source=str(path))
+
+
+def save_config(cfg: RunConfig, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False), encoding="utf-8")

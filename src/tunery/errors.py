@@ -1,0 +1,21 @@
+"""Exceptions for user-facing problems. Each message names the value, the place and the fix."""
+
+
+class TuneryError(Exception):
+    """Base class: a problem the user can fix. The CLI prints the message and exits non-zero."""
+
+
+class ConfigError(TuneryError):
+    """The configuration is invalid."""
+
+
+class DataError(TuneryError):
+    """A data file cannot be read or fails validation."""
+
+
+class BackboneError(TuneryError):
+    """A backbone name cannot be resolved."""
+
+
+class RunError(TuneryError):
+    """A run directory or registry name is missing, incomplete or inconsistent."""
