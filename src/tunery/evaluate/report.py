@@ -1,0 +1,467 @@
+"""report.html: one self-contained page a person reads to judge a run.
+
+No external resources: inline CSS, matplotlib PNGs embedded as base64 data: URIs. All user text
+(title, run info, label names, example texts) is HTML-escaped. matplotlib is imported inside the
+functions (Figure objects with the Agg renderer, no pyplot, no global backend switch), so
+`import tunery` stays fast and the report can be written from any thread.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as _dt
+import io
+import os
+import tempfile
+from html import escape
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tunery.evaluate.errors import most_confident_mistakes
+from tunery.evaluate.metrics import compute_metrics, greater_is_better, metric_names
+
+_CSS = """
+body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:2rem auto;
+max-width:1100px;padding:0 1rem;color:#222;line-height:1.45}
+h1{margin-bottom:.2rem}h2{border-bottom:2px solid #eee;padding-bottom:.2rem;margin-top:2.2rem}
+.sub{color:#666;margin-top:0}
+table{border-collapse:collapse;margin:.6rem 0 1.2rem;font-size:.92rem}
+th,td{border:1px solid #ddd;padding:.25rem .6rem;text-align:left;vertical-align:top}
+th{background:#f6f6f6}td.num{text-align:right;font-variant-numeric:tabular-nums}
+.better{color:#1a7f37;font-weight:600}.worse{color:#cf222e;font-weight:600}
+.headline{background:#f3f8ff;border-left:4px solid #0969da;padding:.5rem .8rem;margin:.8rem 0}
+.figs{display:flex;flex-wrap:wrap;gap:1rem}.figs img{max-width:100%;border:1px solid #eee}
+td.text{max-width:560px;white-space:pre-wrap;word-break:break-word}
+.muted{color:#777;font-size:.88rem}
+"""
+_SPLIT_ORDER = ("train", "validation", "test")
+
+
+# ---------------------------------------------------------------------------------------------
+# small HTML helpers
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "—"
+    if isinstance(v, bool):
+        return str(v)
+    if isinstance(v, (int, np.integer)):
+        return f"{int(v):,}"
+    if isinstance(v, (float, np.floating)):
+        v = float(v)
+        if not np.isfinite(v):
+            return "—"
+        return f"{v:.4f}" if abs(v) < 1e4 else f"{v:.4g}"
+    if isinstance(v, (list, tuple)):
+        return ", ".join(_fmt(x) if not isinstance(x, str) else x for x in v)
+    return str(v)
+
+
+def _table(headers: list[str], rows: list[list[str]]) -> str:
+    """Cells are HTML already (escape user text before); numeric cells are marked by the caller."""
+    head = "".join(f"<th>{h}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(row) + "</tr>" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _td(v: Any, cls: str = "") -> str:
+    num = isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool)
+    classes = " ".join(c for c in ("num" if num else "", cls) if c)
+    attr = f' class="{classes}"' if classes else ""
+    return f"<td{attr}>{escape(_fmt(v))}</td>"
+
+
+def _ordered_splits(names) -> list[str]:
+    names = list(names)
+    return [s for s in _SPLIT_ORDER if s in names] + [s for s in names if s not in _SPLIT_ORDER]
+
+
+def _flatten(d: dict, prefix: str = "") -> list[tuple[str, Any]]:
+    items = []
+    for k, v in d.items():
+        if isinstance(v, dict):
+            items += _flatten(v, f"{prefix}{k}.")
+        else:
+            items.append((f"{prefix}{k}", v))
+    return items
+
+
+# ---------------------------------------------------------------------------------------------
+# figures
+
+
+def _figure(w: float, h: float):
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(w, h), dpi=100, layout="constrained")
+
+
+def _img(fig, alt: str) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", bbox_inches="tight", metadata={"Software": None})
+    data = base64.b64encode(buf.getvalue()).decode("ascii")
+    return f'<img src="data:image/png;base64,{data}" alt="{escape(alt)}">'
+
+
+def _confusion_fig(cm: np.ndarray, label_names: list[str]):
+    c = len(label_names)
+    size = min(max(4.0, 0.45 * c + 2.5), 16.0)
+    fig = _figure(size, size * 0.85)
+    ax = fig.add_subplot()
+    row = cm.sum(axis=1, keepdims=True)
+    norm = np.divide(cm, row, out=np.zeros_like(cm, dtype=float), where=row > 0)
+    im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    fig.colorbar(im, ax=ax, fraction=0.046, label="share of true class")
+    tilt = c > 3
+    ax.set_xticks(range(c), labels=label_names, rotation=45 if tilt else 0,
+                  ha="right" if tilt else "center")
+    ax.set_yticks(range(c), labels=label_names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title("Confusion matrix (counts)")
+    if c <= 25:
+        for i in range(c):
+            for j in range(c):
+                ax.text(j, i, f"{cm[i, j]:,}", ha="center", va="center", fontsize=9 if c <= 10 else 7,
+                        color="white" if norm[i, j] > 0.5 else "black")
+    return fig
+
+
+def _reliability_fig(rel: dict, ece: float):
+    fig = _figure(5, 4.6)
+    ax = fig.add_subplot()
+    edges = np.asarray(rel["bin_edges"])
+    centers = (edges[:-1] + edges[1:]) / 2
+    width = edges[1] - edges[0]
+    acc = np.array([np.nan if a is None else a for a in rel["bin_accuracy"]], dtype=float)
+    ax.bar(centers, np.nan_to_num(acc), width=width * 0.9, color="#4c78a8", label="accuracy")
+    ax.plot([0, 1], [0, 1], "--", color="#888", label="perfect calibration")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("confidence (top class)")
+    ax.set_ylabel("accuracy")
+    ax.set_title(f"Reliability diagram  (ECE = {ece:.4f})")
+    counts = np.asarray(rel["bin_count"], dtype=float)
+    ax2 = ax.twinx()
+    ax2.plot(centers, counts, "o-", color="#f58518", ms=3, lw=1, label="examples")
+    ax2.set_ylabel("examples per bin", color="#f58518")
+    ax.legend(loc="upper left", fontsize=8)
+    return fig
+
+
+def _roc_pr_fig(y: np.ndarray, p: np.ndarray, m: dict):
+    from sklearn.metrics import precision_recall_curve, roc_curve
+
+    fig = _figure(9, 4)
+    ax1, ax2 = fig.subplots(1, 2)
+    fpr, tpr, _ = roc_curve(y, p)
+    ax1.plot(fpr, tpr, color="#4c78a8")
+    ax1.plot([0, 1], [0, 1], "--", color="#aaa")
+    ax1.set_title(f"ROC  (AUC = {_fmt(m.get('roc_auc'))})")
+    ax1.set_xlabel("false positive rate")
+    ax1.set_ylabel("true positive rate")
+    prec, rec, _ = precision_recall_curve(y, p)
+    ax2.step(rec, prec, where="post", color="#54a24b")
+    ax2.axhline(y.mean(), ls="--", color="#aaa")
+    ax2.set_title(f"Precision-recall  (AP = {_fmt(m.get('pr_auc'))})")
+    ax2.set_xlabel("recall")
+    ax2.set_ylabel("precision")
+    for ax in (ax1, ax2):
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1.02)
+    return fig
+
+
+def _scatter_fig(y: np.ndarray, p: np.ndarray, m: dict):
+    fig = _figure(9, 4)
+    ax1, ax2 = fig.subplots(1, 2)
+    ax1.scatter(y, p, s=8, alpha=0.5, color="#4c78a8")
+    lo, hi = float(min(y.min(), p.min())), float(max(y.max(), p.max()))
+    ax1.plot([lo, hi], [lo, hi], "--", color="#888")
+    ax1.set_xlabel("true")
+    ax1.set_ylabel("predicted")
+    ax1.set_title(f"Predicted vs true  (R² = {_fmt(m.get('r2'))})")
+    ax2.hist(p - y, bins=40, color="#54a24b")
+    ax2.set_xlabel("predicted − true")
+    ax2.set_ylabel("examples")
+    ax2.set_title(f"Residuals  (RMSE = {_fmt(m.get('rmse'))})")
+    return fig
+
+
+def _label_f1_fig(label_names: list[str], model: dict, base: dict | None):
+    c = len(label_names)
+    fig = _figure(8, min(max(2.5, 0.28 * c + 1.2), 40))
+    ax = fig.add_subplot()
+    pos = np.arange(c)
+    f1 = [model.get(n, {}).get("f1", 0.0) or 0.0 for n in label_names]
+    h = 0.4 if base else 0.8
+    ax.barh(pos - (h / 2 if base else 0), f1, height=h, color="#4c78a8", label="model")
+    if base:
+        bf1 = [base.get(n, {}).get("f1", 0.0) or 0.0 for n in label_names]
+        ax.barh(pos + h / 2, bf1, height=h, color="#bab0ac", label="baseline")
+        ax.legend(fontsize=8, loc="lower left", bbox_to_anchor=(1.01, 0.0))
+    ax.set_yticks(pos, labels=label_names)
+    ax.invert_yaxis()
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("F1")
+    ax.set_title("F1 per label")
+    return fig
+
+
+_CURVE_METRICS = {"classification": ["accuracy", "macro_f1"], "multilabel": ["micro_f1", "macro_f1"],
+                  "regression": ["rmse"]}
+
+
+def _history_fig(history: list[dict], task: str):
+    """Up to three panels: train (and validation) loss, learning rate, the headline validation
+    metrics (the task's default and macro-F1)."""
+    train = [r for r in history if not r.get("split") and "loss" in r]
+    evals = [r for r in history if r.get("split") == "validation"]
+    x_key = "step" if any("step" in r for r in history) else "epoch"
+
+    def series(recs, key):
+        pts = [(r[x_key], r[key]) for r in recs
+               if isinstance(r.get(key), (int, float)) and isinstance(r.get(x_key), (int, float))]
+        return [a for a, _ in pts], [b for _, b in pts]
+
+    panels = []  # (title, [(label, xs, ys, style)])
+    loss_lines = [("train", *series(train, "loss"), "-")]
+    if any(isinstance(r.get("loss"), (int, float)) for r in evals):
+        loss_lines.append(("validation", *series(evals, "loss"), "o-"))
+    if loss_lines[0][1] or len(loss_lines) > 1:
+        panels.append(("loss", loss_lines))
+    lr = series(train, "lr")
+    if lr[0]:
+        panels.append(("learning rate", [("lr", *lr, "-")]))
+    metric_lines = [(k, *series(evals, k), "o-") for k in _CURVE_METRICS[task]]
+    metric_lines = [line for line in metric_lines if line[1]]
+    if metric_lines:
+        panels.append(("validation " + ", ".join(line[0] for line in metric_lines), metric_lines))
+    if not panels:
+        return None
+    fig = _figure(4 * len(panels), 3.2)
+    axes = np.atleast_1d(fig.subplots(1, len(panels)))
+    for ax, (title, lines) in zip(axes, panels):
+        for label, xs, ys, style in lines:
+            ax.plot(xs, ys, style, ms=3, lw=1.2, label=label)
+        if len(lines) > 1:
+            ax.legend(fontsize=8)
+        ax.set_title(title)
+        ax.set_xlabel(x_key)
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------
+# sections
+
+
+def _run_info_html(run_info: dict) -> str:
+    def cell(v):
+        if isinstance(v, float) and np.isfinite(v):
+            return f'<td class="num">{v:,.6g}</td>'
+        return _td(v)
+
+    rows = [[f"<th>{escape(str(k))}</th>", cell(v)] for k, v in _flatten(run_info)]
+    return _table(["", ""], rows).replace("<thead><tr><th></th><th></th></tr></thead>", "")
+
+
+def _scalar_keys(task: str, *dicts: dict | None) -> list[str]:
+    keys = list(metric_names(task))
+    for d in dicts:
+        for k, v in (d or {}).items():
+            if k not in keys and k not in ("n", "threshold") and (
+                    isinstance(v, (int, float)) and not isinstance(v, bool)):
+                keys.append(k)
+    return [k for k in keys if any(k in (d or {}) for d in dicts)]
+
+
+def _metrics_table(task: str, model: dict, base: dict | None) -> str:
+    rows = []
+    for k in _scalar_keys(task, model, base):
+        mv, bv = model.get(k), (base or {}).get(k)
+        arrow = "" if greater_is_better(k) else ' <span class="muted">(lower is better)</span>'
+        row = [f"<th>{escape(k)}{arrow}</th>", _td(mv)]
+        if base is not None:
+            row.append(_td(bv))
+            if isinstance(mv, (int, float)) and isinstance(bv, (int, float)):
+                d = mv - bv
+                good = (d > 0) == greater_is_better(k)
+                cls = "" if abs(d) < 1e-12 else ("better" if good else "worse")
+                row.append(f'<td class="num {cls}">{d:+.4f}</td>')
+            else:
+                row.append(_td(None))
+        rows.append(row)
+    headers = ["metric", "model"]
+    if base is not None:
+        headers += ["baseline (TF-IDF)", "Δ model − baseline"]
+    return _table(headers, rows)
+
+
+def _per_class_table(model: dict, base: dict | None, label_names: list[str]) -> str:
+    pc, bpc = model.get("per_class") or {}, (base or {}).get("per_class")
+    rows = []
+    for name in label_names:
+        r = pc.get(name)
+        if r is None:
+            continue
+        row = [f"<th>{escape(name)}</th>", _td(r.get("precision")), _td(r.get("recall")),
+               _td(r.get("f1")), _td(r.get("support"))]
+        if bpc is not None:
+            row.append(_td((bpc.get(name) or {}).get("f1")))
+        rows.append(row)
+    if not rows:
+        return ""
+    headers = ["label", "precision", "recall", "F1", "support"] + (["baseline F1"] if bpc else [])
+    return _table(headers, rows)
+
+
+def _mistakes_html(task: str, mistakes: list[dict]) -> str:
+    if not mistakes:
+        return '<p class="muted">No mistakes to show.</p>'
+
+    def lab(v):
+        return ", ".join(v) if isinstance(v, list) else v
+
+    rows = []
+    for m in mistakes:
+        text = m["text"] if len(m["text"]) <= 600 else m["text"][:600] + " …"
+        last = m["error"] if task == "regression" else m["confidence"]
+        rows.append([_td(m["index"]), f'<td class="text">{escape(text)}</td>',
+                     _td(lab(m["true"])), _td(lab(m["predicted"])), _td(last)])
+    last_h = "absolute error" if task == "regression" else "confidence"
+    return _table(["#", "text", "true", "predicted", last_h], rows)
+
+
+def _headline(task: str, metrics: dict, baseline: dict | None) -> str:
+    from tunery.evaluate.metrics import default_metric
+
+    key = default_metric(task)
+    split = "test" if "test" in metrics else next(iter(_ordered_splits(metrics)), None)
+    if split is None or metrics[split].get(key) is None:
+        return ""
+    mv = metrics[split][key]
+    text = f"On <b>{escape(split)}</b>, the model's {escape(key)} is <b>{mv:.4f}</b>"
+    bv = ((baseline or {}).get(split) or {}).get(key)
+    if isinstance(bv, (int, float)):
+        better = (mv > bv) == greater_is_better(key) and mv != bv
+        text += (f" against {bv:.4f} for the TF-IDF baseline ({mv - bv:+.4f}, "
+                 f"{'better' if better else 'not better'}).")
+    else:
+        text += "."
+    return f'<div class="headline">{text}</div>'
+
+
+def _split_section(
+    split: str, task: str, label_names: list[str], model: dict | None, base: dict | None,
+    pred: tuple | None, *, n_errors: int, threshold, calibration_bins: int,
+) -> str:
+    n = (model or {}).get("n")
+    parts = [f"<h2>{escape(split)}{f' ({n:,} examples)' if isinstance(n, int) else ''}</h2>"]
+    if model:
+        parts.append(_metrics_table(task, model, base))
+        if task != "regression":
+            parts.append("<h3>Per class</h3>" if task == "classification" else "<h3>Per label</h3>")
+            parts.append(_per_class_table(model, base, label_names))
+    if pred is None:
+        return "\n".join(parts)
+    texts, y, scores = pred
+    y, scores = np.asarray(y), np.asarray(scores)
+    figs = []
+    if len(y):
+        m = compute_metrics(task, y, scores, label_names, threshold=threshold,
+                            calibration_bins=calibration_bins)
+        if task == "classification":
+            figs.append(_img(_confusion_fig(np.asarray(m["confusion_matrix"]), label_names),
+                             f"confusion matrix, {split}"))
+            figs.append(_img(_reliability_fig(m["reliability"], m["ece"]), f"reliability, {split}"))
+            if len(label_names) == 2 and m.get("roc_auc") is not None:
+                figs.append(_img(_roc_pr_fig((y == 1).astype(int), scores[:, 1], m),
+                                 f"ROC and PR curves, {split}"))
+        elif task == "multilabel":
+            figs.append(_img(_label_f1_fig(label_names, m["per_class"], (base or {}).get("per_class")),
+                             f"F1 per label, {split}"))
+        else:
+            figs.append(_img(_scatter_fig(y.astype(float), scores.astype(float), m),
+                             f"predicted vs true, {split}"))
+    if figs:
+        parts.append('<div class="figs">' + "".join(figs) + "</div>")
+    if n_errors > 0:
+        title = "Largest errors" if task == "regression" else "Most confident mistakes"
+        title += ' <span class="muted">(# = position in this split)</span>'
+        mistakes = most_confident_mistakes(task, list(texts), y, scores, label_names, n=n_errors,
+                                           threshold=threshold)
+        parts.append(f"<h3>{title}</h3>")
+        parts.append(_mistakes_html(task, mistakes))
+    return "\n".join(parts)
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def render_report(
+    *, title: str, run_info: dict, task: str, label_names: list[str], metrics: dict[str, dict],
+    baseline: dict[str, dict] | None, predictions: dict[str, tuple[list[str], np.ndarray, np.ndarray]],
+    history: list[dict] | None = None, n_errors: int = 20, threshold=0.5, calibration_bins: int = 10,
+) -> str:
+    """The report as an HTML string (see `write_report`)."""
+    when = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
+    body = [f"<h1>{escape(title)}</h1>",
+            f'<p class="sub">{escape(task)} · {len(label_names)} labels · written {when}</p>'
+            if task != "regression" else f'<p class="sub">regression · written {when}</p>',
+            _headline(task, metrics, baseline),
+            "<h2>Run</h2>", _run_info_html(run_info)]
+    if task == "multilabel":
+        t = threshold if np.ndim(threshold) == 0 else "per label: " + _fmt(list(np.asarray(threshold)))
+        body.append(f'<p class="muted">Decision threshold: {escape(_fmt(t))}</p>')
+    if history:
+        fig = _history_fig(history, task)
+        if fig is not None:
+            body += ["<h2>Training</h2>", '<div class="figs">' + _img(fig, "training curves") + "</div>"]
+    for split in _ordered_splits([*metrics, *[s for s in predictions if s not in metrics]]):
+        body.append(_split_section(
+            split, task, label_names, metrics.get(split), (baseline or {}).get(split),
+            predictions.get(split), n_errors=n_errors, threshold=threshold,
+            calibration_bins=calibration_bins))
+    if baseline is None:
+        body.append('<p class="muted">No baseline was computed for this run.</p>')
+    else:
+        body.append('<p class="muted">Baseline: TF-IDF word 1–2-grams (+ char 2–5-grams) with '
+                    "logistic regression (classification, one per label for multi-label) or ridge "
+                    "regression, fitted on the same training split.</p>")
+    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            f"<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
+            f"<title>{escape(title)}</title><style>{_CSS}</style></head><body>\n"
+            + "\n".join(b for b in body if b) + "\n</body></html>\n")
+
+
+def write_report(
+    path, *, title: str, run_info: dict, task: str, label_names: list[str],
+    metrics: dict[str, dict], baseline: dict[str, dict] | None,
+    predictions: dict[str, tuple[list[str], np.ndarray, np.ndarray]],
+    history: list[dict] | None = None, n_errors: int = 20, threshold=0.5,
+    calibration_bins: int = 10,
+) -> None:
+    """Write one self-contained HTML report to `path` (atomically: temp file, then rename).
+
+    `metrics` and `baseline` map split names ("validation", "test") to `compute_metrics` dicts;
+    `predictions[split] = (texts, y_true, scores)` in the data contract of `tunery.evaluate.metrics`
+    feeds the figures and the mistakes table. `history`: log records (step, epoch, loss, lr, ...);
+    records with `split: "validation"` hold evaluation metrics.
+    """
+    html = render_report(
+        title=title, run_info=run_info, task=task, label_names=label_names, metrics=metrics,
+        baseline=baseline, predictions=predictions, history=history, n_errors=n_errors,
+        threshold=threshold, calibration_bins=calibration_bins)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(html)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,387 @@
+"""One training run end to end: validate data, fine-tune, evaluate beside a baseline, write the
+run directory atomically, record it in the store.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import shutil
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from tunery import __version__
+from tunery.backbones import resolve_backbone
+from tunery.config import RunConfig, load_config, save_config
+from tunery.errors import ConfigError, RunError
+from tunery.rundir import META, final_dir, find_resumable, partial_dir, write_json
+from tunery.tasks import Task, get_task
+from tunery.train.batching import Encoded, encode
+from tunery.train.callbacks import Callback, LoggingCallback
+
+log = logging.getLogger(__name__)
+
+
+def _quiet_transformers() -> None:
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def load_tokenizer(backbone: str):
+    from transformers import AutoTokenizer
+
+    _quiet_transformers()
+    return AutoTokenizer.from_pretrained(backbone)
+
+
+def build_model(backbone_path: str, task: Task, label_names: list[str], cfg: RunConfig):
+    """The pretrained backbone with a fresh head for `task`; LoRA adapters when asked."""
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    _quiet_transformers()
+    kwargs: dict = {"num_labels": task.num_outputs(label_names), "problem_type": task.problem_type}
+    if label_names:
+        kwargs["id2label"] = dict(enumerate(label_names))
+        kwargs["label2id"] = {n: i for i, n in enumerate(label_names)}
+    if cfg.model.classifier_dropout is not None:
+        kwargs["classifier_dropout"] = cfg.model.classifier_dropout
+    torch.manual_seed(cfg.train.seed)  # the new head's initialisation is part of the seed
+    model = AutoModelForSequenceClassification.from_pretrained(backbone_path, **kwargs)
+    if cfg.model.freeze_embeddings:
+        model.get_input_embeddings().weight.requires_grad_(False)
+    if cfg.model.method == "lora":
+        from peft import LoraConfig, TaskType, get_peft_model
+
+        lora = cfg.model.lora
+        model = get_peft_model(model, LoraConfig(task_type=TaskType.SEQ_CLS, r=lora.r, lora_alpha=lora.alpha,
+                                                 lora_dropout=lora.dropout,
+                                                 target_modules=list(lora.target_modules)))
+    return model
+
+
+def _file_digest(path: str | None) -> str | None:
+    if not path or not Path(path).is_file():
+        return None
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _texts(frame) -> list[str]:
+    """Texts as shown in reports and fed to the baseline (pairs joined)."""
+    texts = frame["text"].astype(str).tolist()
+    if "text_pair" in frame:
+        texts = [f"{a} [SEP] {b}" for a, b in zip(texts, frame["text_pair"].astype(str))]
+    return texts
+
+
+def _encode_split(tokenizer, frame, max_length: int) -> Encoded:
+    pairs = frame["text_pair"].astype(str).tolist() if "text_pair" in frame else None
+    return encode(tokenizer, frame["text"].astype(str).tolist(), pairs, frame["label"].tolist(),
+                  max_length=max_length)
+
+
+@dataclass
+class Prepared:
+    """Everything a run needs before training starts."""
+
+    cfg: RunConfig
+    backbone_path: str
+    tokenizer: object
+    data: object  # tunery.data.validate.PreparedData
+    report: object  # tunery.data.validate.ValidationReport
+    task: Task
+
+
+def prepare_run(cfg: RunConfig) -> Prepared:
+    """Resolve the backbone, read and validate the data. Raises DataError on any error, having
+    written nothing."""
+    from tunery.data.validate import prepare
+
+    backbone_path = resolve_backbone(cfg.model.backbone)
+    tokenizer = load_tokenizer(backbone_path)
+    data, report = prepare(cfg.data, cfg.task, tokenizer=tokenizer)
+    report.raise_for_errors()
+    for finding in report.warnings:
+        log.warning("%s", finding.message)
+    labels = data.train["label"].astype(float) if data.task == "regression" else None
+    task = get_task(data.task,
+                    label_mean=float(labels.mean()) if labels is not None else 0.0,
+                    label_scale=float(labels.std() or 1.0) if labels is not None and len(labels) > 1 else 1.0)
+    return Prepared(cfg, backbone_path, tokenizer, data, report, task)
+
+
+def _default_name(cfg: RunConfig) -> str:
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    return f"{Path(cfg.data.train).name.split('.')[0]}-{stamp}"
+
+
+def train(cfg: RunConfig, *, callbacks: list[Callback] | None = None, store=None) -> Path:
+    """Train a new run from `cfg`; returns the completed run directory."""
+    name = cfg.name or _default_name(cfg)
+    cfg = cfg.model_copy(update={"name": name})
+    final = Path(cfg.output_dir) / name
+    if final.exists():
+        raise RunError(f"run directory {final} already exists; choose another name (name: ... or "
+                       f"--set name=...) or remove it")
+    if partial_dir(final).exists():
+        raise RunError(f"an interrupted run {name!r} exists at {partial_dir(final)}; continue it with "
+                       f"`tunery train --resume {partial_dir(final)}` or remove that directory")
+    prepared = prepare_run(cfg)  # nothing is written before the data passed validation
+    work = partial_dir(final)
+    work.mkdir(parents=True)
+    save_config(cfg, work / "config.yaml")
+    write_json(work / "data_report.json", prepared.report.to_dict())
+    write_json(work / "data_digest.json", {k: _file_digest(getattr(cfg.data, k))
+                                           for k in ("train", "validation", "test")})
+    return _run(prepared, work, resume=False, callbacks=callbacks, store=store)
+
+
+def resume(ref: str | Path, *, callbacks: list[Callback] | None = None, store=None) -> Path:
+    """Continue an interrupted run from its last checkpoint, with its saved config."""
+    work = find_resumable(ref)
+    cfg = load_config(work / "config.yaml")
+    digests = work / "data_digest.json"
+    if digests.exists():
+        import json
+
+        saved = json.loads(digests.read_text())
+        for key, digest in saved.items():
+            now = _file_digest(getattr(cfg.data, key))
+            if digest and now and now != digest:
+                raise ConfigError(f"data.{key} ({getattr(cfg.data, key)}) changed since the run started; "
+                                  "a resumed run must see the same data. Restore the file or start a new run.")
+    prepared = prepare_run(cfg)
+    return _run(prepared, work, resume=True, callbacks=callbacks, store=store)
+
+
+def _run(p: Prepared, work: Path, *, resume: bool, callbacks, store) -> Path:
+    from tunery.store import Store
+
+    store = store or Store()
+    cfg = p.cfg
+    store.start_run(name=cfg.name, path=str(work.resolve()), config=cfg.to_dict(), task=p.data.task,
+                    backbone=cfg.model.backbone)
+    try:
+        final = _train_and_write(p, work, resume=resume, callbacks=callbacks or [LoggingCallback()])
+    except BaseException as err:
+        interrupted = isinstance(err, (KeyboardInterrupt, SystemExit))
+        store.finish_run(cfg.name, status="interrupted" if interrupted else "failed",
+                         error=f"{type(err).__name__}: {err}")
+        raise
+    metrics = _read_json(final / "metrics.json")
+    store.update_run(cfg.name, path=str(final.resolve()))
+    store.finish_run(cfg.name, status="completed", metrics=metrics.get("model"))
+    return final
+
+
+def _read_json(path: Path) -> dict:
+    import json
+
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _train_and_write(p: Prepared, work: Path, *, resume: bool, callbacks) -> Path:
+    import torch
+
+    from tunery.evaluate.metrics import compute_metrics, default_metric, greater_is_better, metric_value
+    from tunery.train.loop import Trainer, predict_scores
+
+    cfg, data, task = p.cfg, p.data, p.task
+    started = time.time()
+    label_names = list(data.label_names)
+    n_labels = len(label_names)
+    max_length = cfg.data.max_length
+    enc = {split: _encode_split(p.tokenizer, getattr(data, split), max_length)
+           for split in ("train", "validation", "test")}
+    y_val = task.y_true(enc["validation"].labels, n_labels)
+    metric = cfg.train.metric or default_metric(data.task)
+    threshold = cfg.task.problem_threshold
+
+    def metric_fn(scores: np.ndarray) -> dict:
+        m = compute_metrics(data.task, y_val, scores, label_names, threshold=threshold)
+        return {metric: metric_value(m, metric), **{k: v for k, v in m.items() if isinstance(v, float)}}
+
+    model = build_model(p.backbone_path, task, label_names, cfg)
+    trainer = Trainer(model, task, cfg.train, n_labels=n_labels, pad_id=p.tokenizer.pad_token_id or 0,
+                      workdir=work, metric=metric, greater_is_better=greater_is_better(metric),
+                      metric_fn=metric_fn, callbacks=callbacks)
+    state = trainer.fit(enc["train"], enc["validation"], resume=resume)
+    model = trainer.model
+
+    # Final evaluation with the best weights.
+    scores = {split: predict_scores(model, task, enc[split], batch_size=cfg.train.eval_batch_size,
+                                    pad_id=p.tokenizer.pad_token_id or 0, accelerator=trainer.accelerator)
+              for split in ("validation", "test") if len(enc[split])}
+    if data.task == "multilabel" and len(y_val):
+        from tunery.evaluate.metrics import tune_threshold
+
+        threshold = tune_threshold(y_val, scores["validation"])
+    y = {split: task.y_true(enc[split].labels, n_labels) for split in scores}
+    metrics = {split: compute_metrics(data.task, y[split], s, label_names, threshold=threshold,
+                                      calibration_bins=cfg.evaluate.calibration_bins)
+               for split, s in scores.items()}
+    baseline = None
+    baseline_seconds = None
+    if cfg.evaluate.baseline:
+        from tunery.evaluate.baseline import baseline_scores
+
+        t0 = time.time()
+        b_scores = baseline_scores(data.task, _texts(data.train), task.y_true(enc["train"].labels, n_labels),
+                                   {split: _texts(getattr(data, split)) for split in scores},
+                                   n_labels=n_labels, seed=cfg.train.seed)
+        baseline = {split: compute_metrics(data.task, y[split], s, label_names, threshold=threshold,
+                                           calibration_bins=cfg.evaluate.calibration_bins)
+                    for split, s in b_scores.items()}
+        baseline_seconds = time.time() - t0
+
+    # The model directory loads with plain transformers: LoRA adapters are merged in.
+    model_dir = work / "model"
+    if model_dir.exists():
+        shutil.rmtree(model_dir)
+    to_save = model.merge_and_unload() if cfg.model.method == "lora" else model
+    to_save = to_save.to(torch.float32)
+    to_save.save_pretrained(model_dir)
+    p.tokenizer.save_pretrained(model_dir)
+
+    meta = {
+        "tunery_version": __version__,
+        "name": cfg.name,
+        "task": data.task,
+        "label_names": label_names,
+        "threshold": threshold,
+        "label_mean": getattr(task, "mean", 0.0),
+        "label_scale": getattr(task, "scale", 1.0),
+        "backbone": cfg.model.backbone,
+        "backbone_path": p.backbone_path,
+        "method": cfg.model.method,
+        "text_column": data.text_column,
+        "text_pair_column": data.text_pair_column,
+        "label_column": data.label_column,
+        "label_delimiter": cfg.data.label_delimiter,
+        "max_length": max_length,
+        "metric": metric,
+        "created_at": datetime.now(timezone.utc).isoformat(),
+    }
+    training = {"steps": state.step, "total_steps": state.total_steps, "best_step": state.best_step,
+                "best_validation": state.best_metric, "stopped_early": state.stopped_early,
+                "samples_seen": state.samples_seen, "train_seconds": round(state.train_seconds, 2),
+                "samples_per_s": round(state.samples_seen / max(state.train_seconds, 1e-9), 2),
+                "baseline_seconds": baseline_seconds, "wall_seconds": round(time.time() - started, 2),
+                "n_train": len(enc["train"]), "n_validation": len(enc["validation"]), "n_test": len(enc["test"]),
+                "split": data.split_note}
+    write_json(work / "metrics.json", {"task": data.task, "metric": metric, "threshold": threshold,
+                                       "model": metrics, "baseline": baseline, "training": training})
+    _write_report(work, p, meta, metrics, baseline, scores, y, training, threshold)
+    write_json(work / META, meta)  # written last: its presence marks a complete run
+    final = final_dir(work)
+    work.rename(final)
+    return final
+
+
+def _write_report(work: Path, p: Prepared, meta: dict, metrics: dict, baseline, scores, y, training, threshold):
+    import json
+
+    from tunery.evaluate.report import write_report
+
+    history = []
+    log_path = work / "log.jsonl"
+    if log_path.exists():
+        history = [json.loads(line) for line in log_path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    run_info = {"run": meta["name"], "backbone": f"{meta['backbone']} ({meta['method']})", "task": meta["task"],
+                "data": p.cfg.data.train, "split": training["split"],
+                "train / validation / test rows": f"{training['n_train']} / {training['n_validation']} / {training['n_test']}",
+                "selection metric": meta["metric"], "best step": f"{training['best_step']} of {training['steps']}",
+                "training time": f"{training['train_seconds']:.0f} s ({training['samples_per_s']:.0f} samples/s)",
+                "data warnings": len(p.report.warnings)}
+    predictions = {split: (_texts(getattr(p.data, split)), y[split], s) for split, s in scores.items()}
+    write_report(work / "report.html", title=f"tunery run {meta['name']}", run_info=run_info, task=meta["task"],
+                 label_names=meta["label_names"], metrics=metrics, baseline=baseline, predictions=predictions,
+                 history=history, n_errors=p.cfg.evaluate.n_errors, threshold=threshold,
+                 calibration_bins=p.cfg.evaluate.calibration_bins)
+
+
+def evaluate_run(ref: str | Path, *, data: str | Path | None = None) -> dict:
+    """Evaluate a completed run on a labelled file (or its own test split), beside the TF-IDF
+    baseline trained on the run's training split. Writes metrics.json and report.html under
+    <run>/evaluations/<name>/ and returns the metrics."""
+    from tunery.data.load import read_table
+    from tunery.data.validate import encode_labels
+    from tunery.evaluate.baseline import baseline_scores
+    from tunery.evaluate.metrics import compute_metrics
+    from tunery.predict import load
+
+    predictor = load(ref)
+    run_dir, meta = predictor.run_dir, predictor.meta
+    cfg = load_config(run_dir / "config.yaml")
+    task, label_names = predictor.task, predictor.label_names
+    n_labels = len(label_names)
+    train_frame = None
+    try:
+        prepared = prepare_run(cfg)
+        train_frame = prepared.data.train
+    except Exception as e:  # noqa: BLE001 - the training file may be gone; the model still evaluates
+        log.warning("no baseline: the run's training data cannot be prepared again (%s)", e)
+        prepared = None
+    if data is None:
+        if prepared is None or not len(prepared.data.test):
+            raise RunError(f"run {run_dir} has no test split to evaluate on; pass --data FILE")
+        frame, name = prepared.data.test, "test"
+        texts = frame["text"].astype(str).tolist()
+        pairs = frame["text_pair"].astype(str).tolist() if "text_pair" in frame else None
+        labels = frame["label"].tolist()
+    else:
+        frame = read_table(data)
+        name = Path(data).name.split(".")[0]
+        for col in filter(None, (meta["text_column"], meta.get("text_pair_column"), meta["label_column"])):
+            if col not in frame.columns:
+                raise RunError(f"{data}: no column {col!r}, which the run was trained with "
+                               f"(columns: {', '.join(map(str, frame.columns))})")
+        texts = frame[meta["text_column"]].fillna("").astype(str).tolist()
+        pair_col = meta.get("text_pair_column")
+        pairs = frame[pair_col].fillna("").astype(str).tolist() if pair_col else None
+        enc = encode_labels(frame[meta["label_column"]], meta["task"], label_names,
+                            delimiter=meta.get("label_delimiter"))
+        if not enc.valid.all():
+            rows = (np.flatnonzero(~enc.valid.to_numpy()) + 1)[:10].tolist()
+            unseen = f"; labels the model does not know: {', '.join(enc.unseen_values[:10])}" if enc.unseen_values else ""
+            raise RunError(f"{data}: {int((~enc.valid).sum())} rows have missing, unreadable or unknown labels in "
+                           f"column {meta['label_column']!r} (rows {', '.join(map(str, rows))}){unseen}; "
+                           f"the model's labels are {label_names}. Fix or remove those rows.")
+        labels = enc.encoded.tolist()
+    y = task.y_true(labels, n_labels)
+    scores = predictor.predict_scores(texts, pairs)
+    threshold = predictor.threshold
+    metrics = compute_metrics(meta["task"], y, scores, label_names, threshold=threshold,
+                              calibration_bins=cfg.evaluate.calibration_bins)
+    shown = texts if pairs is None else [f"{a} [SEP] {b}" for a, b in zip(texts, pairs)]
+    baseline = None
+    if train_frame is not None and cfg.evaluate.baseline:
+        b = baseline_scores(meta["task"], _texts(train_frame), task.y_true(train_frame["label"].tolist(), n_labels),
+                            {name: shown}, n_labels=n_labels, seed=cfg.train.seed)
+        baseline = compute_metrics(meta["task"], y, b[name], label_names, threshold=threshold,
+                                   calibration_bins=cfg.evaluate.calibration_bins)
+    out_dir = run_dir / "evaluations" / name
+    out_dir.mkdir(parents=True, exist_ok=True)
+    result = {"run": str(run_dir), "data": str(data) if data else "test split", "n": len(texts),
+              "model": metrics, "baseline": baseline, "report": str(out_dir / "report.html")}
+    write_json(out_dir / "metrics.json", result)
+    from tunery.evaluate.report import write_report
+
+    write_report(out_dir / "report.html", title=f"tunery evaluation of {meta['name']} on {result['data']}",
+                 run_info={"run": str(run_dir), "data": result["data"], "rows": len(texts), "task": meta["task"],
+                           "backbone": meta["backbone"]},
+                 task=meta["task"], label_names=label_names, metrics={name: metrics},
+                 baseline={name: baseline} if baseline else None, predictions={name: (shown, y, scores)},
+                 n_errors=cfg.evaluate.n_errors, threshold=threshold,
+                 calibration_bins=cfg.evaluate.calibration_bins)
+    return result

@@ -1,0 +1,90 @@
+"""The run directory: the unit of exchange between training and everything downstream.
+
+runs/<name>.partial/  while training (checkpoints, log.jsonl); renamed to runs/<name>/ when
+complete, so a directory without the suffix is always a finished run with tunery.json.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from tunery.errors import RunError
+
+META = "tunery.json"
+PARTIAL = ".partial"
+
+
+def partial_dir(final: Path) -> Path:
+    return final.with_name(final.name + PARTIAL)
+
+
+def final_dir(partial: Path) -> Path:
+    return partial.with_name(partial.name[: -len(PARTIAL)])
+
+
+def is_complete(path: Path) -> bool:
+    return (path / META).is_file() and (path / "model").is_dir()
+
+
+def write_json(path: Path, obj) -> None:
+    """Write JSON atomically (temporary sibling, then rename)."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def read_meta(run: Path) -> dict:
+    return json.loads((run / META).read_text(encoding="utf-8"))
+
+
+def _store_lookup(ref: str):
+    from tunery.store import Store
+
+    store = Store()
+    try:
+        return Path(store.resolve_model(ref).run_path)
+    except RunError as model_err:
+        try:
+            return Path(store.get_run(ref).path)
+        except RunError:
+            raise model_err from None
+
+
+def find_run(ref: str | Path) -> Path:
+    """A completed run from a path, a run name, or a registry name (`sentiment`, `sentiment@2`,
+    `sentiment:prod`)."""
+    path = Path(ref)
+    if is_complete(path):
+        return path.resolve()
+    if path.name.endswith(PARTIAL) or partial_dir(path).exists():
+        raise RunError(f"run {str(ref)!r} did not finish; continue it with `tunery train --resume {ref}`")
+    if path.exists():
+        raise RunError(f"{str(ref)!r} is not a tunery run directory (it has no {META} and model/)")
+    if "/" in str(ref) and not any(c in str(ref) for c in "@:"):
+        raise RunError(f"run directory {str(ref)!r} does not exist")
+    found = _store_lookup(str(ref))
+    if not is_complete(found):
+        raise RunError(f"{str(ref)!r} points to {found}, which is not a complete run directory")
+    return found
+
+
+def find_resumable(ref: str | Path) -> Path:
+    """The .partial directory of an interrupted run, from its path or name."""
+    path = Path(ref)
+    candidates = [path] if path.name.endswith(PARTIAL) else [partial_dir(path)]
+    if not path.exists() and "/" not in str(ref):
+        try:
+            from tunery.store import Store
+
+            recorded = Path(Store().get_run(str(ref)).path)
+            candidates.append(recorded if recorded.name.endswith(PARTIAL) else partial_dir(recorded))
+        except RunError:
+            pass
+    for c in candidates:
+        if (c / "config.yaml").is_file():
+            return c
+    if is_complete(path):
+        raise RunError(f"run {str(ref)!r} is already complete; nothing to resume")
+    raise RunError(f"no interrupted run found for {str(ref)!r} (looked for {', '.join(map(str, candidates))})")

@@ -1,0 +1,61 @@
+"""Hooks into the loop. Library code logs; the CLI adds a Rich progress bar through these."""
+
+from __future__ import annotations
+
+import logging
+
+log = logging.getLogger("tunery.train")
+
+
+class Callback:
+    def on_train_begin(self, state, n_train: int) -> None: ...
+    def on_step(self, state) -> None: ...
+    def on_log(self, state, record: dict) -> None: ...
+    def on_evaluate(self, state, record: dict) -> None: ...
+    def on_train_end(self, state) -> None: ...
+
+
+class LoggingCallback(Callback):
+    def on_log(self, state, record: dict) -> None:
+        log.info("step %d/%d loss %.4f lr %.2e %.0f samples/s", record["step"], state.total_steps,
+                 record["loss"], record["lr"], record["samples_per_s"])
+
+    def on_evaluate(self, state, record: dict) -> None:
+        log.info("eval at step %d: %s", state.step,
+                 {k: round(v, 4) for k, v in record.items() if isinstance(v, float)})
+
+
+class RichProgress(Callback):
+    """A progress bar with loss, throughput and ETA."""
+
+    def __init__(self, console=None) -> None:
+        self.console = console
+        self.progress = None
+        self.task_id = None
+
+    def on_train_begin(self, state, n_train: int) -> None:
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                                   TimeElapsedColumn, TimeRemainingColumn)
+
+        self.progress = Progress(
+            TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TextColumn("steps"),
+            TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
+            TextColumn("{task.fields[info]}"), console=self.console, transient=False,
+        )
+        self.progress.start()
+        self.task_id = self.progress.add_task("train", total=state.total_steps, completed=state.step, info="")
+
+    def on_step(self, state) -> None:
+        self.progress.update(self.task_id, completed=state.step)
+
+    def on_log(self, state, record: dict) -> None:
+        self.progress.update(self.task_id, info=f"loss {record['loss']:.4f} | {record['samples_per_s']:.0f} samples/s")
+
+    def on_evaluate(self, state, record: dict) -> None:
+        metrics = ", ".join(f"{k} {v:.4f}" for k, v in record.items()
+                            if isinstance(v, float) and k not in ("eval_seconds",))
+        self.progress.console.print(f"step {state.step}: validation {metrics}" + (" (best)" if record.get("best") else ""))
+
+    def on_train_end(self, state) -> None:
+        if self.progress:
+            self.progress.stop()

@@ -1,0 +1,294 @@
+"""The training loop: ours, on Accelerate, so that later objectives (adversarial steps,
+distillation, FedProx) are a few lines here rather than a fight with a framework.
+
+Resumability: every checkpoint holds the weights, optimizer, scheduler, RNG states and the
+position in the epoch; batch order is a pure function of (seed, epoch). A run killed at any
+moment and resumed from its last checkpoint reaches the same final weights and metrics.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from tunery.config import TrainConfig
+from tunery.tasks import Task
+from tunery.train.batching import Encoded, batch_order, collate, eval_order
+from tunery.train.callbacks import Callback
+from tunery.train.checkpoint import load_checkpoint, load_weights, save_checkpoint, save_weights
+
+log = logging.getLogger(__name__)
+
+MetricFn = Callable[[np.ndarray], dict]  # validation scores -> metrics
+
+
+@dataclass
+class TrainState:
+    step: int = 0  # optimizer steps taken
+    epoch: int = 0
+    batch_in_epoch: int = 0  # micro-batches consumed in `epoch`
+    total_steps: int = 0
+    best_metric: float | None = None
+    best_step: int | None = None
+    evals_without_improvement: int = 0
+    stopped_early: bool = False
+    samples_seen: int = 0
+    train_seconds: float = 0.0
+    history: list[dict] = field(default_factory=list)  # eval records
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _param_groups(model: torch.nn.Module, cfg: TrainConfig) -> list[dict]:
+    """AdamW groups: no weight decay on biases and norms; the new head may get its own lr."""
+    groups: dict[tuple[bool, bool], list] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        no_decay = p.ndim < 2 or "LayerNorm" in name or "layer_norm" in name
+        is_head = "classifier" in name or name.startswith("score")
+        groups.setdefault((no_decay, is_head), []).append(p)
+    out = []
+    for (no_decay, is_head), params in groups.items():
+        lr = cfg.head_lr if (is_head and cfg.head_lr) else cfg.lr
+        out.append({"params": params, "weight_decay": 0.0 if no_decay else cfg.weight_decay, "lr": lr})
+    return out
+
+
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    groups = _param_groups(model, cfg)
+    try:  # fused AdamW: one kernel for all parameters, ~5x faster steps on CPU than the loop
+        return torch.optim.AdamW(groups, lr=cfg.lr, fused=True)
+    except (RuntimeError, TypeError):
+        return torch.optim.AdamW(groups, lr=cfg.lr)
+
+
+def make_scheduler(optimizer, cfg: TrainConfig, total_steps: int):
+    from transformers import get_scheduler
+
+    name = {"linear": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}[cfg.scheduler]
+    return get_scheduler(
+        name, optimizer, num_warmup_steps=int(cfg.warmup_ratio * total_steps), num_training_steps=total_steps
+    )
+
+
+def set_seed(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _rng_state() -> dict:
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+
+
+def _set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+@torch.no_grad()
+def predict_scores(model, task: Task, data: Encoded, *, batch_size: int, pad_id: int, accelerator=None) -> np.ndarray:
+    """Scores for every row of `data`, in row order (batches run longest first, then scatter)."""
+    model.eval()
+    device = accelerator.device if accelerator else next(model.parameters()).device
+    out: list[np.ndarray | None] = [None] * len(data)
+    for idx in eval_order(data.lengths, batch_size):
+        batch = {k: v.to(device) for k, v in collate(data, idx, pad_id).items()}
+        if accelerator is not None:
+            with accelerator.autocast():
+                logits = model(**batch).logits
+        else:
+            logits = model(**batch).logits
+        scores = task.scores(logits.cpu())
+        for j, i in enumerate(idx):
+            out[i] = scores[j]
+    return np.stack(out) if len(out) else np.zeros((0,))
+
+
+class Trainer:
+    """Runs the loop over tokenised splits. The constructor only stores; `fit` does the work."""
+
+    def __init__(self, model, task: Task, cfg: TrainConfig, *, n_labels: int, pad_id: int, workdir: Path,
+                 metric: str, greater_is_better: bool, metric_fn: MetricFn,
+                 callbacks: list[Callback] | None = None) -> None:
+        self.model = model
+        self.task = task
+        self.cfg = cfg
+        self.n_labels = n_labels
+        self.pad_id = pad_id
+        self.workdir = Path(workdir)
+        self.metric = metric
+        self.greater_is_better = greater_is_better
+        self.metric_fn = metric_fn
+        self.callbacks = callbacks or []
+
+    # -- helpers ---------------------------------------------------------------------------
+    def _emit(self, event: str, *args) -> None:
+        for cb in self.callbacks:
+            getattr(cb, event)(*args)
+
+    def _log(self, record: dict) -> None:
+        with open(self.workdir / "log.jsonl", "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def _truncate_log(self, step: int) -> None:
+        """Drop log records written after the checkpoint we resume from (the lost work)."""
+        path = self.workdir / "log.jsonl"
+        if not path.exists():
+            return
+        keep = [line for line in path.read_text(encoding="utf-8").splitlines()
+                if line.strip() and json.loads(line).get("step", 0) <= step]
+        path.write_text("".join(line + "\n" for line in keep), encoding="utf-8")
+
+    def _improved(self, value: float, best: float | None) -> bool:
+        if best is None or math.isnan(best):
+            return not math.isnan(value)
+        return value > best if self.greater_is_better else value < best
+
+    # -- the loop --------------------------------------------------------------------------
+    def fit(self, train: Encoded, validation: Encoded, *, resume: bool = False) -> TrainState:
+        from accelerate import Accelerator
+
+        cfg = self.cfg
+        if cfg.num_threads:
+            torch.set_num_threads(cfg.num_threads)
+        accelerator = Accelerator(
+            mixed_precision="bf16" if cfg.precision == "bf16" else "no",
+            gradient_accumulation_steps=cfg.grad_accum_steps,
+            step_scheduler_with_optimizer=False,
+        )
+        micro_per_epoch = math.ceil(len(train) / cfg.batch_size)
+        steps_per_epoch = math.ceil(micro_per_epoch / cfg.grad_accum_steps)
+        total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
+        eval_every = cfg.eval_every_steps or steps_per_epoch
+        ckpt_every = cfg.checkpoint_every_steps or eval_every
+
+        set_seed(cfg.seed)
+        optimizer = make_optimizer(self.model, cfg)
+        scheduler = make_scheduler(optimizer, cfg, total_steps)
+        model, optimizer = accelerator.prepare(self.model, optimizer)
+        state = TrainState(total_steps=total_steps)
+        ckpt_dir = self.workdir / "checkpoints"
+        if resume and (ckpt_dir / "last").exists():
+            saved = load_checkpoint(ckpt_dir / "last", accelerator.unwrap_model(model), optimizer, scheduler)
+            state = TrainState(**saved["state"])
+            _set_rng_state(saved["rng"])
+            self._truncate_log(state.step)
+            log.info("resumed at step %d (epoch %d, batch %d)", state.step, state.epoch, state.batch_in_epoch)
+        elif resume:
+            log.warning("no checkpoint in %s: starting from the beginning", ckpt_dir)
+
+        self._emit("on_train_begin", state, len(train))
+        model.train()
+        window_loss, window_n, window_samples, window_start = 0.0, 0, 0, time.perf_counter()
+        lengths = train.lengths
+        n_labels = self.n_labels
+        done = state.step >= total_steps or state.stopped_early
+        while not done:
+            batches = batch_order(lengths, cfg.batch_size, seed=cfg.seed, epoch=state.epoch,
+                                  group_by_length=cfg.group_by_length)
+            # A partial accumulation window at the end of an epoch still steps (flush below).
+            for b in range(state.batch_in_epoch, len(batches)):
+                idx = batches[b]
+                t0 = time.perf_counter()
+                batch = {k: v.to(accelerator.device) for k, v in collate(train, idx, self.pad_id).items()}
+                labels = self.task.label_tensor([train.labels[i] for i in idx], n_labels).to(accelerator.device)
+                is_last_micro = (b + 1) % cfg.grad_accum_steps == 0 or b + 1 == len(batches)
+                with accelerator.autocast():
+                    logits = model(**batch).logits
+                    loss = self._loss(logits, labels)
+                accelerator.backward(loss / cfg.grad_accum_steps)
+                window_loss += float(loss.detach())
+                window_n += 1
+                window_samples += len(idx)
+                state.samples_seen += len(idx)
+                state.batch_in_epoch = b + 1
+                if not is_last_micro:
+                    state.train_seconds += time.perf_counter() - t0
+                    continue
+                if cfg.grad_clip:
+                    accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                state.step += 1
+                state.train_seconds += time.perf_counter() - t0
+                if state.batch_in_epoch == len(batches):
+                    state.epoch += 1
+                    state.batch_in_epoch = 0
+
+                if state.step % cfg.log_every_steps == 0 or state.step == total_steps:
+                    elapsed = time.perf_counter() - window_start
+                    record = {"step": state.step, "epoch": round(state.step / steps_per_epoch, 4),
+                              "loss": window_loss / max(window_n, 1), "lr": scheduler.get_last_lr()[0],
+                              "samples_per_s": window_samples / max(elapsed, 1e-9)}
+                    self._log(record)
+                    self._emit("on_log", state, record)
+                    window_loss, window_n, window_samples, window_start = 0.0, 0, 0, time.perf_counter()
+                self._emit("on_step", state)
+
+                finished = state.step >= total_steps
+                if state.step % eval_every == 0 or finished:
+                    self._evaluate(model, validation, state, accelerator, ckpt_dir)
+                    model.train()
+                    if (cfg.early_stopping_patience
+                            and state.evals_without_improvement >= cfg.early_stopping_patience):
+                        state.stopped_early = True
+                        finished = True
+                if state.step % ckpt_every == 0 or finished:
+                    save_checkpoint(ckpt_dir / "last", accelerator.unwrap_model(model), optimizer, scheduler,
+                                    {"state": state.to_dict(), "rng": _rng_state()})
+                    window_start = time.perf_counter()
+                if finished:
+                    done = True
+                    break
+        self._emit("on_train_end", state)
+        # The kept model is the best one on validation, not the last one.
+        if (ckpt_dir / "best").exists():
+            load_weights(ckpt_dir / "best", accelerator.unwrap_model(model))
+        self.model = accelerator.unwrap_model(model)
+        self.accelerator = accelerator
+        return state
+
+    def _loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        logits = logits.float()
+        if self.task.problem_type == "single_label_classification":
+            return torch.nn.functional.cross_entropy(logits, labels)
+        if self.task.problem_type == "multi_label_classification":
+            return torch.nn.functional.binary_cross_entropy_with_logits(logits, labels)
+        return torch.nn.functional.mse_loss(logits.squeeze(-1), labels)
+
+    def _evaluate(self, model, validation: Encoded, state: TrainState, accelerator, ckpt_dir: Path) -> None:
+        t0 = time.perf_counter()
+        scores = predict_scores(model, self.task, validation, batch_size=self.cfg.eval_batch_size,
+                                pad_id=self.pad_id, accelerator=accelerator)
+        metrics = self.metric_fn(scores)
+        value = float(metrics[self.metric])
+        record = {"step": state.step, "epoch": state.epoch, "split": "validation", self.metric: value,
+                  "eval_seconds": time.perf_counter() - t0}
+        record.update({k: v for k, v in metrics.items() if isinstance(v, (int, float)) and k != self.metric})
+        if self._improved(value, state.best_metric):
+            state.best_metric, state.best_step = value, state.step
+            state.evals_without_improvement = 0
+            save_weights(ckpt_dir / "best", accelerator.unwrap_model(model))
+        else:
+            state.evals_without_improvement += 1
+        record["best"] = state.best_step == state.step
+        state.history.append(record)
+        self._log(record)
+        self._emit("on_evaluate", state, record)
