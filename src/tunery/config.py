@@ -84,7 +84,9 @@ class TrainConfig(_Part):
     warmup_ratio: float = Field(0.06, ge=0, lt=1)
     scheduler: Literal["linear", "cosine", "constant"] = "linear"
     grad_clip: float | None = Field(1.0, gt=0)
-    precision: Literal["fp32", "bf16"] = "fp32"
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="auto: bf16 autocast where the hardware runs it fast (AVX512-BF16/AMX, CUDA)"
+    )
     group_by_length: bool = True
     seed: int = 42
     eval_every_steps: int | None = Field(None, ge=1, description="default: once per epoch")

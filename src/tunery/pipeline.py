@@ -194,7 +194,7 @@ def _train_and_write(p: Prepared, work: Path, *, resume: bool, callbacks) -> Pat
     import torch
 
     from tunery.evaluate.metrics import compute_metrics, default_metric, greater_is_better, metric_value
-    from tunery.train.loop import Trainer, predict_scores
+    from tunery.train.loop import Trainer, predict_scores, resolve_precision
 
     cfg, data, task = p.cfg, p.data, p.task
     started = time.time()
@@ -277,6 +277,7 @@ def _train_and_write(p: Prepared, work: Path, *, resume: bool, callbacks) -> Pat
                 "samples_seen": state.samples_seen, "train_seconds": round(state.train_seconds, 2),
                 "samples_per_s": round(state.samples_seen / max(state.train_seconds, 1e-9), 2),
                 "baseline_seconds": baseline_seconds, "wall_seconds": round(time.time() - started, 2),
+                "precision": resolve_precision(cfg.train.precision), "threads": torch.get_num_threads(),
                 "n_train": len(enc["train"]), "n_validation": len(enc["validation"]), "n_test": len(enc["test"]),
                 "split": data.split_note}
     write_json(work / "metrics.json", {"task": data.task, "metric": metric, "threshold": threshold,

@@ -38,7 +38,7 @@ train:
   epochs: 3
   batch_size: 32
   lr: 5.0e-5
-  precision: fp32         # bf16 is faster on CPUs with AVX512-BF16 or AMX
+  precision: auto         # bf16 where the hardware runs it fast (AVX512-BF16, AMX, CUDA); or fp32
   early_stopping_patience: 3
   seed: 42
 """

@@ -82,6 +82,23 @@ def make_scheduler(optimizer, cfg: TrainConfig, total_steps: int):
     )
 
 
+def fast_bf16_available() -> bool:
+    """True where bf16 autocast speeds training up: CUDA with bf16, or a CPU with AVX512-BF16/AMX."""
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_precision(precision: str) -> str:
+    if precision == "auto":
+        return "bf16" if fast_bf16_available() else "fp32"
+    return precision
+
+
 def set_seed(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -163,12 +180,16 @@ class Trainer:
     # -- the loop --------------------------------------------------------------------------
     def fit(self, train: Encoded, validation: Encoded, *, resume: bool = False) -> TrainState:
         from accelerate import Accelerator
+        from accelerate.state import AcceleratorState
 
         cfg = self.cfg
+        # Accelerate keeps process-wide state; a second run in one process (a notebook, a test
+        # suite, an HF Trainer before us) may ask for another precision, so start from a clean one.
+        AcceleratorState._reset_state(reset_partial_state=True)
         if cfg.num_threads:
             torch.set_num_threads(cfg.num_threads)
         accelerator = Accelerator(
-            mixed_precision="bf16" if cfg.precision == "bf16" else "no",
+            mixed_precision="bf16" if resolve_precision(cfg.precision) == "bf16" else "no",
             gradient_accumulation_steps=cfg.grad_accum_steps,
             step_scheduler_with_optimizer=False,
         )

@@ -1,0 +1,398 @@
+"""SST-2 benchmark: tunery against a plain Hugging Face Trainer, in the same run.
+
+    python bench/sst2.py                       # slice anchor: 3,000 seeded SST-2 train rows, 1 epoch each
+    python bench/sst2.py --slice-rows 1500     # a smaller slice
+    python bench/sst2.py --full                # slice anchor, then a full SST-2 run with tunery
+    python bench/sst2.py --full --skip-slice   # the full run only
+    python bench/sst2.py --out my.json         # also choose where the JSON goes
+
+Prints one JSON object on stdout (everything else goes to stderr) and writes it to
+bench/results/sst2-<timestamp>.json unless --out is given. See bench/README.md for what each
+figure means.
+
+The anchor: the same slice of SST-2 train is trained for 1 epoch by
+  (a) `transformers.Trainer` with its defaults (batch 32, lr 5e-5, fp32, random batches with
+      dynamic padding, AdamW with the Trainer's default optimizer) and
+  (b) tunery with its own `TrainConfig()` defaults (only epochs, the validation hold-out, progress
+      and the baseline are set),
+both then scored on the 872-row SST-2 dev set. Throughput is training samples per second of
+training time; ratios > 1 mean tunery is faster.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import json
+import logging
+import os
+import platform
+import sys
+import tempfile
+import time
+import warnings
+from datetime import datetime
+from pathlib import Path
+
+BENCH_DIR = Path(__file__).resolve().parent
+REPO = BENCH_DIR.parent
+DEFAULT_DATA = (REPO.parent / "shared" / "data" / "sst2").resolve()
+DEFAULT_CONFIG = BENCH_DIR / "sst2_full.yaml"
+RESULTS = BENCH_DIR / "results"
+
+
+def eprint(*args) -> None:
+    print(*args, file=sys.stderr, flush=True)
+
+
+# -- environment ---------------------------------------------------------------------------------
+def machine_info() -> dict:
+    import accelerate
+    import torch
+    import transformers
+
+    cpu_model, flags = None, set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name") and cpu_model is None:
+                cpu_model = line.split(":", 1)[1].strip()
+            elif line.startswith("flags") and not flags:
+                flags = set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    relevant = ["avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8"]
+    info = {
+        "cpu_model": cpu_model or platform.processor() or None,
+        "cpu_count": os.cpu_count(),
+        "cpu_flags": {f: f in flags for f in relevant},
+        "torch_num_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "accelerate": accelerate.__version__,
+    }
+    try:
+        import tunery
+
+        info["tunery"] = tunery.__version__
+    except Exception:  # noqa: BLE001 - informational only
+        pass
+    return info
+
+
+def loadavg() -> list[float] | None:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
+
+
+@contextlib.contextmanager
+def captured_warnings(sink: list[str]):
+    """Collect Python warnings and WARNING+ log records from transformers/accelerate/tunery into
+    `sink` (deduplicated), while still letting them through to stderr."""
+
+    class _Handler(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            msg = f"[{record.name}] {record.getMessage()}"
+            if msg not in sink:
+                sink.append(msg)
+
+    handler = _Handler(level=logging.WARNING)
+    loggers = [logging.getLogger(n) for n in ("transformers", "accelerate", "tunery")]
+    for lg in loggers:
+        lg.addHandler(handler)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            yield
+        finally:
+            for w in caught:
+                msg = f"[{w.category.__name__}] {w.message}"
+                if msg not in sink:
+                    sink.append(msg)
+                eprint(f"warning: {msg}")
+            for lg in loggers:
+                lg.removeHandler(handler)
+
+
+# -- data ----------------------------------------------------------------------------------------
+def read_tsv(path: Path):
+    import pandas as pd
+
+    return pd.read_csv(path, sep="\t", quoting=csv.QUOTE_NONE, keep_default_na=False, encoding="utf-8")
+
+
+def take_slice(train_path: Path, rows: int, seed: int):
+    """A fixed, seeded sample of `rows` training rows (same rows for the same file, rows and seed)."""
+    df = read_tsv(train_path)
+    if rows > len(df):
+        raise SystemExit(f"--slice-rows {rows} exceeds the {len(df)} rows of {train_path}")
+    return df.sample(n=rows, random_state=seed).reset_index(drop=True)
+
+
+def write_tsv(df, path: Path) -> None:
+    if df["sentence"].astype(str).str.contains("\t").any():
+        raise SystemExit("a sentence contains a tab; cannot write an unquoted TSV")
+    # Plain lines, as in the GLUE file: no quoting, so a '"' stays a plain character.
+    with open(path, "w", encoding="utf-8", newline="\n") as f:
+        f.write("sentence\tlabel\n")
+        f.writelines(f"{t}\t{int(y)}\n" for t, y in zip(df["sentence"].astype(str), df["label"]))
+
+
+# -- (a) plain Hugging Face Trainer ---------------------------------------------------------------
+def run_hf_trainer(slice_df, dev_df, backbone: str, workdir: Path, *, max_length: int = 128) -> dict:
+    import numpy as np
+    import torch
+    from transformers import (AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding,
+                              Trainer, TrainingArguments)
+
+    class _Rows(torch.utils.data.Dataset):
+        def __init__(self, enc, labels):
+            self.enc, self.labels = enc, list(labels)
+
+        def __len__(self):
+            return len(self.labels)
+
+        def __getitem__(self, i):
+            item = {k: v[i] for k, v in self.enc.items()}
+            item["labels"] = int(self.labels[i])
+            return item
+
+    t_wall = time.perf_counter()
+    tokenizer = AutoTokenizer.from_pretrained(backbone)
+    tok = lambda df: tokenizer(df["sentence"].astype(str).tolist(), truncation=True, max_length=max_length)  # noqa: E731
+    train_ds = _Rows(tok(slice_df), slice_df["label"])
+    dev_ds = _Rows(tok(dev_df), dev_df["label"])
+    model = AutoModelForSequenceClassification.from_pretrained(backbone, num_labels=2)
+    args = TrainingArguments(output_dir=str(workdir), per_device_train_batch_size=32, learning_rate=5e-5,
+                             num_train_epochs=1, report_to=[], save_strategy="no", logging_steps=50, seed=42)
+    trainer = Trainer(model=model, args=args, train_dataset=train_ds,
+                      data_collator=DataCollatorWithPadding(tokenizer), processing_class=tokenizer)
+    t_train = time.perf_counter()
+    train_output = trainer.train()
+    train_wall = time.perf_counter() - t_train
+    t_pred = time.perf_counter()
+    pred = trainer.predict(dev_ds)
+    predict_s = time.perf_counter() - t_pred
+    acc = float((np.argmax(pred.predictions, axis=-1) == np.asarray(dev_df["label"])).mean())
+    m = train_output.metrics
+    return {
+        "n_train": len(train_ds),
+        "samples_per_s": round(float(m["train_samples_per_second"]), 2),
+        "train_runtime_s": round(float(m["train_runtime"]), 2),
+        "train_call_wall_s": round(train_wall, 2),
+        "samples_per_s_wall": round(len(train_ds) / train_wall, 2),
+        "predict_s": round(predict_s, 2),
+        "wall_s": round(time.perf_counter() - t_wall, 2),
+        "train_loss": round(float(m.get("train_loss", float("nan"))), 4),
+        "steps": int(train_output.global_step),
+        "dev_accuracy": round(acc, 4),
+        "settings": {"batch_size": args.per_device_train_batch_size, "lr": args.learning_rate,
+                     "optim": str(args.optim), "weight_decay": args.weight_decay,
+                     "warmup_steps": args.warmup_steps, "lr_scheduler": str(args.lr_scheduler_type),
+                     "train_sampling_strategy": getattr(args, "train_sampling_strategy", None),
+                     "bf16": args.bf16, "fp16": args.fp16, "max_length": max_length,
+                     "device": str(args.device)},
+    }
+
+
+# -- (b) tunery -----------------------------------------------------------------------------------
+def tunery_summary(run_dir: Path, wall_s: float) -> dict:
+    import yaml
+
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
+    tr = metrics["training"]
+    test = (metrics.get("model") or {}).get("test") or {}
+    val = (metrics.get("model") or {}).get("validation") or {}
+    base = ((metrics.get("baseline") or {}).get("test") or {}).get("accuracy")
+    t = cfg["train"]
+    return {
+        "run_dir": str(run_dir),
+        "n_train": tr["n_train"],
+        "n_validation": tr["n_validation"],
+        "n_test": tr["n_test"],
+        "split": tr.get("split"),
+        "samples_per_s": tr["samples_per_s"],
+        "train_seconds": tr["train_seconds"],
+        "samples_seen": tr["samples_seen"],
+        "precision": tr.get("precision", t.get("precision")),
+        "threads": tr.get("threads"),
+        "steps": tr["steps"],
+        "best_step": tr["best_step"],
+        "stopped_early": tr["stopped_early"],
+        "pipeline_wall_s": tr["wall_seconds"],
+        "wall_s": round(wall_s, 2),
+        "dev_accuracy": round(float(test["accuracy"]), 4) if "accuracy" in test else None,
+        "validation_accuracy": round(float(val["accuracy"]), 4) if "accuracy" in val else None,
+        "baseline_dev_accuracy": round(float(base), 4) if base is not None else None,
+        "settings": {k: t[k] for k in ("epochs", "batch_size", "lr", "weight_decay", "warmup_ratio", "scheduler",
+                                       "precision", "group_by_length", "eval_every_steps", "grad_clip",
+                                       "num_threads")}
+                    | {"freeze_embeddings": cfg["model"]["freeze_embeddings"], "method": cfg["model"]["method"],
+                       "max_length": cfg["data"]["max_length"],
+                       "validation_fraction": cfg["data"]["validation_fraction"]},
+    }
+
+
+def run_tunery(cfg) -> tuple[Path, float]:
+    from tunery import pipeline
+
+    t0 = time.perf_counter()
+    run_dir = pipeline.train(cfg)
+    return Path(run_dir), time.perf_counter() - t0
+
+
+def slice_tunery_config(train_file: Path, dev_file: Path, runs_dir: Path, name: str, *,
+                        validation_fraction: float) -> dict:
+    # tunery's own TrainConfig() defaults; only what a 1-epoch slice run needs is set here.
+    return {
+        "name": name,
+        "output_dir": str(runs_dir),
+        "data": {"train": str(train_file), "test": str(dev_file), "text_column": "sentence",
+                 "label_column": "label", "validation_fraction": validation_fraction},
+        "train": {"epochs": 1, "progress": False},
+        "evaluate": {"baseline": False},
+    }
+
+
+# -- isolation: every training runs in its own fresh interpreter -----------------------------------
+# Accelerate's AcceleratorState is a process-wide singleton: once the HF Trainer has set it up
+# (fp32), tunery's Accelerator(mixed_precision="bf16") in the same process raises. A fresh process
+# per part also keeps the comparison fair (no warm allocator, no logging settings leaking across).
+def run_part(kind: str, spec: dict, tmp: Path) -> dict:
+    import subprocess
+
+    spec_file, out_file = tmp / f"{kind}-spec.json", tmp / f"{kind}-result.json"
+    spec_file.write_text(json.dumps(spec))
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--_worker", kind, str(spec_file), str(out_file)]
+    proc = subprocess.run(cmd, stdout=sys.stderr, stderr=sys.stderr, env=os.environ.copy())
+    if proc.returncode != 0:
+        raise SystemExit(f"{kind} part failed (exit {proc.returncode}); its log is above")
+    return json.loads(out_file.read_text())
+
+
+def worker(kind: str, spec_file: str, out_file: str) -> None:
+    spec = json.loads(Path(spec_file).read_text())
+    sink: list[str] = []
+    with captured_warnings(sink), contextlib.redirect_stdout(sys.stderr):
+        if kind == "hf":
+            import pandas as pd  # noqa: F401
+
+            res = run_hf_trainer(read_tsv(Path(spec["train"])), read_tsv(Path(spec["dev"])), spec["backbone"],
+                                 Path(spec["workdir"]))
+        else:
+            from tunery.config import config_from_dict
+
+            # Import what tunery imports lazily, so its wall time excludes imports like the Trainer's.
+            import accelerate  # noqa: F401
+            import transformers  # noqa: F401
+            from transformers import AutoModelForSequenceClassification, AutoTokenizer  # noqa: F401
+
+            cfg = config_from_dict(spec["config"], source=spec.get("source", "bench config"))
+            run_dir, wall = run_tunery(cfg)
+            res = tunery_summary(run_dir, wall)
+    res["warnings"] = sink
+    Path(out_file).write_text(json.dumps(res))
+
+
+# -- the parts ------------------------------------------------------------------------------------
+def bench_slice(args, backbone: str, tmp: Path) -> dict:
+    import torch
+
+    data_dir = Path(args.data_dir)
+    slice_df = take_slice(data_dir / "train.tsv", args.slice_rows, args.slice_seed)
+    dev_df = read_tsv(data_dir / "dev.tsv")
+    slice_file = tmp / f"sst2-slice-{args.slice_rows}.tsv"
+    write_tsv(slice_df, slice_file)
+    result: dict = {"rows": args.slice_rows, "seed": args.slice_seed, "dev_rows": len(dev_df),
+                    "label_counts": {str(k): int(v) for k, v in slice_df["label"].value_counts().sort_index().items()},
+                    "torch_num_threads": torch.get_num_threads(), "loadavg_before": loadavg()}
+
+    eprint(f"[slice] (a) transformers.Trainer on {len(slice_df)} rows, 1 epoch ...")
+    result["hf_trainer"] = run_part("hf", {"train": str(slice_file), "dev": str(data_dir / "dev.tsv"),
+                                           "backbone": backbone, "workdir": str(tmp / "hf")}, tmp)
+    result["loadavg_between"] = loadavg()
+
+    eprint(f"[slice] (b) tunery on the same {len(slice_df)} rows (validation held out from them), 1 epoch ...")
+    cfg = slice_tunery_config(slice_file, data_dir / "dev.tsv", tmp / "runs", f"slice-{args.slice_rows}",
+                              validation_fraction=args.slice_validation_fraction)
+    result["tunery"] = run_part("tunery", {"config": cfg, "source": "bench/sst2.py slice config"}, tmp)
+    result["loadavg_after"] = loadavg()
+
+    hf, tu = result["hf_trainer"], result["tunery"]
+    result["ratio_samples_per_s"] = round(tu["samples_per_s"] / hf["samples_per_s"], 3)
+    result["ratio_wall"] = round(hf["wall_s"] / tu["wall_s"], 3)
+    result["dev_accuracy_delta"] = (round(tu["dev_accuracy"] - hf["dev_accuracy"], 4)
+                                    if tu["dev_accuracy"] is not None else None)
+    result["note"] = (f"tunery holds out {tu['n_validation']} of the {args.slice_rows} slice rows for validation "
+                      f"(data.validation_fraction={args.slice_validation_fraction}) and trains on {tu['n_train']}; "
+                      f"the Trainer trains on all {hf['n_train']}. samples/s is per training sample in both.")
+    return result
+
+
+def bench_full(args, runs_dir: Path, tmp: Path) -> dict:
+    from tunery.config import load_config
+
+    name = f"sst2-full-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    overrides = [f"name={name}", f"output_dir={runs_dir}", *args.set]
+    cfg = load_config(Path(args.config).resolve(), overrides)  # validated here: errors before any work
+    eprint(f"[full] tunery on {cfg.data.train} (config {args.config}) -> {runs_dir / name} ...")
+    result: dict = {"config": str(args.config), "overrides": overrides, "loadavg_before": loadavg()}
+    result["tunery"] = run_part("full", {"config": cfg.to_dict(), "source": str(args.config)}, tmp)
+    result["loadavg_after"] = loadavg()
+    return result
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--slice-rows", type=int, default=3000, help="rows in the fixed slice (default 3000)")
+    ap.add_argument("--slice-seed", type=int, default=42, help="seed of the slice sample (default 42)")
+    ap.add_argument("--slice-validation-fraction", type=float, default=0.05,
+                    help="tunery's validation hold-out from the slice (default 0.05)")
+    ap.add_argument("--full", action="store_true", help="also run full SST-2 with tunery (hours on a CPU)")
+    ap.add_argument("--skip-slice", action="store_true", help="with --full: skip the slice anchor")
+    ap.add_argument("--config", default=str(DEFAULT_CONFIG), help="tunery config of the full run")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override in the full run's config, e.g. --set train.lr=3e-5 (repeatable)")
+    ap.add_argument("--data-dir", default=str(DEFAULT_DATA), help=f"SST-2 directory (default {DEFAULT_DATA})")
+    ap.add_argument("--runs-dir", default=str(RESULTS / "runs"),
+                    help="where the full run's directory goes (default bench/results/runs)")
+    ap.add_argument("--out", default=None, help="JSON file to write (default bench/results/sst2-<time>.json)")
+    args = ap.parse_args(argv)
+    if args.skip_slice and not args.full:
+        ap.error("--skip-slice only makes sense with --full")
+
+    started = time.time()
+    out = Path(args.out) if args.out else RESULTS / f"sst2-{datetime.now().strftime('%Y%m%d-%H%M%S')}.json"
+    from tunery.backbones import resolve_backbone
+
+    backbone = resolve_backbone("minilm-l6")
+    result: dict = {"benchmark": "sst2", "started": datetime.now().isoformat(timespec="seconds"),
+                    "argv": sys.argv[1:] if argv is None else argv, "backbone": {"alias": "minilm-l6", "path": backbone},
+                    "machine": machine_info()}
+    with tempfile.TemporaryDirectory(prefix="tunery-bench-") as tmp_s:
+        tmp = Path(tmp_s)
+        # The tunery store (runs table) goes to a throwaway home, not the repository's .tunery/.
+        os.environ.setdefault("TUNERY_HOME", str(tmp / "home"))
+        if not args.skip_slice:
+            result["slice"] = bench_slice(args, backbone, tmp)
+        if args.full:
+            result["full"] = bench_full(args, Path(args.runs_dir).resolve(), tmp)
+    result["total_wall_s"] = round(time.time() - started, 1)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    eprint(f"wrote {out}")
+    print(json.dumps(result, indent=2))
+    return result
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 5 and sys.argv[1] == "--_worker":
+        worker(*sys.argv[2:])
+    else:
+        main()

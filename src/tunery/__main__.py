@@ -1,0 +1,3 @@
+from tunery.cli import app
+
+app(prog_name="tunery")

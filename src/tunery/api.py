@@ -1,0 +1,135 @@
+"""A scikit-learn-like Python API over the same pipeline the CLI runs.
+
+    clf = TextClassifier(backbone="minilm-l6", epochs=2).fit(df, text="review", label="label")
+    clf.predict(["great value"])        # -> ["positive"]
+    clf.evaluate(test_df)               # -> metrics beside the TF-IDF baseline
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tunery.config import config_from_dict
+
+
+def _as_file(data: Any, folder: Path, stem: str) -> str:
+    """A path for `data`: a path as is, a DataFrame written to parquet (kept, so the run's
+    config stays re-runnable)."""
+    if isinstance(data, (str, Path)):
+        return str(Path(data).resolve())
+    import pandas as pd
+
+    if not isinstance(data, pd.DataFrame):
+        raise TypeError(f"data must be a pandas DataFrame or a file path, not {type(data).__name__}")
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{stem}.parquet"
+    data.to_parquet(path, index=False)
+    return str(path.resolve())
+
+
+class TextClassifier:
+    """Fine-tune a backbone on labelled texts. Works for classification (binary, multi-class),
+    multi-label and regression; the task is inferred from the labels unless `task` is given.
+
+    Keyword arguments map to config sections: `epochs`, `lr`, `batch_size`, ... go to `train`;
+    `method`, `lora` to `model`; `max_length` to `data`. The constructor only stores them.
+    """
+
+    _TRAIN_KEYS = set(__import__("tunery.config", fromlist=["TrainConfig"]).TrainConfig.model_fields)
+
+    def __init__(self, backbone: str = "minilm-l6", *, task: str = "auto", method: str = "full",
+                 max_length: int = 128, output_dir: str | Path = "runs", name: str | None = None,
+                 **train_options: Any) -> None:
+        self.backbone = backbone
+        self.task = task
+        self.method = method
+        self.max_length = max_length
+        self.output_dir = output_dir
+        self.name = name
+        self.train_options = train_options
+
+    def _config(self, files: dict[str, str | None], text, label, text_pair):
+        unknown = set(self.train_options) - self._TRAIN_KEYS
+        if unknown:
+            import difflib
+
+            bad = sorted(unknown)[0]
+            close = difflib.get_close_matches(bad, sorted(self._TRAIN_KEYS), n=1)
+            raise TypeError(f"TextClassifier got an unknown option {bad!r}"
+                            + (f" (did you mean {close[0]!r}?)" if close else ""))
+        data = {k: v for k, v in files.items() if v}
+        data.update({k: v for k, v in {"text_column": text, "label_column": label,
+                                       "text_pair_column": text_pair}.items() if v})
+        data["max_length"] = self.max_length
+        return config_from_dict({"name": self.name_, "output_dir": str(self.output_dir), "data": data,
+                                 "task": {"type": self.task},
+                                 "model": {"backbone": self.backbone, "method": self.method},
+                                 "train": dict(self.train_options)}, source="TextClassifier")
+
+    def fit(self, data, *, text: str | None = None, label: str | None = None, text_pair: str | None = None,
+            validation=None, test=None, callbacks=None) -> TextClassifier:
+        from tunery import pipeline
+        from tunery.predict import load
+
+        self.name_ = self.name or f"classifier-{datetime.now().strftime('%Y%m%d-%H%M%S-%f')}"
+        folder = Path(self.output_dir) / ".data" / self.name_
+        files = {"train": _as_file(data, folder, "train"),
+                 "validation": None if validation is None else _as_file(validation, folder, "validation"),
+                 "test": None if test is None else _as_file(test, folder, "test")}
+        cfg = self._config(files, text, label, text_pair)
+        self.run_dir_ = pipeline.train(cfg, callbacks=callbacks)
+        self.predictor_ = load(self.run_dir_)
+        return self
+
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "predictor_"):
+            raise RuntimeError("this TextClassifier is not fitted yet: call fit(...) or TextClassifier.load(run)")
+
+    @property
+    def classes_(self) -> list[str]:
+        self._check_fitted()
+        return self.predictor_.label_names
+
+    def predict(self, texts, pairs=None) -> list:
+        """Labels (classification), lists of labels (multi-label) or values (regression)."""
+        self._check_fitted()
+        out = self.predictor_.predict(list(texts), pairs)
+        key = {"classification": "label", "multilabel": "labels", "regression": "value"}[self.predictor_.meta["task"]]
+        return [o[key] for o in out]
+
+    def predict_proba(self, texts, pairs=None) -> np.ndarray:
+        self._check_fitted()
+        return self.predictor_.predict_scores(list(texts), pairs)
+
+    def evaluate(self, data=None) -> dict:
+        """Metrics on `data` (a DataFrame or file with the training column names), or on the
+        run's test split; the TF-IDF baseline is trained and shown beside."""
+        from tunery.pipeline import evaluate_run
+
+        self._check_fitted()
+        if data is None:
+            return evaluate_run(self.run_dir_)
+        with tempfile.TemporaryDirectory() as tmp:
+            return evaluate_run(self.run_dir_, data=_as_file(data, Path(tmp), "evaluation"))
+
+    def save(self, path: str | Path) -> Path:
+        """Copy the run directory (model, config, metrics, report) to `path`."""
+        self._check_fitted()
+        path = Path(path)
+        shutil.copytree(self.run_dir_, path, ignore=shutil.ignore_patterns("checkpoints"))
+        return path
+
+    @classmethod
+    def load(cls, run: str | Path) -> TextClassifier:
+        from tunery.predict import load
+
+        predictor = load(run)
+        clf = cls(backbone=predictor.meta["backbone"], task=predictor.meta["task"])
+        clf.predictor_, clf.run_dir_, clf.name_ = predictor, predictor.run_dir, predictor.meta["name"]
+        return clf

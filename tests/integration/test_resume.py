@@ -1,0 +1,61 @@
+"""A run killed with SIGKILL and resumed reaches the same final metrics as an uninterrupted run."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from safetensors.torch import load_file
+
+from tests.conftest import fast_train, make_dataset
+from tests.integration.helpers import cli, write_config
+
+
+def _config(tmp_path, name, backbone):
+    data = tmp_path / "reviews.csv"
+    if not data.exists():
+        make_dataset("binary", n=1600).to_csv(data, index=False)
+    # Many small steps and frequent checkpoints, so the kill lands mid-run.
+    train = fast_train(epochs=3, batch_size=8, lr=2e-3, eval_every_steps=40, log_every_steps=10)
+    return write_config(tmp_path / f"{name}.yaml", {"name": name, "data": {"train": str(data)},
+                                                    "model": {"backbone": backbone}, "train": train})
+
+
+def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path, tiny_backbone):
+    cli("train", str(_config(tmp_path, "straight", tiny_backbone)), "--no-progress", cwd=tmp_path)
+
+    proc = subprocess.Popen([sys.executable, "-m", "tunery", "train", str(_config(tmp_path, "killed", tiny_backbone)),
+                             "--no-progress"], cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    state = tmp_path / "runs" / "killed.partial" / "checkpoints" / "last" / "trainer.pt"
+    deadline = time.time() + 240
+    while not state.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.01)
+    assert state.exists(), "the run never wrote a checkpoint"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "runs" / "killed").exists(), "the run finished before the kill; the test proves nothing"
+
+    listed = json.loads(cli("runs", "list", "--json", cwd=tmp_path).stdout)
+    assert {r["name"]: r["status"] for r in listed}["killed"] == "interrupted"
+
+    cli("train", "--resume", "runs/killed", "--no-progress", cwd=tmp_path)
+    straight = json.loads((tmp_path / "runs" / "straight" / "metrics.json").read_text())
+    resumed = json.loads((tmp_path / "runs" / "killed" / "metrics.json").read_text())
+    assert resumed["model"] == straight["model"]
+    assert resumed["training"]["steps"] == straight["training"]["steps"]
+    a = load_file(tmp_path / "runs" / "straight" / "model" / "model.safetensors")
+    b = load_file(tmp_path / "runs" / "killed" / "model" / "model.safetensors")
+    assert all((a[k] == b[k]).all() for k in a)
+    record = json.loads(cli("runs", "show", "killed", cwd=tmp_path).stdout)
+    assert record["status"] == "completed" and record["attempts"] == 2
+
+
+def test_resume_of_a_complete_run_is_refused(tmp_path, tiny_backbone):
+    cli("train", str(_config(tmp_path, "done", tiny_backbone)), "--no-progress", "--set", "train.epochs=1", cwd=tmp_path)
+    proc = cli("train", "--resume", "runs/done", cwd=tmp_path, expect=1)
+    assert "already complete" in proc.stderr

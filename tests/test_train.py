@@ -1,0 +1,84 @@
+"""Training behaviours on the tiny backbone, in process."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from tests.conftest import fast_train, make_dataset
+from tunery import pipeline
+from tunery.config import config_from_dict
+from tunery.train.batching import batch_order
+
+
+def _cfg(tmp_path, backbone, name, *, model=None, **train):
+    data = tmp_path / "reviews.csv"
+    if not data.exists():
+        make_dataset("binary", n=240).to_csv(data, index=False)
+    return config_from_dict({"name": name, "output_dir": str(tmp_path / "runs"), "data": {"train": str(data)},
+                             "model": {"backbone": backbone, **(model or {})}, "train": fast_train(**train)})
+
+
+def test_batches_group_lengths_and_depend_only_on_seed_and_epoch():
+    lengths = np.random.default_rng(0).integers(2, 60, size=1000)
+    a = batch_order(lengths, 16, seed=1, epoch=3, group_by_length=True)
+    b = batch_order(lengths, 16, seed=1, epoch=3, group_by_length=True)
+    assert all((x == y).all() for x, y in zip(a, b))
+    assert sorted(np.concatenate(a).tolist()) == list(range(1000))
+    padded = sum(len(x) * lengths[x].max() for x in a)
+    random_padded = sum(len(x) * lengths[x].max() for x in batch_order(lengths, 16, seed=1, epoch=3,
+                                                                          group_by_length=False))
+    assert padded < 0.7 * random_padded
+    c = batch_order(lengths, 16, seed=1, epoch=4, group_by_length=True)
+    assert any((x != y).any() if len(x) == len(y) else True for x, y in zip(a, c))
+
+
+def test_early_stopping_keeps_the_best_checkpoint(tmp_path, tiny_backbone):
+    # A learning rate far too high wrecks the model after the first evals: training stops early and
+    # the kept model is the best one seen, not the last.
+    cfg = _cfg(tmp_path, tiny_backbone, "early", epochs=30, lr=0.5, early_stopping_patience=2, eval_every_steps=3)
+    run = pipeline.train(cfg)
+    m = json.loads((run / "metrics.json").read_text())
+    assert m["training"]["stopped_early"] and m["training"]["steps"] < m["training"]["total_steps"]
+    assert m["model"]["validation"]["accuracy"] == pytest.approx(m["training"]["best_validation"])
+    log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    evals = [r for r in log if r.get("split") == "validation"]
+    assert max(r["accuracy"] for r in evals) == pytest.approx(m["training"]["best_validation"])
+    assert all({"step", "loss", "lr", "samples_per_s"} <= set(r) for r in log if "split" not in r)
+
+
+def test_lora_run_saves_a_plain_loadable_model(tmp_path, tiny_backbone):
+    from transformers import AutoModelForSequenceClassification
+
+    run = pipeline.train(_cfg(tmp_path, tiny_backbone, "lora", model={"method": "lora", "lora": {"r": 4}},
+                              epochs=6, lr=2e-2))
+    model = AutoModelForSequenceClassification.from_pretrained(run / "model")
+    assert not any("lora" in k for k in model.state_dict())
+    m = json.loads((run / "metrics.json").read_text())
+    assert m["model"]["test"]["accuracy"] >= 0.8
+
+
+def test_training_is_reproducible_with_a_seed(tmp_path, tiny_backbone):
+    a = pipeline.train(_cfg(tmp_path, tiny_backbone, "a", epochs=2))
+    b = pipeline.train(_cfg(tmp_path, tiny_backbone, "b", epochs=2))
+    ma, mb = (json.loads((r / "metrics.json").read_text())["model"] for r in (a, b))
+    assert ma == mb
+
+
+def test_gradient_accumulation_and_cosine_schedule_run(tmp_path, tiny_backbone):
+    run = pipeline.train(_cfg(tmp_path, tiny_backbone, "accum", epochs=4, grad_accum_steps=2,
+                              scheduler="cosine", batch_size=8, precision="bf16"))
+    m = json.loads((run / "metrics.json").read_text())
+    assert m["training"]["precision"] == "bf16"
+    assert m["training"]["steps"] == m["training"]["total_steps"] == 4 * int(np.ceil(np.ceil(192 / 8) / 2))
+    assert m["model"]["test"]["accuracy"] >= 0.8
+
+
+def test_existing_run_name_is_refused(tmp_path, tiny_backbone):
+    from tunery.errors import RunError
+
+    pipeline.train(_cfg(tmp_path, tiny_backbone, "same", epochs=1))
+    with pytest.raises(RunError, match="already exists"):
+        pipeline.train(_cfg(tmp_path, tiny_backbone, "same", epochs=1))
