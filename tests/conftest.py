@@ -69,6 +69,7 @@ def isolated_store(tmp_path, monkeypatch):
 def fast_train(**extra) -> dict:
     """Training settings that make the tiny model learn the toy data in seconds."""
     cfg = {"epochs": 4, "batch_size": 16, "lr": 5e-3, "warmup_ratio": 0.1, "progress": False, "seed": 0,
+           "early_stopping_patience": None,
            "precision": "fp32"}
     cfg.update(extra)
     return cfg

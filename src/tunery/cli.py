@@ -11,6 +11,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from tunery.errors import TuneryError
@@ -26,7 +27,7 @@ err = Console(stderr=True)
 
 
 def _fail(error: Exception, code: int = 1):
-    err.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
+    err.print(f"[bold red]error:[/] {escape(str(error))}", highlight=False, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -122,7 +123,8 @@ def _print_report(report) -> None:
                   highlight=False)
     for f in report.findings:
         colour = "red" if f.severity == "error" else "yellow"
-        out.print(f"[{colour}]{f.severity}[/] [{f.code}] {f.message}", highlight=False, soft_wrap=True)
+        out.print(f"[{colour}]{f.severity}[/] {escape(f'[{f.code}]')} {escape(f.message)}", highlight=False,
+                  soft_wrap=True)
     n_e, n_w = len(report.errors), len(report.warnings)
     out.print(f"[bold]{'FAILED' if n_e else 'OK'}[/]: {n_e} error(s), {n_w} warning(s)")
 

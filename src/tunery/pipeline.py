@@ -267,7 +267,7 @@ def _train_and_write(p: Prepared, work: Path, *, resume: bool, callbacks) -> Pat
         "text_column": data.text_column,
         "text_pair_column": data.text_pair_column,
         "label_column": data.label_column,
-        "label_delimiter": cfg.data.label_delimiter,
+        "label_delimiter": data.label_delimiter,
         "max_length": max_length,
         "metric": metric,
         "created_at": datetime.now(timezone.utc).isoformat(),

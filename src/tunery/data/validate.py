@@ -118,6 +118,7 @@ class PreparedData:
     validation: pd.DataFrame
     test: pd.DataFrame
     split_note: str
+    label_delimiter: str | None = None  # multi-label strings such as "a|b": given or inferred
 
 
 @dataclass
@@ -721,7 +722,7 @@ def prepare(cfg: DataConfig, task: TaskConfig, *, tokenizer=None
         report.summary["label_counts"] = {k: _class_counts(v, task_name, names) for k, v in parts.items()}
     data = PreparedData(task_name, names, text_col, pair_col, label_col,
                         tr.reset_index(drop=True), validation.reset_index(drop=True),
-                        test.reset_index(drop=True), split_note)
+                        test.reset_index(drop=True), split_note, delimiter)
     return data, report
 
 

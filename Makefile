@@ -1,0 +1,33 @@
+# tunery: `make quickstart` sets everything up and runs the main job; `make test` runs the tests.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+TORCH  ?= torch==2.13.0
+
+.PHONY: install quickstart test test-fast bench clean
+
+$(BIN)/tunery: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# torch first and pinned: this takes the CPU wheel; an unpinned torch pulls a multi-GB CUDA build
+	$(BIN)/pip install -q $(TORCH)
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(BIN)/tunery
+
+install: $(BIN)/tunery
+
+quickstart: install
+	$(BIN)/python scripts/quickstart_data.py
+	$(BIN)/tunery train examples/quickstart.yaml
+
+test: install
+	$(BIN)/python -m pytest -q
+
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not slow"
+
+bench: install
+	$(BIN)/python bench/sst2.py
+
+clean:
+	rm -rf $(VENV) runs data .tunery
