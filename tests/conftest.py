@@ -57,6 +57,19 @@ def tiny_backbone(tmp_path_factory) -> str:
     return make(tmp_path_factory.mktemp("backbone") / "tiny-bert")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def session_store(tmp_path_factory):
+    """A store for fixtures wider than one test, never the developer's own ./.tunery."""
+    old = os.environ.get("TUNERY_HOME")
+    os.environ["TUNERY_HOME"] = str(tmp_path_factory.mktemp("session-store"))
+    os.environ.pop("TUNERY_DB_URL", None)
+    yield
+    if old is None:
+        os.environ.pop("TUNERY_HOME", None)
+    else:
+        os.environ["TUNERY_HOME"] = old
+
+
 @pytest.fixture(autouse=True)
 def isolated_store(tmp_path, monkeypatch):
     """Each test gets its own store and working directory."""

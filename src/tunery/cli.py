@@ -41,6 +41,11 @@ def _guard(fn):
             return fn(*args, **kwargs)
         except TuneryError as e:
             _fail(e)
+        except ValueError as e:  # also pydantic's ValidationError: a bad option value
+            _fail(e)
+        except Terminated:
+            err.print("[yellow]terminated: the run can be resumed with tunery train --resume[/]")
+            raise typer.Exit(143)
         except KeyboardInterrupt:
             err.print("[yellow]interrupted[/]")
             raise typer.Exit(130)
@@ -55,9 +60,13 @@ def _setup_logging(verbose: bool = False) -> None:
                         handlers=[RichHandler(console=err, show_path=False, show_time=False)], force=True)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the process is, so the run is recorded as interrupted."""
+
+
 def _sigterm_as_interrupt() -> None:
     def handler(signum, frame):
-        raise KeyboardInterrupt(f"signal {signum}")
+        raise Terminated(f"signal {signum}")
 
     signal.signal(signal.SIGTERM, handler)
 
@@ -143,16 +152,16 @@ def train(config: Optional[Path] = typer.Argument(None, help="run config (YAML)"
 
     _setup_logging(verbose)
     _sigterm_as_interrupt()
-    callbacks = [RichProgress(console=err)] if progress else [LoggingCallback()]
     if resume:
-        run = pipeline.resume(resume, callbacks=callbacks)
+        if config is not None or set_:
+            _fail(TuneryError("--resume continues a run with its saved config; drop CONFIG and --set"))
+        run = pipeline.resume(resume, callbacks=[RichProgress(console=err)] if progress else [LoggingCallback()])
     elif config is None:
         _fail(TuneryError("give a config file (tunery init DATA writes one) or --resume RUN"))
     else:
         cfg = load_config(config, overrides=set_)
-        if not progress:
-            cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"progress": False})})
-        run = pipeline.train(cfg, callbacks=callbacks)
+        show = progress and cfg.train.progress
+        run = pipeline.train(cfg, callbacks=[RichProgress(console=err)] if show else [LoggingCallback()])
     _print_summary(run)
 
 
@@ -224,10 +233,10 @@ def backbones():
     from tunery.backbones import list_backbones
 
     table = Table()
-    for col in ("alias", "params (M)", "languages", "description", "package"):
+    for col in ("alias", "params (M)", "languages", "lr", "description", "package"):
         table.add_column(col)
     for b in list_backbones():
-        table.add_row(b.alias, f"{b.params_m}", b.languages, b.description, b.package)
+        table.add_row(b.alias, f"{b.params_m}", b.languages, f"{b.recommended_lr:g}", b.description, b.package)
     out.print(table)
 
 

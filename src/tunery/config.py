@@ -78,12 +78,17 @@ class TrainConfig(_Part):
     batch_size: int = Field(32, ge=1)
     eval_batch_size: int = Field(128, ge=1)
     grad_accum_steps: int = Field(1, ge=1)
-    lr: float = Field(5e-5, gt=0)
+    lr: float | None = Field(
+        None, gt=0, description="peak learning rate; default: the backbone's recommended one, else 5e-5"
+    )
     head_lr: float | None = Field(None, gt=0, description="learning rate of the new head")
     weight_decay: float = Field(0.01, ge=0)
     warmup_ratio: float = Field(0.06, ge=0, lt=1)
     scheduler: Literal["linear", "cosine", "constant"] = "linear"
     grad_clip: float | None = Field(1.0, gt=0)
+    ema_decay: float | None = Field(
+        None, gt=0, lt=1, description="evaluate and keep an exponential moving average of the weights"
+    )
     precision: Literal["auto", "fp32", "bf16"] = Field(
         "auto", description="auto: bf16 autocast where the hardware runs it fast (AVX512-BF16/AMX, CUDA)"
     )
@@ -205,8 +210,8 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConf
             value = data.get(key)
             if isinstance(value, str) and not Path(value).is_absolute():
                 candidate = path.parent / value
-                if candidate.exists() or not Path(value).exists():
-                    data[key] = str(candidate)
+                # absolute, so the saved config re-runs (and resumes) from any directory
+                data[key] = str((candidate if candidate.exists() or not Path(value).exists() else Path(value)).resolve())
     return config_from_dict(tree, source=str(path))
 
 

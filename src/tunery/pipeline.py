@@ -120,6 +120,41 @@ def prepare_run(cfg: RunConfig) -> Prepared:
     return Prepared(cfg, backbone_path, tokenizer, data, report, task)
 
 
+def preflight(p: Prepared):
+    """Every check that can fail before training, done before anything is written: the selection
+    metric exists for the task, max_length fits the backbone, the model (and LoRA) builds.
+    Returns the model."""
+    import difflib
+
+    from tunery.evaluate.metrics import metric_names
+
+    metric = p.cfg.train.metric
+    valid = metric_names(p.data.task)
+    if metric and metric not in valid and not metric.startswith("per_class."):
+        close = difflib.get_close_matches(metric, valid, n=1)
+        raise ConfigError(f"train.metric {metric!r} is not a {p.data.task} metric"
+                          + (f" (did you mean {close[0]!r}?)" if close else "")
+                          + f"; valid: {', '.join(valid)}, or per_class.<label>.f1")
+    try:
+        model = build_model(p.backbone_path, p.task, list(p.data.label_names), p.cfg)
+    except ValueError as err:  # PEFT: a LoRA target module the backbone does not have
+        raise ConfigError(f"cannot build the model from {p.cfg.model.backbone!r}: {err}") from None
+    limit = getattr(model.config, "max_position_embeddings", None)
+    if limit and p.cfg.data.max_length > limit:
+        raise ConfigError(f"data.max_length {p.cfg.data.max_length} is more than backbone "
+                          f"{p.cfg.model.backbone!r} takes ({limit} tokens); set data.max_length <= {limit}")
+    return model
+
+
+def resolve_defaults(cfg: RunConfig) -> RunConfig:
+    """Fill defaults that depend on other settings, so config.yaml records what really ran."""
+    from tunery.backbones import recommended_lr
+
+    if cfg.train.lr is None:
+        cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"lr": recommended_lr(cfg.model.backbone)})})
+    return cfg
+
+
 def _default_name(cfg: RunConfig) -> str:
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     return f"{Path(cfg.data.train).name.split('.')[0]}-{stamp}"
@@ -128,7 +163,7 @@ def _default_name(cfg: RunConfig) -> str:
 def train(cfg: RunConfig, *, callbacks: list[Callback] | None = None, store=None) -> Path:
     """Train a new run from `cfg`; returns the completed run directory."""
     name = cfg.name or _default_name(cfg)
-    cfg = cfg.model_copy(update={"name": name})
+    cfg = resolve_defaults(cfg.model_copy(update={"name": name}))
     final = Path(cfg.output_dir) / name
     if final.exists():
         raise RunError(f"run directory {final} already exists; choose another name (name: ... or "
@@ -136,14 +171,28 @@ def train(cfg: RunConfig, *, callbacks: list[Callback] | None = None, store=None
     if partial_dir(final).exists():
         raise RunError(f"an interrupted run {name!r} exists at {partial_dir(final)}; continue it with "
                        f"`tunery train --resume {partial_dir(final)}` or remove that directory")
+    from tunery.store import Store
+
+    store = store or Store()
+    _refuse_recorded_name(store, name)
     prepared = prepare_run(cfg)  # nothing is written before the data passed validation
+    model = preflight(prepared)
     work = partial_dir(final)
     work.mkdir(parents=True)
     save_config(cfg, work / "config.yaml")
     write_json(work / "data_report.json", prepared.report.to_dict())
     write_json(work / "data_digest.json", {k: _file_digest(getattr(cfg.data, k))
                                            for k in ("train", "validation", "test")})
-    return _run(prepared, work, resume=False, callbacks=callbacks, store=store)
+    return _run(prepared, model, work, resume=False, callbacks=callbacks, store=store)
+
+
+def _refuse_recorded_name(store, name: str) -> None:
+    try:
+        record = store.get_run(name)
+    except RunError:
+        return
+    raise RunError(f"a run named {name!r} is already recorded ({record.status}, {record.path}); "
+                   "choose another name (name: ... or --set name=...)")
 
 
 def resume(ref: str | Path, *, callbacks: list[Callback] | None = None, store=None) -> Path:
@@ -161,10 +210,11 @@ def resume(ref: str | Path, *, callbacks: list[Callback] | None = None, store=No
                 raise ConfigError(f"data.{key} ({getattr(cfg.data, key)}) changed since the run started; "
                                   "a resumed run must see the same data. Restore the file or start a new run.")
     prepared = prepare_run(cfg)
-    return _run(prepared, work, resume=True, callbacks=callbacks, store=store)
+    model = preflight(prepared)
+    return _run(prepared, model, work, resume=True, callbacks=callbacks, store=store)
 
 
-def _run(p: Prepared, work: Path, *, resume: bool, callbacks, store) -> Path:
+def _run(p: Prepared, model, work: Path, *, resume: bool, callbacks, store) -> Path:
     from tunery.store import Store
 
     store = store or Store()
@@ -172,7 +222,7 @@ def _run(p: Prepared, work: Path, *, resume: bool, callbacks, store) -> Path:
     store.start_run(name=cfg.name, path=str(work.resolve()), config=cfg.to_dict(), task=p.data.task,
                     backbone=cfg.model.backbone)
     try:
-        final = _train_and_write(p, work, resume=resume, callbacks=callbacks or [LoggingCallback()])
+        final = _train_and_write(p, model, work, resume=resume, callbacks=callbacks or [LoggingCallback()])
     except BaseException as err:
         interrupted = isinstance(err, (KeyboardInterrupt, SystemExit))
         store.finish_run(cfg.name, status="interrupted" if interrupted else "failed",
@@ -190,10 +240,11 @@ def _read_json(path: Path) -> dict:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-def _train_and_write(p: Prepared, work: Path, *, resume: bool, callbacks) -> Path:
+def _train_and_write(p: Prepared, model, work: Path, *, resume: bool, callbacks) -> Path:
     import torch
 
-    from tunery.evaluate.metrics import compute_metrics, default_metric, greater_is_better, metric_value
+    from tunery.evaluate.metrics import (compute_metrics, default_metric, greater_is_better, metric_value,
+                                         tune_threshold)
     from tunery.train.loop import Trainer, predict_scores, resolve_precision
 
     cfg, data, task = p.cfg, p.data, p.task
@@ -211,7 +262,6 @@ def _train_and_write(p: Prepared, work: Path, *, resume: bool, callbacks) -> Pat
         m = compute_metrics(data.task, y_val, scores, label_names, threshold=threshold)
         return {metric: metric_value(m, metric), **{k: v for k, v in m.items() if isinstance(v, float)}}
 
-    model = build_model(p.backbone_path, task, label_names, cfg)
     trainer = Trainer(model, task, cfg.train, n_labels=n_labels, pad_id=p.tokenizer.pad_token_id or 0,
                       workdir=work, metric=metric, greater_is_better=greater_is_better(metric),
                       metric_fn=metric_fn, callbacks=callbacks)
@@ -223,8 +273,6 @@ def _train_and_write(p: Prepared, work: Path, *, resume: bool, callbacks) -> Pat
                                     pad_id=p.tokenizer.pad_token_id or 0, accelerator=trainer.accelerator)
               for split in ("validation", "test") if len(enc[split])}
     if data.task == "multilabel" and len(y_val):
-        from tunery.evaluate.metrics import tune_threshold
-
         threshold = tune_threshold(y_val, scores["validation"])
     y = {split: task.y_true(enc[split].labels, n_labels) for split in scores}
     metrics = {split: compute_metrics(data.task, y[split], s, label_names, threshold=threshold,
@@ -239,7 +287,10 @@ def _train_and_write(p: Prepared, work: Path, *, resume: bool, callbacks) -> Pat
         b_scores = baseline_scores(data.task, _texts(data.train), task.y_true(enc["train"].labels, n_labels),
                                    {split: _texts(getattr(data, split)) for split in scores},
                                    n_labels=n_labels, seed=cfg.train.seed)
-        baseline = {split: compute_metrics(data.task, y[split], s, label_names, threshold=threshold,
+        b_threshold = threshold
+        if data.task == "multilabel" and "validation" in b_scores:  # the baseline's own tuned threshold
+            b_threshold = tune_threshold(y["validation"], b_scores["validation"])
+        baseline = {split: compute_metrics(data.task, y[split], s, label_names, threshold=b_threshold,
                                            calibration_bins=cfg.evaluate.calibration_bins)
                     for split, s in b_scores.items()}
         baseline_seconds = time.time() - t0
@@ -250,6 +301,8 @@ def _train_and_write(p: Prepared, work: Path, *, resume: bool, callbacks) -> Pat
         shutil.rmtree(model_dir)
     to_save = model.merge_and_unload() if cfg.model.method == "lora" else model
     to_save = to_save.to(torch.float32)
+    if data.task == "regression":  # predictions in the target's units, even for plain transformers
+        _fold_scaling(to_save, task.mean, task.scale)
     to_save.save_pretrained(model_dir)
     p.tokenizer.save_pretrained(model_dir)
 
@@ -259,8 +312,8 @@ def _train_and_write(p: Prepared, work: Path, *, resume: bool, callbacks) -> Pat
         "task": data.task,
         "label_names": label_names,
         "threshold": threshold,
-        "label_mean": getattr(task, "mean", 0.0),
-        "label_scale": getattr(task, "scale", 1.0),
+        "label_mean": 0.0,  # regression scaling is folded into the saved head
+        "label_scale": 1.0,
         "backbone": cfg.model.backbone,
         "backbone_path": p.backbone_path,
         "method": cfg.model.method,
@@ -287,6 +340,22 @@ def _train_and_write(p: Prepared, work: Path, *, resume: bool, callbacks) -> Pat
     final = final_dir(work)
     work.rename(final)
     return final
+
+
+def _fold_scaling(model, mean: float, scale: float) -> None:
+    """Make the regression head output y = scale * raw + mean directly."""
+    import torch
+
+    heads = [m for name, m in model.named_modules()
+             if isinstance(m, torch.nn.Linear) and m.out_features == 1 and name.split(".")[0] in ("classifier", "score")]
+    if not heads:
+        raise RunError("cannot find the regression head (a 1-output Linear named classifier or score) to save")
+    head = heads[-1]
+    with torch.no_grad():
+        head.weight.mul_(scale)
+        if head.bias is None:
+            head.bias = torch.nn.Parameter(torch.zeros(1))
+        head.bias.mul_(scale).add_(mean)
 
 
 def _write_report(work: Path, p: Prepared, meta: dict, metrics: dict, baseline, scores, y, training, threshold):

@@ -25,7 +25,7 @@ def final_dir(partial: Path) -> Path:
 
 
 def is_complete(path: Path) -> bool:
-    return (path / META).is_file() and (path / "model").is_dir()
+    return not path.name.endswith(PARTIAL) and (path / META).is_file() and (path / "model").is_dir()
 
 
 def write_json(path: Path, obj) -> None:

@@ -37,7 +37,7 @@ model:
 train:
   epochs: 3
   batch_size: 32
-  lr: 5.0e-5
+  # lr: 1.0e-4            # default: the backbone's recommended peak lr (1e-4 for minilm-l6, else 5e-5)
   precision: auto         # bf16 where the hardware runs it fast (AVX512-BF16, AMX, CUDA); or fp32
   early_stopping_patience: 3
   seed: 42

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 
-def tiny_backbone(path: str | Path, *, seed: int = 0) -> str:
+def tiny_backbone(path: str | Path, *, seed: int = 0, dropout: float = 0.1) -> str:
     """Write a 2-layer, hidden-32 BERT with the packaged MiniLM's tokenizer into `path`.
 
     It loads with `from_pretrained` like a real checkpoint, in well under a second.
@@ -27,6 +27,8 @@ def tiny_backbone(path: str | Path, *, seed: int = 0) -> str:
         num_attention_heads=2,
         intermediate_size=64,
         max_position_embeddings=128,
+        hidden_dropout_prob=dropout,
+        attention_probs_dropout_prob=dropout,
     )
     torch.manual_seed(seed)
     BertModel(config).save_pretrained(path)

@@ -71,7 +71,26 @@ def test_task_end_to_end_through_cli(kind, tmp_path, tiny_backbone):
     assert len(preds) == 300
     column = {"classification": "pred_label", "multilabel": "pred_labels", "regression": "pred_value"}[task]
     assert column in preds.columns
+    meta = json.loads((run / "tunery.json").read_text())
     if task == "classification":
         assert (preds["pred_label"].astype(str) == preds[label_col].astype(str)).mean() >= floor
         prob_cols = [c for c in preds.columns if c.startswith("pred_prob_")]
         assert preds[prob_cols].sum(axis=1).round(4).eq(1.0).all()
+    elif task == "multilabel":
+        # the threshold tuned on validation is the one prediction uses
+        assert meta["threshold"] == metrics["threshold"]
+        chosen = preds[[f"pred_prob_{n}" for n in meta["label_names"]]].to_numpy() >= meta["threshold"]
+        expected = ["|".join(n for n, c in zip(meta["label_names"], row) if c) for row in chosen]
+        assert preds["pred_labels"].fillna("").astype(str).tolist() == expected
+    else:
+        # predictions are in the target's units, from tunery and from plain transformers alike
+        import numpy as np
+        import torch
+        from transformers import AutoTokenizer
+
+        err = (preds["pred_value"] - preds[label_col]).abs()
+        assert err.mean() < 0.5 * preds[label_col].std()
+        tok = AutoTokenizer.from_pretrained(run / "model")
+        with torch.no_grad():
+            raw = model(**tok(preds["text"][:8].tolist(), padding=True, return_tensors="pt")).logits[:, 0]
+        assert np.allclose(raw.numpy(), preds["pred_value"][:8].to_numpy(), atol=1e-4)

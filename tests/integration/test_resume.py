@@ -21,7 +21,10 @@ def _config(tmp_path, name, backbone):
     if not data.exists():
         make_dataset("binary", n=1600).to_csv(data, index=False)
     # Many small steps and frequent checkpoints, so the kill lands mid-run.
-    train = fast_train(epochs=3, batch_size=8, lr=2e-3, eval_every_steps=40, log_every_steps=10)
+    # Accumulation with a short last window, a log interval that does not divide the checkpoint
+    # interval, and early stopping armed: all of it must survive the kill.
+    train = fast_train(epochs=3, batch_size=8, lr=2e-3, eval_every_steps=40, log_every_steps=7,
+                       grad_accum_steps=3, early_stopping_patience=5, ema_decay=0.9)
     return write_config(tmp_path / f"{name}.yaml", {"name": name, "data": {"train": str(data)},
                                                     "model": {"backbone": backbone}, "train": train})
 
@@ -48,6 +51,12 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path, tiny_backbone)
     resumed = json.loads((tmp_path / "runs" / "killed" / "metrics.json").read_text())
     assert resumed["model"] == straight["model"]
     assert resumed["training"]["steps"] == straight["training"]["steps"]
+    def records(name):  # the log without timings
+        lines = (tmp_path / "runs" / name / "log.jsonl").read_text().splitlines()
+        return [{k: v for k, v in json.loads(line).items() if k not in ("samples_per_s", "eval_seconds")}
+                for line in lines]
+
+    assert records("killed") == records("straight")
     a = load_file(tmp_path / "runs" / "straight" / "model" / "model.safetensors")
     b = load_file(tmp_path / "runs" / "killed" / "model" / "model.safetensors")
     assert all((a[k] == b[k]).all() for k in a)
@@ -59,3 +68,21 @@ def test_resume_of_a_complete_run_is_refused(tmp_path, tiny_backbone):
     cli("train", str(_config(tmp_path, "done", tiny_backbone)), "--no-progress", "--set", "train.epochs=1", cwd=tmp_path)
     proc = cli("train", "--resume", "runs/done", cwd=tmp_path, expect=1)
     assert "already complete" in proc.stderr
+
+
+def test_sigterm_records_an_interrupted_run_that_resumes(tmp_path, tiny_backbone):
+    proc = subprocess.Popen([sys.executable, "-m", "tunery", "train", str(_config(tmp_path, "termed", tiny_backbone)),
+                             "--no-progress"], cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)
+    state = tmp_path / "runs" / "termed.partial" / "checkpoints" / "last" / "trainer.pt"
+    deadline = time.time() + 240
+    while not state.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 143, stderr
+    assert "resume" in stderr
+    record = json.loads(cli("runs", "show", "termed", cwd=tmp_path).stdout)
+    assert record["status"] == "interrupted" and "signal" in record["error"]
+    cli("train", "--resume", "termed", "--no-progress", cwd=tmp_path)
+    assert json.loads(cli("runs", "show", "termed", cwd=tmp_path).stdout)["status"] == "completed"

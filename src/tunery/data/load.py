@@ -10,6 +10,8 @@ U+FFFD and their row numbers are returned in `df.attrs["undecodable_rows"]` for 
 
 from __future__ import annotations
 
+import logging
+
 import bz2
 import codecs
 import csv
@@ -28,6 +30,8 @@ import numpy as np
 import pandas as pd
 
 from tunery.errors import DataError
+
+log = logging.getLogger(__name__)
 
 FORMATS = {
     ".csv": "csv",
@@ -276,10 +280,13 @@ def iter_table(path: str | Path, batch_rows: int = 10_000) -> Iterator[pd.DataFr
             chunks = _iter_jsonl(f, path, batch_rows)
         else:
             try:
-                chunks = pd.read_csv(f, chunksize=batch_rows, **_delimited(fmt))
+                # all columns as text: per-chunk type guessing would change types between
+                # chunks and turn pass-through ids such as 00123 into 123
+                chunks = pd.read_csv(f, chunksize=batch_rows, dtype=str,
+                                     **_delimited(fmt))
             except pd.errors.EmptyDataError:
                 raise DataError(f"{path}: the file is empty; it needs a header row and data rows")
-        start, dirty = 0, False
+        start, dirty, columns = 0, False, None
         while True:
             try:
                 df = next(chunks)
@@ -287,6 +294,14 @@ def iter_table(path: str | Path, batch_rows: int = 10_000) -> Iterator[pd.DataFr
                 break
             except (pd.errors.ParserError, ValueError) as err:
                 raise _parse_error(path, err) from None
+            if columns is None:
+                columns = list(df.columns)
+            elif list(df.columns) != columns:  # JSONL records may omit keys or order them freely
+                extra = [c for c in df.columns if c not in columns]
+                if extra:
+                    log.warning("%s: keys %s first appear after row %d; they are not carried to the output",
+                                path, extra[:5], start)
+                df = df.reindex(columns=columns)
             df.index = pd.RangeIndex(start, start + len(df))
             # the decoder reads ahead, so once it met a bad byte every later chunk is scanned
             dirty = dirty or _seen[0] != seen

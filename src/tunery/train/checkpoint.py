@@ -54,10 +54,19 @@ def save_checkpoint(path: Path, model, optimizer, scheduler, extra: dict) -> Non
 
 
 def recover(path: Path) -> None:
-    """After a crash between the two renames of `_replace_dir`, put the complete copy back."""
+    """After a crash inside `_replace_dir`, keep the newest complete copy: the finished .tmp if the
+    kill came between its two renames, else the .old one."""
     old = path.with_name(path.name + ".old")
-    if not path.exists() and old.exists():
-        os.replace(old, path)
+    tmp = path.with_name(path.name + ".tmp")
+    if not path.exists():
+        if old.exists() and tmp.exists() and (tmp / "model.safetensors").exists() and (
+                path.name != "last" or (tmp / "trainer.pt").exists()):
+            os.replace(tmp, path)
+        elif old.exists():
+            os.replace(old, path)
+    for leftover in (old, tmp):
+        if leftover.exists():
+            shutil.rmtree(leftover)
 
 
 def load_checkpoint(path: Path, model, optimizer, scheduler) -> dict:

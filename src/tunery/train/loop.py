@@ -24,7 +24,7 @@ from tunery.config import TrainConfig
 from tunery.tasks import Task
 from tunery.train.batching import Encoded, batch_order, collate, eval_order
 from tunery.train.callbacks import Callback
-from tunery.train.checkpoint import load_checkpoint, load_weights, save_checkpoint, save_weights
+from tunery.train.checkpoint import load_checkpoint, load_weights, recover, save_checkpoint, save_weights
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +43,10 @@ class TrainState:
     stopped_early: bool = False
     samples_seen: int = 0
     train_seconds: float = 0.0
+    # the logging window in progress: part of the state so a resumed run logs the same figures
+    window_loss: float = 0.0
+    window_batches: int = 0
+    window_samples: int = 0
     history: list[dict] = field(default_factory=list)  # eval records
 
     def to_dict(self) -> dict:
@@ -66,6 +70,7 @@ def _param_groups(model: torch.nn.Module, cfg: TrainConfig) -> list[dict]:
 
 
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    assert cfg.lr is not None, "pipeline.resolve_defaults fills train.lr before training"
     groups = _param_groups(model, cfg)
     try:  # fused AdamW: one kernel for all parameters, ~5x faster steps on CPU than the loop
         return torch.optim.AdamW(groups, lr=cfg.lr, fused=True)
@@ -137,6 +142,37 @@ def predict_scores(model, task: Task, data: Encoded, *, batch_size: int, pad_id:
     return np.stack(out) if len(out) else np.zeros((0,))
 
 
+class WeightAverage:
+    """An exponential moving average of the trainable weights (Polyak averaging). Evaluation and
+    the kept checkpoint use the average, which is usually flatter and generalises better."""
+
+    def __init__(self, params: list[torch.nn.Parameter], decay: float) -> None:
+        self.params = params
+        self.decay = decay
+        self.shadow = [p.detach().clone() for p in params]
+
+    def update(self, step: int) -> None:
+        decay = min(self.decay, (1 + step) / (10 + step))  # short memory early on
+        with torch.no_grad():
+            torch._foreach_lerp_(self.shadow, [p.detach() for p in self.params], 1.0 - decay)
+
+    def swap(self) -> None:
+        """Exchange live and averaged weights (call twice to undo)."""
+        with torch.no_grad():
+            for p, s in zip(self.params, self.shadow):
+                tmp = p.detach().clone()
+                p.copy_(s)
+                s.copy_(tmp)
+
+    def state_dict(self) -> list[torch.Tensor]:
+        return self.shadow
+
+    def load_state_dict(self, shadow: list[torch.Tensor]) -> None:
+        with torch.no_grad():
+            for s, v in zip(self.shadow, shadow):
+                s.copy_(v)
+
+
 class Trainer:
     """Runs the loop over tokenised splits. The constructor only stores; `fit` does the work."""
 
@@ -168,8 +204,13 @@ class Trainer:
         path = self.workdir / "log.jsonl"
         if not path.exists():
             return
-        keep = [line for line in path.read_text(encoding="utf-8").splitlines()
-                if line.strip() and json.loads(line).get("step", 0) <= step]
+        keep = []
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                if json.loads(line).get("step", 0) <= step:
+                    keep.append(line)
+            except json.JSONDecodeError:  # a line torn by the kill
+                continue
         path.write_text("".join(line + "\n" for line in keep), encoding="utf-8")
 
     def _improved(self, value: float, best: float | None) -> bool:
@@ -190,12 +231,13 @@ class Trainer:
             torch.set_num_threads(cfg.num_threads)
         accelerator = Accelerator(
             mixed_precision="bf16" if resolve_precision(cfg.precision) == "bf16" else "no",
-            gradient_accumulation_steps=cfg.grad_accum_steps,
+            gradient_accumulation_steps=1,  # we accumulate ourselves: windows may be short at epoch ends
             step_scheduler_with_optimizer=False,
         )
         micro_per_epoch = math.ceil(len(train) / cfg.batch_size)
         steps_per_epoch = math.ceil(micro_per_epoch / cfg.grad_accum_steps)
         total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
+        self._steps_per_epoch = steps_per_epoch
         eval_every = cfg.eval_every_steps or steps_per_epoch
         ckpt_every = cfg.checkpoint_every_steps or eval_every
 
@@ -204,19 +246,28 @@ class Trainer:
         scheduler = make_scheduler(optimizer, cfg, total_steps)
         model, optimizer = accelerator.prepare(self.model, optimizer)
         state = TrainState(total_steps=total_steps)
+        ema = None
+        if cfg.ema_decay:
+            ema = WeightAverage([p for p in model.parameters() if p.requires_grad], cfg.ema_decay)
         ckpt_dir = self.workdir / "checkpoints"
+        if resume:
+            recover(ckpt_dir / "last")
+            recover(ckpt_dir / "best")
         if resume and (ckpt_dir / "last").exists():
             saved = load_checkpoint(ckpt_dir / "last", accelerator.unwrap_model(model), optimizer, scheduler)
             state = TrainState(**saved["state"])
             _set_rng_state(saved["rng"])
+            if ema is not None:
+                ema.load_state_dict(saved["ema"])
             self._truncate_log(state.step)
             log.info("resumed at step %d (epoch %d, batch %d)", state.step, state.epoch, state.batch_in_epoch)
         elif resume:
             log.warning("no checkpoint in %s: starting from the beginning", ckpt_dir)
+            self._truncate_log(0)
 
         self._emit("on_train_begin", state, len(train))
         model.train()
-        window_loss, window_n, window_samples, window_start = 0.0, 0, 0, time.perf_counter()
+        window_start = time.perf_counter()
         lengths = train.lengths
         n_labels = self.n_labels
         done = state.step >= total_steps or state.stopped_early
@@ -229,14 +280,16 @@ class Trainer:
                 t0 = time.perf_counter()
                 batch = {k: v.to(accelerator.device) for k, v in collate(train, idx, self.pad_id).items()}
                 labels = self.task.label_tensor([train.labels[i] for i in idx], n_labels).to(accelerator.device)
-                is_last_micro = (b + 1) % cfg.grad_accum_steps == 0 or b + 1 == len(batches)
+                k = cfg.grad_accum_steps
+                is_last_micro = (b + 1) % k == 0 or b + 1 == len(batches)
+                window_size = min(k, len(batches) - (b // k) * k)  # the last window may be short
                 with accelerator.autocast():
                     logits = model(**batch).logits
                     loss = self._loss(logits, labels)
-                accelerator.backward(loss / cfg.grad_accum_steps)
-                window_loss += float(loss.detach())
-                window_n += 1
-                window_samples += len(idx)
+                accelerator.backward(loss / window_size)
+                state.window_loss += float(loss.detach())
+                state.window_batches += 1
+                state.window_samples += len(idx)
                 state.samples_seen += len(idx)
                 state.batch_in_epoch = b + 1
                 if not is_last_micro:
@@ -248,6 +301,8 @@ class Trainer:
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
                 state.step += 1
+                if ema is not None:
+                    ema.update(state.step)
                 state.train_seconds += time.perf_counter() - t0
                 if state.batch_in_epoch == len(batches):
                     state.epoch += 1
@@ -256,16 +311,22 @@ class Trainer:
                 if state.step % cfg.log_every_steps == 0 or state.step == total_steps:
                     elapsed = time.perf_counter() - window_start
                     record = {"step": state.step, "epoch": round(state.step / steps_per_epoch, 4),
-                              "loss": window_loss / max(window_n, 1), "lr": scheduler.get_last_lr()[0],
-                              "samples_per_s": window_samples / max(elapsed, 1e-9)}
+                              "loss": state.window_loss / max(state.window_batches, 1),
+                              "lr": scheduler.get_last_lr()[0],
+                              "samples_per_s": state.window_samples / max(elapsed, 1e-9)}
                     self._log(record)
                     self._emit("on_log", state, record)
-                    window_loss, window_n, window_samples, window_start = 0.0, 0, 0, time.perf_counter()
+                    state.window_loss, state.window_batches, state.window_samples = 0.0, 0, 0
+                    window_start = time.perf_counter()
                 self._emit("on_step", state)
 
                 finished = state.step >= total_steps
                 if state.step % eval_every == 0 or finished:
+                    if ema is not None:
+                        ema.swap()
                     self._evaluate(model, validation, state, accelerator, ckpt_dir)
+                    if ema is not None:
+                        ema.swap()
                     model.train()
                     if (cfg.early_stopping_patience
                             and state.evals_without_improvement >= cfg.early_stopping_patience):
@@ -273,7 +334,8 @@ class Trainer:
                         finished = True
                 if state.step % ckpt_every == 0 or finished:
                     save_checkpoint(ckpt_dir / "last", accelerator.unwrap_model(model), optimizer, scheduler,
-                                    {"state": state.to_dict(), "rng": _rng_state()})
+                                    {"state": state.to_dict(), "rng": _rng_state(),
+                                     "ema": ema.state_dict() if ema is not None else None})
                     window_start = time.perf_counter()
                 if finished:
                     done = True
@@ -300,7 +362,8 @@ class Trainer:
                                 pad_id=self.pad_id, accelerator=accelerator)
         metrics = self.metric_fn(scores)
         value = float(metrics[self.metric])
-        record = {"step": state.step, "epoch": state.epoch, "split": "validation", self.metric: value,
+        record = {"step": state.step, "epoch": round(state.step / self._steps_per_epoch, 4), "split": "validation",
+                  self.metric: value,
                   "eval_seconds": time.perf_counter() - t0}
         record.update({k: v for k, v in metrics.items() if isinstance(v, (int, float)) and k != self.metric})
         if self._improved(value, state.best_metric):
