@@ -195,20 +195,26 @@ def _refuse_recorded_name(store, name: str) -> None:
                    "choose another name (name: ... or --set name=...)")
 
 
+def _changed_data(run_dir: Path, cfg: RunConfig) -> list[str]:
+    """The data files of a run whose content differs from when it was trained."""
+    import json
+
+    path = run_dir / "data_digest.json"
+    if not path.exists():
+        return []
+    saved = json.loads(path.read_text())
+    return [getattr(cfg.data, key) for key, digest in saved.items()
+            if digest and _file_digest(getattr(cfg.data, key)) not in (None, digest)]
+
+
 def resume(ref: str | Path, *, callbacks: list[Callback] | None = None, store=None) -> Path:
     """Continue an interrupted run from its last checkpoint, with its saved config."""
     work = find_resumable(ref)
     cfg = load_config(work / "config.yaml")
-    digests = work / "data_digest.json"
-    if digests.exists():
-        import json
-
-        saved = json.loads(digests.read_text())
-        for key, digest in saved.items():
-            now = _file_digest(getattr(cfg.data, key))
-            if digest and now and now != digest:
-                raise ConfigError(f"data.{key} ({getattr(cfg.data, key)}) changed since the run started; "
-                                  "a resumed run must see the same data. Restore the file or start a new run.")
+    changed = _changed_data(work, cfg)
+    if changed:
+        raise ConfigError(f"{', '.join(changed)} changed since the run started; a resumed run must see the "
+                          "same data. Restore the file or start a new run.")
     prepared = prepare_run(cfg)
     model = preflight(prepared)
     return _run(prepared, model, work, resume=True, callbacks=callbacks, store=store)
@@ -396,15 +402,20 @@ def evaluate_run(ref: str | Path, *, data: str | Path | None = None) -> dict:
     task, label_names = predictor.task, predictor.label_names
     n_labels = len(label_names)
     train_frame = None
-    try:
-        prepared = prepare_run(cfg)
-        train_frame = prepared.data.train
-    except Exception as e:  # noqa: BLE001 - the training file may be gone; the model still evaluates
-        log.warning("no baseline: the run's training data cannot be prepared again (%s)", e)
-        prepared = None
+    prepared = None
+    changed = _changed_data(run_dir, cfg)
+    if changed:
+        log.warning("no baseline and no test split: %s changed since the run was trained", ", ".join(changed))
+    else:
+        try:
+            prepared = prepare_run(cfg)
+            train_frame = prepared.data.train
+        except Exception as e:  # noqa: BLE001 - the training file may be gone; the model still evaluates
+            log.warning("no baseline: the run's training data cannot be prepared again (%s)", e)
     if data is None:
         if prepared is None or not len(prepared.data.test):
-            raise RunError(f"run {run_dir} has no test split to evaluate on; pass --data FILE")
+            why = f" ({', '.join(changed)} changed since training)" if changed else ""
+            raise RunError(f"run {run_dir} has no test split to evaluate on{why}; pass --data FILE")
         frame, name = prepared.data.test, "test"
         texts = frame["text"].astype(str).tolist()
         pairs = frame["text_pair"].astype(str).tolist() if "text_pair" in frame else None

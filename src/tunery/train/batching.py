@@ -32,15 +32,17 @@ class Encoded:
 
 
 def encode(tokenizer, texts: list[str], pairs: list[str] | None, labels: list[Any], *, max_length: int) -> Encoded:
+    # segment ids only where the model takes them (BERT does, DistilBERT and RoBERTa do not)
+    with_types = pairs is not None and "token_type_ids" in getattr(tokenizer, "model_input_names", [])
     enc = tokenizer(
         texts,
         pairs,
         truncation=True,
         max_length=max_length,
         return_attention_mask=False,
-        return_token_type_ids=pairs is not None,
+        return_token_type_ids=with_types,
     )
-    return Encoded(enc["input_ids"], enc.get("token_type_ids") if pairs is not None else None, list(labels))
+    return Encoded(enc["input_ids"], enc.get("token_type_ids") if with_types else None, list(labels))
 
 
 def batch_order(lengths: np.ndarray, batch_size: int, *, seed: int, epoch: int, group_by_length: bool,
