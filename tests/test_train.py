@@ -127,3 +127,20 @@ def test_max_length_beyond_the_backbone_fails_before_training(tmp_path, tiny_bac
     with pytest.raises(ConfigError, match="data.max_length 512"):
         pipeline.train(cfg)
     assert not (tmp_path / "runs").exists()
+
+
+def test_layer_wise_lr_decay_gives_lower_layers_smaller_rates(tiny_backbone):
+    from transformers import AutoModelForSequenceClassification
+
+    from tunery.config import TrainConfig
+    from tunery.train.loop import _param_groups
+
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_backbone, num_labels=2)
+    groups = _param_groups(model, TrainConfig(lr=1e-3, layer_lr_decay=0.5))
+    lr_of = {id(p): g["lr"] for g in groups for p in g["params"]}
+    named = dict(model.named_parameters())
+    # 2 layers: embeddings at lr * 0.5**3, layer 0 at 0.5**2, layer 1 at 0.5, the head at lr
+    assert lr_of[id(named["bert.embeddings.position_embeddings.weight"])] == pytest.approx(1e-3 * 0.125)
+    assert lr_of[id(named["bert.encoder.layer.0.attention.self.query.weight"])] == pytest.approx(1e-3 * 0.25)
+    assert lr_of[id(named["bert.encoder.layer.1.output.dense.weight"])] == pytest.approx(1e-3 * 0.5)
+    assert lr_of[id(named["classifier.weight"])] == pytest.approx(1e-3)

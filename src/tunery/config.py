@@ -82,6 +82,9 @@ class TrainConfig(_Part):
         None, gt=0, description="peak learning rate; default: the backbone's recommended one, else 5e-5"
     )
     head_lr: float | None = Field(None, gt=0, description="learning rate of the new head")
+    layer_lr_decay: float = Field(
+        1.0, gt=0, le=1, description="layer-wise lr decay: each layer down trains at this times the lr above"
+    )
     weight_decay: float = Field(0.01, ge=0)
     warmup_ratio: float = Field(0.06, ge=0, lt=1)
     scheduler: Literal["linear", "cosine", "constant"] = "linear"

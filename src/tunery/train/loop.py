@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import random
+import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -53,20 +54,32 @@ class TrainState:
         return asdict(self)
 
 
+def _depth(name: str) -> int | None:
+    """0 for embeddings, i + 1 for transformer layer i, None above the encoder (pooler, head)."""
+    m = re.search(r"\.layers?\.(\d+)\.", name)
+    if m:
+        return int(m.group(1)) + 1
+    return 0 if "embeddings" in name else None
+
+
 def _param_groups(model: torch.nn.Module, cfg: TrainConfig) -> list[dict]:
-    """AdamW groups: no weight decay on biases and norms; the new head may get its own lr."""
-    groups: dict[tuple[bool, bool], list] = {}
+    """AdamW groups: no weight decay on biases and norms; the new head may get its own lr; with
+    layer-wise decay, layer i of n trains at lr * decay ** (n + 1 - depth), so the lower, more
+    general layers move less."""
+    n_layers = getattr(getattr(model, "config", None), "num_hidden_layers", 0) or 0
+    groups: dict[tuple[bool, float], list] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
         no_decay = p.ndim < 2 or "LayerNorm" in name or "layer_norm" in name
         is_head = "classifier" in name or name.startswith("score")
-        groups.setdefault((no_decay, is_head), []).append(p)
-    out = []
-    for (no_decay, is_head), params in groups.items():
         lr = cfg.head_lr if (is_head and cfg.head_lr) else cfg.lr
-        out.append({"params": params, "weight_decay": 0.0 if no_decay else cfg.weight_decay, "lr": lr})
-    return out
+        depth = _depth(name)
+        if cfg.layer_lr_decay != 1.0 and depth is not None and not is_head:
+            lr = lr * cfg.layer_lr_decay ** (n_layers + 1 - depth)
+        groups.setdefault((no_decay, lr), []).append(p)
+    return [{"params": params, "weight_decay": 0.0 if no_decay else cfg.weight_decay, "lr": lr}
+            for (no_decay, lr), params in groups.items()]
 
 
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
