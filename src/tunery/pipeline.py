@@ -5,6 +5,7 @@ run directory atomically, record it in the store.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import shutil
 import time
@@ -197,8 +198,6 @@ def _refuse_recorded_name(store, name: str) -> None:
 
 def _changed_data(run_dir: Path, cfg: RunConfig) -> list[str]:
     """The data files of a run whose content differs from when it was trained."""
-    import json
-
     path = run_dir / "data_digest.json"
     if not path.exists():
         return []
@@ -228,25 +227,20 @@ def _run(p: Prepared, model, work: Path, *, resume: bool, callbacks, store) -> P
     store.start_run(name=cfg.name, path=str(work.resolve()), config=cfg.to_dict(), task=p.data.task,
                     backbone=cfg.model.backbone)
     try:
-        final = _train_and_write(p, model, work, resume=resume, callbacks=callbacks or [LoggingCallback()])
+        final, metrics = _train_and_write(p, model, work, resume=resume,
+                                          callbacks=callbacks or [LoggingCallback()])
     except BaseException as err:
         interrupted = isinstance(err, (KeyboardInterrupt, SystemExit))
         store.finish_run(cfg.name, status="interrupted" if interrupted else "failed",
                          error=f"{type(err).__name__}: {err}")
         raise
-    metrics = _read_json(final / "metrics.json")
     store.update_run(cfg.name, path=str(final.resolve()))
-    store.finish_run(cfg.name, status="completed", metrics=metrics.get("model"))
+    store.finish_run(cfg.name, status="completed", metrics=metrics)
     return final
 
 
-def _read_json(path: Path) -> dict:
-    import json
-
-    return json.loads(path.read_text(encoding="utf-8"))
-
-
-def _train_and_write(p: Prepared, model, work: Path, *, resume: bool, callbacks) -> Path:
+def _train_and_write(p: Prepared, model, work: Path, *, resume: bool, callbacks) -> tuple[Path, dict]:
+    """Train, evaluate, write the run directory; returns it and the model's metrics per split."""
     import torch
 
     from tunery.evaluate.metrics import (compute_metrics, default_metric, greater_is_better, metric_value,
@@ -345,7 +339,7 @@ def _train_and_write(p: Prepared, model, work: Path, *, resume: bool, callbacks)
     write_json(work / META, meta)  # written last: its presence marks a complete run
     final = final_dir(work)
     work.rename(final)
-    return final
+    return final, metrics
 
 
 def _fold_scaling(model, mean: float, scale: float) -> None:
@@ -365,8 +359,6 @@ def _fold_scaling(model, mean: float, scale: float) -> None:
 
 
 def _write_report(work: Path, p: Prepared, meta: dict, metrics: dict, baseline, scores, y, training, threshold):
-    import json
-
     from tunery.evaluate.report import write_report
 
     history = []

@@ -100,9 +100,9 @@ class Predictor:
             for chunk in iter_table(input_path, batch_rows=batch_rows):
                 for col in filter(None, (text_column, text_pair_column)):
                     if col not in chunk.columns:
-                        cols = [str(c) for c in chunk.columns]
-                        hint = "; pass --text-column" if len(cols) else ""
-                        raise DataError(f"{input_path}: no column {col!r} (columns: {', '.join(cols)}){hint}")
+                        cols = ", ".join(str(c) for c in chunk.columns)
+                        raise DataError(f"{input_path}: no column {col!r} (columns: {cols}); "
+                                        "name the text column with --text-column")
                 texts = chunk[text_column].fillna("").astype(str).tolist()
                 pairs = chunk[text_pair_column].fillna("").astype(str).tolist() if text_pair_column else None
                 scores = self.predict_scores(texts, pairs)
