@@ -23,10 +23,13 @@ _EXPORTS = {
     "resume": "tunery.pipeline",
     "evaluate_run": "tunery.pipeline",
     "TuneryError": "tunery.errors",
+    "Client": "tunery.client",
+    "ApiError": "tunery.client",
 }
 
 if TYPE_CHECKING:  # pragma: no cover
     from tunery.api import TextClassifier
+    from tunery.client import ApiError, Client
     from tunery.config import RunConfig, load_config
     from tunery.errors import TuneryError
     from tunery.pipeline import evaluate_run, resume, train

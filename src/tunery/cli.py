@@ -22,6 +22,10 @@ runs_app = typer.Typer(no_args_is_help=True, help="Runs recorded in the store.")
 models_app = typer.Typer(no_args_is_help=True, help="The model registry: versions and aliases.")
 app.add_typer(runs_app, name="runs")
 app.add_typer(models_app, name="models")
+keys_app = typer.Typer(no_args_is_help=True, help="API keys for tunery serve: create, list, revoke.")
+usage_app = typer.Typer(no_args_is_help=True, help="Metered usage of tunery serve.")
+app.add_typer(keys_app, name="keys")
+app.add_typer(usage_app, name="usage")
 out = Console()
 err = Console(stderr=True)
 
@@ -317,6 +321,123 @@ def models_alias(name: str, alias: str, version: int):
 
     Store().set_alias(name, alias, version)
     out.print(f"{name}:{alias} -> {name}@{version}")
+
+
+# --------------------------------------------------------------------------------------------
+@app.command()
+@_guard
+def serve(models: list[str] = typer.Argument(..., help="sentiment, sentiment@2, sentiment:prod, a run directory; "
+                                             "NAME=REF to choose the served name"),
+          host: str = typer.Option("127.0.0.1", help="address to listen on (0.0.0.0: every interface)"),
+          port: int = typer.Option(8000), workers: int = typer.Option(1, min=1, help="server processes"),
+          config: Optional[Path] = typer.Option(None, "--config", "-c",
+                                                help="serve config: plans, limits, batching (default: "
+                                                     "$TUNERY_SERVE_CONFIG, else built-in)"),
+          access_log: bool = typer.Option(False, help="log every request")):
+    """Serve models over HTTP with API keys, metering, quotas and dynamic batching."""
+    from tunery.serve.server import resolve_models, run_server
+
+    specs = resolve_models(models)
+    for m in specs:
+        err.print(f"serving [bold]{escape(m.name)}[/] = {escape(m.ref)}", highlight=False)
+    err.print(f"on http://{host}:{port}  (API docs: /docs; keys: tunery keys create --tenant NAME --plan PLAN)",
+              highlight=False)
+    run_server(specs, host=host, port=port, workers=workers, config_path=str(config) if config else None,
+               access_log=access_log)
+
+
+@keys_app.command("create")
+@_guard
+def keys_create(tenant: str = typer.Option(..., help="the customer the key bills to"),
+                plan: Optional[str] = typer.Option(None, help="plan of the tenant (needed for a new tenant)"),
+                models: Optional[list[str]] = typer.Option(None, "--models", "-m",
+                                                           help="served model names the key may use (repeat); "
+                                                                "default: all"),
+                admin: bool = typer.Option(False, help="may also manage keys and read every tenant's usage"),
+                note: Optional[str] = typer.Option(None, help="a label for your records"),
+                config: Optional[Path] = typer.Option(None, "--config", "-c", help="serve config with the plans")):
+    """Create an API key. The key is printed once; only its hash is stored."""
+    from tunery.serve.keys import create_key
+    from tunery.serve.settings import load_serve_config
+    from tunery.store import Store
+
+    plans = list(load_serve_config(config).plans)
+    key, info = create_key(Store(), tenant=tenant, plan=plan, models=models or None, admin=admin, note=note,
+                           known_plans=plans)
+    err.print(f"created key {info.key_id} for tenant {escape(info.tenant)} (plan {escape(info.plan)}"
+              f"{', admin' if info.admin else ''}; models: {escape(', '.join(info.models or ['all']))}). "
+              "Store it now: it cannot be shown again.", highlight=False)
+    print(key)
+
+
+@keys_app.command("list")
+@_guard
+def keys_list(tenant: Optional[str] = typer.Option(None), as_json: bool = typer.Option(False, "--json")):
+    """List API keys (ids, tenants, plans, scopes; never the secrets)."""
+    from tunery.serve.keys import list_keys
+    from tunery.store import Store
+
+    found = list_keys(Store(), tenant=tenant)
+    if as_json:
+        print(json.dumps([k.to_dict() for k in found], indent=2))
+        return
+    table = Table("key id", "tenant", "plan", "models", "admin", "created", "revoked", "note")
+    for k in found:
+        table.add_row(k.key_id, escape(k.tenant), escape(k.plan), escape(", ".join(k.models or ["all"])),
+                      "yes" if k.admin else "", k.created_at.strftime("%Y-%m-%d %H:%M"),
+                      k.revoked_at.strftime("%Y-%m-%d %H:%M") if k.revoked_at else "", escape(k.note or ""))
+    out.print(table)
+
+
+@keys_app.command("revoke")
+@_guard
+def keys_revoke(key_id: str = typer.Argument(..., help="the key id (from keys list) or the full key")):
+    """Revoke a key: its next request gets 401."""
+    from tunery.serve.keys import revoke_key
+    from tunery.store import Store
+
+    info = revoke_key(Store(), key_id)
+    out.print(f"revoked {info.key_id} (tenant {escape(info.tenant)})", highlight=False)
+
+
+@usage_app.command("report")
+@_guard
+def usage_report(tenant: Optional[str] = typer.Option(None, help="default: every tenant"),
+                 start: Optional[str] = typer.Option(None, "--from", help="first day, YYYY-MM-DD (UTC)"),
+                 end: Optional[str] = typer.Option(None, "--to", help="last day, inclusive"),
+                 as_csv: bool = typer.Option(False, "--csv", help="CSV on stdout"),
+                 config: Optional[Path] = typer.Option(None, "--config", "-c", help="serve config with the plans")):
+    """Usage per tenant, model and day, with the cost under each tenant's plan."""
+    import csv
+    from datetime import date
+
+    from tunery.serve.metering import usage_report as report
+    from tunery.serve.settings import load_serve_config
+    from tunery.store import Store
+
+    def day(value: Optional[str], flag: str):
+        if value is None:
+            return None
+        try:
+            return date.fromisoformat(value)
+        except ValueError:
+            raise ValueError(f"{flag} {value!r} is not a date: use YYYY-MM-DD") from None
+
+    rows = report(Store(), load_serve_config(config), tenant=tenant, start=day(start, "--from"),
+                  end=day(end, "--to"))
+    columns = ["tenant", "day", "model", "model_ref", "plan", "requests", "texts", "tokens", "cost", "currency"]
+    if as_csv:
+        writer = csv.DictWriter(sys.stdout, fieldnames=columns, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        return
+    table = Table(*columns)
+    for r in rows:
+        table.add_row(*(escape(str(r[c])) for c in columns))
+    out.print(table)
+    cost = sum(r["cost"] or 0 for r in rows)
+    out.print(f"{len(rows)} rows; {sum(r['requests'] for r in rows)} requests, {sum(r['texts'] for r in rows)} "
+              f"texts, {sum(r['tokens'] for r in rows)} tokens; cost {cost:.4f}", highlight=False)
 
 
 def main() -> None:  # pragma: no cover

@@ -41,6 +41,10 @@ class Predictor:
 
     def predict_scores(self, texts: list[str], pairs: list[str] | None = None) -> np.ndarray:
         """Probabilities (N, C) for classification tasks, values (N,) for regression."""
+        return self.score(texts, pairs)[0]
+
+    def score(self, texts: list[str], pairs: list[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Scores as `predict_scores`, and the number of tokens the model read for each text (N,)."""
         from tunery.train.loop import predict_scores
 
         texts = [str(t) for t in texts]
@@ -52,11 +56,13 @@ class Predictor:
             raise ValueError(f"this model reads text pairs ({self.meta['text_column']}, "
                              f"{self.meta['text_pair_column']}); pass pairs=[...]")
         data = encode(self.tokenizer, texts, pairs, [None] * len(texts), max_length=self.meta["max_length"])
+        tokens = data.lengths
         if not len(data):
             n = len(self.label_names)
-            return np.zeros((0, n)) if self.meta["task"] != "regression" else np.zeros((0,))
-        return predict_scores(self.model, self.task, data, batch_size=self.batch_size,
-                              pad_id=self.tokenizer.pad_token_id or 0)
+            return (np.zeros((0, n)) if self.meta["task"] != "regression" else np.zeros((0,))), tokens
+        scores = predict_scores(self.model, self.task, data, batch_size=self.batch_size,
+                                pad_id=self.tokenizer.pad_token_id or 0)
+        return scores, tokens
 
     def predict(self, texts: list[str] | str, pairs: list[str] | None = None) -> list[dict]:
         """One dict per text: label, score and per-class probabilities (labels for multi-label,

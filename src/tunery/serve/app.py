@@ -1,0 +1,571 @@
+"""The HTTP service: ``create_app`` builds a FastAPI app serving run directories to API keys.
+
+Request path of a prediction: key (401/403) -> body and limits (400/413/422) -> idempotent replay?
+-> rate limit and quota (429) -> dynamic batch -> usage committed (see metering.py) -> 200.
+"""
+
+import asyncio
+import concurrent.futures
+import hashlib
+import json
+import logging
+import os
+import re
+import threading
+import time
+import uuid
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from datetime import date, datetime, timezone
+from pathlib import Path
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, Header, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from tunery.serve import keys as keyring
+from tunery.serve import metering
+from tunery.serve.auth import RateLimiter, bearer_token
+from tunery.serve.batching import Batcher
+from tunery.serve.keys import KeyInfo
+from tunery.serve.metrics import Metrics
+from tunery.serve.settings import ServeConfig, load_serve_config
+from tunery.store import Store
+
+log = logging.getLogger(__name__)
+
+ENV_SPEC = "TUNERY_SERVE_SPEC"
+_IDEMPOTENCY_RE = re.compile(r"[\x21-\x7e]{1,255}")
+
+
+# ----------------------------------------------------------------------------------------------
+# Errors: every failure is {"error": {"code", "message"}} with a 4xx/5xx status
+# ----------------------------------------------------------------------------------------------
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str, *, headers: dict[str, str] | None = None,
+                 **extra: Any) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message, self.headers, self.extra = status, code, message, headers, extra
+
+
+def _error(status: int, code: str, message: str, headers: dict[str, str] | None = None, **extra: Any) -> JSONResponse:
+    return JSONResponse({"error": {"code": code, "message": message, **extra}}, status_code=status, headers=headers)
+
+
+def _where(loc: tuple) -> str:
+    parts = [str(p) for p in loc if p != "body"] if loc and loc[0] == "body" else [str(p) for p in loc]
+    return ".".join(parts) or "body"
+
+
+def _validation_message(errors: list[dict]) -> tuple[int, str, str]:
+    if any(e.get("type") == "json_invalid" for e in errors):
+        first = next(e for e in errors if e.get("type") == "json_invalid")
+        detail = first.get("ctx", {}).get("error", "")
+        return 400, "invalid_json", f"the request body is not valid JSON{': ' + str(detail) if detail else ''}"
+    shown = "; ".join(f"{_where(tuple(e.get('loc', ())))}: {e.get('msg')}" for e in errors[:5])
+    more = f" (and {len(errors) - 5} more)" if len(errors) > 5 else ""
+    return 422, "invalid_request", shown + more
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def _api_error(_request: Request, exc: ApiError) -> JSONResponse:
+        return _error(exc.status, exc.code, exc.message, exc.headers, **exc.extra)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        status, code, message = _validation_message(list(exc.errors()))
+        return _error(status, code, message)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        codes = {400: "bad_request", 404: "not_found", 405: "method_not_allowed"}
+        message = exc.detail if isinstance(exc.detail, str) else json.dumps(exc.detail)
+        if exc.status_code == 404 and message == "Not Found":
+            message = "no such endpoint; see /docs for the API"
+        return _error(exc.status_code, codes.get(exc.status_code, "http_error"), message, exc.headers)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unexpected error")
+        return _error(500, "internal_error", f"the server failed: {type(exc).__name__}; nothing was billed")
+
+
+# ----------------------------------------------------------------------------------------------
+# Request and response bodies (these shape the OpenAPI schema at /docs)
+# ----------------------------------------------------------------------------------------------
+
+
+class PredictRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    texts: list[str] = Field(..., min_length=1, description="texts to classify (limits: see GET /v1/models)")
+    pairs: list[str] | None = Field(None, description="second texts, one per text, for pair models")
+
+
+class Prediction(BaseModel):
+    label: str | None = None
+    labels: list[str] | None = None
+    value: float | None = None
+    score: float | None = None
+    probabilities: dict[str, float] | None = None
+
+
+class Usage(BaseModel):
+    texts: int
+    tokens: int
+
+
+class PredictResponse(BaseModel):
+    model: str
+    model_ref: str
+    request_id: str
+    predictions: list[Prediction]
+    usage: Usage
+
+
+class KeyCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    tenant: str
+    plan: str | None = None
+    models: list[str] | None = None
+    admin: bool = False
+    note: str | None = None
+
+
+class ErrorBody(BaseModel):
+    code: str
+    message: str
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody
+
+
+_ERRORS = {s: {"model": ErrorResponse} for s in (400, 401, 403, 404, 413, 422, 429, 503)}
+
+
+# ----------------------------------------------------------------------------------------------
+# The served models
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ServedModel:
+    name: str
+    path: Path
+    ref: str  # name@version for registry models, else the run directory
+    predictor: Any = None
+    batcher: Batcher | None = None
+    executor: concurrent.futures.ThreadPoolExecutor = field(
+        default_factory=lambda: concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="tunery-infer")
+    )
+
+    def info(self, limits) -> dict[str, Any]:
+        meta = self.predictor.meta if self.predictor is not None else {}
+        return {
+            "name": self.name, "model_ref": self.ref, "task": meta.get("task"),
+            "labels": meta.get("label_names"), "text_pairs": bool(meta.get("text_pair_column")),
+            "max_length": meta.get("max_length"), "ready": self.predictor is not None,
+            "max_texts_per_request": limits.max_texts_per_request, "max_chars_per_text": limits.max_chars_per_text,
+        }  # fmt: skip
+
+
+@dataclass
+class _State:
+    config: ServeConfig
+    store: Store
+    models: dict[str, ServedModel]
+    metrics: Metrics
+    limiter: RateLimiter
+    meter: metering.Meter
+    ready: threading.Event = field(default_factory=threading.Event)
+    load_error: str | None = None
+
+
+def _load_models(state: _State) -> None:
+    from tunery.predict import load
+
+    try:
+        for served in state.models.values():
+            served.predictor = load(served.path, batch_size=max(32, state.config.batching.max_batch_size))
+            served.predictor.score(["warm up"], ["warm up"] if served.predictor.meta.get("text_pair_column") else None)
+        state.ready.set()
+        log.info("models ready: %s", ", ".join(state.models))
+    except Exception as e:  # reported by /readyz; the process stays up so the cause can be read
+        state.load_error = f"{type(e).__name__}: {e}"
+        log.exception("loading models failed")
+
+
+# ----------------------------------------------------------------------------------------------
+# An ASGI layer under FastAPI: body size limit (413) and request metrics
+# ----------------------------------------------------------------------------------------------
+
+
+class _Edge:
+    def __init__(self, app, *, max_body: int, metrics: Metrics) -> None:
+        self.app, self.max_body, self.metrics = app, max_body, metrics
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started = time.perf_counter()
+        status = {"code": 500}
+
+        async def send_wrapper(message) -> None:
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+            await send(message)
+
+        try:
+            declared = dict(scope.get("headers") or []).get(b"content-length")
+            if declared is not None and (not declared.isdigit() or int(declared) > self.max_body):
+                await self._too_large(send_wrapper)
+                return
+            body, more = bytearray(), True
+            while more:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    return
+                body += message.get("body", b"")
+                more = message.get("more_body", False)
+                if len(body) > self.max_body:
+                    await self._too_large(send_wrapper)
+                    return
+            if body:
+                try:
+                    bytes(body).decode("utf-8")
+                except UnicodeDecodeError as e:
+                    await self._reject(send_wrapper, 400, "invalid_encoding", (
+                        f"the request body is not valid UTF-8 (byte 0x{body[e.start]:02x} at offset {e.start}); "
+                        "send JSON encoded as UTF-8"))
+                    return
+            replayed = False
+
+            async def replay():
+                nonlocal replayed
+                if not replayed:
+                    replayed = True
+                    return {"type": "http.request", "body": bytes(body), "more_body": False}
+                return await receive()
+
+            await self.app(scope, replay, send_wrapper)
+        finally:
+            route = scope.get("route")
+            endpoint = getattr(route, "path", None) or "unmatched"
+            model = (scope.get("path_params") or {}).get("name", "") if route is not None else ""
+            if endpoint not in ("/metrics",):
+                labels = (model, endpoint, str(status["code"]))
+                self.metrics.requests.labels(*labels).inc()
+                self.metrics.latency.labels(*labels).observe(time.perf_counter() - started)
+
+    async def _too_large(self, send) -> None:
+        await self._reject(send, 413, "body_too_large", (
+            f"the request body is larger than max_body_bytes={self.max_body} bytes; "
+            "send fewer or shorter texts per request"))
+
+    @staticmethod
+    async def _reject(send, status: int, code: str, message: str) -> None:
+        body = json.dumps({"error": {"code": code, "message": message}}).encode()
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                                (b"connection", b"close")]})
+        await send({"type": "http.response.body", "body": body})
+
+
+# ----------------------------------------------------------------------------------------------
+# The app
+# ----------------------------------------------------------------------------------------------
+
+
+def create_app(
+    models: dict[str, str | Path] | dict[str, tuple[str | Path, str]],
+    *,
+    config: ServeConfig | None = None,
+    store: Store | None = None,
+    workers: int = 1,
+) -> FastAPI:
+    """An app serving ``models`` (served name -> run directory, or -> (run directory, model ref)).
+
+    Models load in the background after startup; /readyz answers 200 once they have.
+    """
+    config = config or load_serve_config()
+    store = store or Store()
+    served = {}
+    for name, target in models.items():
+        path, ref = target if isinstance(target, tuple) else (target, str(target))
+        served[name] = ServedModel(name=name, path=Path(path), ref=str(ref))
+    metrics = Metrics()
+    state = _State(config=config, store=store, models=served, metrics=metrics,
+                   limiter=RateLimiter(share=workers), meter=metering.Meter(store))
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI):
+        state.meter.start()
+        for m in served.values():
+            m.batcher = Batcher(
+                _score_fn(m), max_batch_size=config.batching.max_batch_size,
+                max_wait_ms=config.batching.max_wait_ms, executor=m.executor,
+                on_batch=_batch_observer(metrics, m.name),
+            )  # fmt: skip
+            await m.batcher.start()
+        loader = threading.Thread(target=_load_models, args=(state,), name="tunery-load", daemon=True)
+        loader.start()
+        try:
+            yield
+        finally:
+            # uvicorn has drained in-flight requests by now; commit what they submitted, then stop
+            for m in served.values():
+                if m.batcher is not None:
+                    await m.batcher.stop()
+            await run_in_threadpool(state.meter.stop)
+            for m in served.values():
+                m.executor.shutdown(wait=True)
+
+    app = FastAPI(
+        title="tunery", version="1", lifespan=lifespan,
+        description="Predictions from fine-tuned tunery models, metered per API key. "
+        "Send `Authorization: Bearer <key>`; errors are `{\"error\": {\"code\", \"message\"}}`.",
+    )  # fmt: skip
+    app.state.tunery = state
+    _install_error_handlers(app)
+    _routes(app, state)
+    app.add_middleware(_Edge, max_body=config.limits.max_body_bytes, metrics=metrics)
+    return app
+
+
+def _score_fn(m: ServedModel):
+    def score(texts: list[str], pairs: list[str] | None):
+        return m.predictor.score(texts, pairs)
+
+    return score
+
+
+def _batch_observer(metrics: Metrics, name: str):
+    def observe(n: int, seconds: float) -> None:
+        metrics.batch_size.labels(name).observe(n)
+        metrics.batch_seconds.labels(name).observe(seconds)
+
+    return observe
+
+
+def _request_hash(model: str, body: PredictRequest) -> str:
+    blob = json.dumps({"model": model, "texts": body.texts, "pairs": body.pairs}, ensure_ascii=False,
+                      separators=(",", ":"), sort_keys=True)
+    return hashlib.sha256(blob.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def _routes(app: FastAPI, state: _State) -> None:
+    config, store, metrics = state.config, state.store, state.metrics
+
+    async def caller(authorization: Annotated[str | None, Header(description="Bearer <API key>")] = None) -> KeyInfo:
+        token = bearer_token(authorization)
+        if token is None:
+            raise ApiError(401, "missing_key", "send your API key as 'Authorization: Bearer <key>'",
+                           headers={"WWW-Authenticate": "Bearer"})
+        key = await run_in_threadpool(keyring.authenticate, store, token)
+        if key is None:
+            raise ApiError(401, "invalid_key", "the API key is unknown or revoked",
+                           headers={"WWW-Authenticate": "Bearer"})
+        return key
+
+    async def admin(key: Annotated[KeyInfo, Depends(caller)]) -> KeyInfo:
+        if not key.admin:
+            raise ApiError(403, "admin_required", "this endpoint needs an admin key (tunery keys create --admin)")
+        return key
+
+    def model_for(name: str, key: KeyInfo) -> ServedModel:
+        m = state.models.get(name)
+        if m is None:
+            raise ApiError(404, "unknown_model", f"model {name!r} is not served here; models: "
+                           f"{', '.join(sorted(state.models))}")
+        if not key.allows(name):
+            raise ApiError(403, "model_not_allowed", f"this key may not use model {name!r}; it may use: "
+                           f"{', '.join(key.models or [])}")
+        return m
+
+    @app.get("/healthz", tags=["ops"])
+    async def healthz() -> dict:
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["ops"], responses={503: {"model": ErrorResponse}})
+    async def readyz():
+        if state.ready.is_set():
+            return {"status": "ready", "models": sorted(state.models)}
+        if state.load_error:
+            return _error(503, "load_failed", f"models failed to load: {state.load_error}")
+        return _error(503, "loading", "models are loading", {"Retry-After": "1"})
+
+    @app.get("/metrics", tags=["ops"], response_class=Response)
+    async def prometheus() -> Response:
+        for m in state.models.values():
+            if m.batcher is not None:
+                metrics.queue_depth.labels(m.name).set(m.batcher.queued_texts)
+        return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    @app.get("/v1/models", tags=["predict"], responses=_ERRORS)
+    async def list_models(key: Annotated[KeyInfo, Depends(caller)]) -> dict:
+        return {"models": [m.info(config.limits) for m in state.models.values() if key.allows(m.name)]}
+
+    @app.post("/v1/models/{name}/predict", tags=["predict"], response_model=PredictResponse,
+              response_model_exclude_none=True, responses=_ERRORS)
+    async def predict(
+        name: str,
+        body: PredictRequest,
+        key: Annotated[KeyInfo, Depends(caller)],
+        idempotency_key: Annotated[str | None, Header(description="retry-safe: same key, same response, billed once")] = None,
+    ):
+        started = time.perf_counter()
+        m = model_for(name, key)
+        _check_limits(body, m, config)
+        if not state.ready.is_set():
+            raise ApiError(503, "loading", "models are loading; retry shortly", headers={"Retry-After": "1"})
+        request_hash = None
+        if idempotency_key is not None:
+            if not _IDEMPOTENCY_RE.fullmatch(idempotency_key):
+                raise ApiError(422, "bad_header", "Idempotency-Key must be 1-255 printable ASCII characters")
+            request_hash = _request_hash(name, body)
+            stored = await run_in_threadpool(metering.find_idempotent, store, key.key_id, idempotency_key)
+            if stored is not None:
+                return _replay(stored, request_hash, idempotency_key)
+        plan = config.plan(key.plan) if key.plan in config.plans else None
+        if plan is None:
+            raise ApiError(403, "unknown_plan", f"this key's plan {key.plan!r} is not configured on this server; "
+                           "ask the operator to add it to the serve config")
+        wait = state.limiter.check(key.key_id, time.monotonic(), rate=plan.rate_limit, size=plan.bucket_size)
+        if wait:
+            raise ApiError(429, "rate_limited", f"rate limit of plan {key.plan!r} is {plan.rate_limit:g} "
+                           f"requests/s per key (burst {plan.bucket_size:g}); retry in {wait} s",
+                           headers={"Retry-After": str(wait)}, retry_after=wait)
+        now = datetime.now(timezone.utc)
+        if plan.monthly_quota is not None:
+            used = await run_in_threadpool(metering.quota_used, store, key.tenant, plan, now)
+            need = metering.quota_amount(plan, texts=len(body.texts), tokens=0)
+            if used + need > plan.monthly_quota:
+                raise _over_quota(key, plan, metering.seconds_to_next_period(now))
+
+        scores, tokens = await m.batcher.submit(body.texts, body.pairs)
+        request_id = uuid.uuid4().hex
+        out = {
+            "model": name, "model_ref": m.ref, "request_id": request_id,
+            "predictions": m.predictor.task.decode(scores, m.predictor.label_names, threshold=m.predictor.threshold),
+            "usage": {"texts": len(body.texts), "tokens": int(tokens.sum())},
+        }  # fmt: skip
+        event = metering.UsageEvent(
+            tenant=key.tenant, key_id=key.key_id, model=name, model_ref=m.ref, texts=len(body.texts),
+            tokens=int(tokens.sum()), latency_ms=(time.perf_counter() - started) * 1000, request_id=request_id,
+            at=now, plan=plan, idempotency_key=idempotency_key, request_hash=request_hash,
+            response=out if idempotency_key is not None else None,
+        )  # fmt: skip
+        outcome = await asyncio.wrap_future(state.meter.submit(event))
+        if outcome.status == "over_quota":
+            raise _over_quota(key, plan, outcome.retry_after or 1)
+        if outcome.status in ("replay", "conflict"):
+            stored = (request_hash if outcome.status == "replay" else "", outcome.response or {})
+            return _replay(stored, request_hash, idempotency_key)
+        metrics.usage_requests.labels(key.tenant, name).inc()
+        metrics.usage_texts.labels(key.tenant, name).inc(event.texts)
+        metrics.usage_tokens.labels(key.tenant, name).inc(event.tokens)
+        return JSONResponse(out, headers={"X-Request-ID": request_id})
+
+    @app.get("/v1/usage", tags=["usage"], responses=_ERRORS)
+    async def usage(
+        key: Annotated[KeyInfo, Depends(caller)],
+        start: Annotated[date | None, Query(alias="from", description="first day, YYYY-MM-DD (UTC)")] = None,
+        end: Annotated[date | None, Query(alias="to", description="last day, inclusive")] = None,
+        tenant: Annotated[str | None, Query(description="admin keys: any tenant; default all")] = None,
+    ) -> dict:
+        if not key.admin:
+            if tenant is not None and tenant != key.tenant:
+                raise ApiError(403, "other_tenant", "a tenant key can only read its own usage")
+            tenant = key.tenant
+        if start is not None and end is not None and end < start:
+            raise ApiError(422, "invalid_request", f"'to' ({end}) is before 'from' ({start})")
+        rows = await run_in_threadpool(
+            lambda: metering.usage_report(store, config, tenant=tenant, start=start, end=end))
+        totals = {"requests": sum(r["requests"] for r in rows), "texts": sum(r["texts"] for r in rows),
+                  "tokens": sum(r["tokens"] for r in rows),
+                  "cost": round(sum(r["cost"] or 0 for r in rows), 6), "currency": config.currency}
+        return {"rows": rows, "totals": totals}
+
+    @app.get("/v1/keys", tags=["admin"], responses=_ERRORS)
+    async def keys_list(_admin: Annotated[KeyInfo, Depends(admin)], tenant: str | None = None) -> dict:
+        found = await run_in_threadpool(lambda: keyring.list_keys(store, tenant=tenant))
+        return {"keys": [k.to_dict() for k in found]}
+
+    @app.post("/v1/keys", tags=["admin"], status_code=201, responses=_ERRORS)
+    async def keys_create(body: KeyCreate, _admin: Annotated[KeyInfo, Depends(admin)]) -> dict:
+        from tunery.errors import TuneryError
+
+        try:
+            secret, info = await run_in_threadpool(lambda: keyring.create_key(
+                store, tenant=body.tenant, plan=body.plan, models=body.models, admin=body.admin, note=body.note,
+                known_plans=list(config.plans)))
+        except TuneryError as e:
+            raise ApiError(422, "invalid_request", str(e)) from None
+        return {"key": secret, **info.to_dict()}
+
+    @app.delete("/v1/keys/{key_id}", tags=["admin"], responses=_ERRORS)
+    async def keys_revoke(key_id: str, _admin: Annotated[KeyInfo, Depends(admin)]) -> dict:
+        from tunery.errors import TuneryError
+
+        try:
+            info = await run_in_threadpool(keyring.revoke_key, store, key_id)
+        except TuneryError as e:
+            raise ApiError(404, "unknown_key", str(e)) from None
+        return info.to_dict()
+
+
+def _check_limits(body: PredictRequest, m: ServedModel, config: ServeConfig) -> None:
+    limits = config.limits
+    if len(body.texts) > limits.max_texts_per_request:
+        raise ApiError(413, "too_many_texts", f"{len(body.texts)} texts in one request; the limit is "
+                       f"max_texts_per_request={limits.max_texts_per_request}: split them over several requests")
+    for field_name, values in (("texts", body.texts), ("pairs", body.pairs or [])):
+        for i, text in enumerate(values):
+            if len(text) > limits.max_chars_per_text:
+                raise ApiError(422, "text_too_long", f"{field_name}[{i}] has {len(text)} characters; the limit is "
+                               f"max_chars_per_text={limits.max_chars_per_text}")
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ApiError(422, "invalid_text", f"{field_name}[{i}] is not valid Unicode "
+                               "(it contains a lone surrogate escape)") from None
+    takes_pairs = bool(m.predictor is not None and m.predictor.meta.get("text_pair_column"))
+    if body.pairs is not None and len(body.pairs) != len(body.texts):
+        raise ApiError(422, "invalid_request", f"{len(body.texts)} texts but {len(body.pairs)} pairs: give one pair per text")
+    if m.predictor is not None and takes_pairs and body.pairs is None:
+        raise ApiError(422, "pairs_required", f"model {m.name!r} reads text pairs: send 'pairs' beside 'texts'")
+    if m.predictor is not None and not takes_pairs and body.pairs is not None:
+        raise ApiError(422, "pairs_not_supported", f"model {m.name!r} reads single texts: leave out 'pairs'")
+
+
+def _over_quota(key: KeyInfo, plan, retry_after: int) -> ApiError:
+    return ApiError(429, "quota_exceeded", f"tenant {key.tenant!r} has used its monthly quota of "
+                    f"{plan.monthly_quota} {plan.quota_unit} (plan {key.plan!r}); it renews at the start of "
+                    "next month (UTC)", headers={"Retry-After": str(retry_after)}, retry_after=retry_after)
+
+
+def _replay(stored: tuple[str, dict], request_hash: str | None, idempotency_key: str) -> JSONResponse:
+    stored_hash, response = stored
+    if stored_hash != request_hash:
+        raise ApiError(422, "idempotency_key_reused", f"Idempotency-Key {idempotency_key!r} was used for a "
+                       "different request; use a new key for a new request")
+    return JSONResponse(response, headers={"Idempotent-Replayed": "true",
+                                           "X-Request-ID": str(response.get("request_id", ""))})
+
+
+# ----------------------------------------------------------------------------------------------
+# For `tunery serve --workers N`: uvicorn imports this factory in each worker process
+# ----------------------------------------------------------------------------------------------
+
+
+def app_from_env() -> FastAPI:
+    spec = json.loads(os.environ[ENV_SPEC])
+    models = {m["name"]: (m["path"], m["ref"]) for m in spec["models"]}
+    return create_app(models, config=load_serve_config(spec.get("config")), workers=int(spec.get("workers", 1)))

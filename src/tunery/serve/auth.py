@@ -1,0 +1,59 @@
+"""Who is calling and whether they may: bearer keys, model scopes, admin rights, rate limits."""
+
+from __future__ import annotations
+
+import math
+import threading
+from dataclasses import dataclass
+
+
+@dataclass
+class Bucket:
+    tokens: float
+    updated: float
+
+
+def take(bucket: Bucket, now: float, *, rate: float, size: float, cost: float = 1.0) -> float:
+    """Token bucket: refill at ``rate`` per second up to ``size``, then spend ``cost``.
+
+    Returns 0 when admitted (the bucket is charged), else the seconds until ``cost`` tokens will be
+    there (the bucket is only refilled)."""
+    bucket.tokens = min(size, bucket.tokens + max(0.0, now - bucket.updated) * rate)
+    bucket.updated = now
+    if bucket.tokens >= cost:
+        bucket.tokens -= cost
+        return 0.0
+    return (cost - bucket.tokens) / rate
+
+
+class RateLimiter:
+    """Per-key token buckets, in this process.
+
+    With ``--workers N`` each worker enforces ``rate / N`` and ``burst / N`` (at least 1), so the
+    total across workers stays within the plan; quotas, unlike rates, are exact across processes.
+    """
+
+    def __init__(self, *, share: int = 1) -> None:
+        self.share = max(1, share)
+        self._buckets: dict[str, Bucket] = {}
+        self._lock = threading.Lock()
+
+    def check(self, key_id: str, now: float, *, rate: float | None, size: float) -> int:
+        """0 if admitted, else whole seconds to wait (for Retry-After)."""
+        if rate is None:
+            return 0
+        rate, size = rate / self.share, max(1.0, size / self.share)
+        with self._lock:
+            bucket = self._buckets.setdefault(key_id, Bucket(tokens=size, updated=now))
+            wait = take(bucket, now, rate=rate, size=size)
+        return 0 if wait == 0 else max(1, math.ceil(wait))
+
+
+def bearer_token(header: str | None) -> str | None:
+    """The token of an ``Authorization: Bearer <token>`` header; None if absent or malformed."""
+    if not header:
+        return None
+    scheme, _, token = header.strip().partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    return token.strip()

@@ -1,0 +1,318 @@
+"""Usage metering, quotas and idempotency, with one guarantee:
+
+    **A prediction is acknowledged (HTTP 200) only after its usage event is committed to the store.**
+
+Each request hands its event to the ``Meter``, a single writer thread per server process that
+commits whatever has queued up in one transaction (a group commit: one fsync for many requests),
+then wakes the waiting requests. In that transaction, per event and under a savepoint:
+
+1. the ``Idempotency-Key`` (if any) is inserted with the response; if the key already exists the
+   event is dropped and the stored response is returned instead (counted once);
+2. the tenant's counter for the month is bumped with a conditional ``UPDATE ... WHERE used + n <=
+   quota``: on PostgreSQL the row lock serialises concurrent servers and the condition is
+   re-checked on the latest row, on SQLite ``BEGIN IMMEDIATE`` serialises writers, so a quota of Q
+   admits exactly Q units however many workers or processes race for it;
+3. the usage event is inserted.
+
+A request that fails anywhere (rate limit, quota, bad input, inference or store error) commits
+nothing and is never billed. A SIGKILL can lose at most events whose requests were never answered;
+SIGTERM lets uvicorn drain in-flight requests before the meter stops. With SQLite the default
+``synchronous=FULL`` fsyncs every commit, so an acknowledged event also survives a power cut.
+"""
+
+from __future__ import annotations
+
+import calendar
+import concurrent.futures
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta, timezone
+from typing import Any
+
+from sqlalchemy import func, select, update
+from sqlalchemy.exc import IntegrityError
+
+from tunery.serve.settings import Plan, ServeConfig
+from tunery.store import IdempotencyRow, QuotaCounterRow, Store, TenantRow, UsageRow
+
+log = logging.getLogger(__name__)
+
+_MAX_GROUP = 512
+
+
+def period_of(at: datetime) -> str:
+    return f"{at.year:04d}-{at.month:02d}"
+
+
+def seconds_to_next_period(at: datetime) -> int:
+    days = calendar.monthrange(at.year, at.month)[1]
+    start = datetime(at.year, at.month, 1, tzinfo=timezone.utc)
+    return max(1, int((start + timedelta(days=days) - at).total_seconds()) + 1)
+
+
+def quota_amount(plan: Plan, *, texts: int, tokens: int) -> int:
+    return {"requests": 1, "texts": texts, "tokens": tokens}[plan.quota_unit]
+
+
+@dataclass(frozen=True)
+class UsageEvent:
+    tenant: str
+    key_id: str
+    model: str
+    model_ref: str
+    texts: int
+    tokens: int
+    latency_ms: float
+    request_id: str
+    at: datetime
+    plan: Plan
+    idempotency_key: str | None = None
+    request_hash: str | None = None
+    response: dict[str, Any] | None = None  # stored for replays when idempotency_key is set
+
+
+@dataclass(frozen=True)
+class Outcome:
+    status: str  # "billed" | "over_quota" | "replay" | "conflict"
+    response: dict[str, Any] | None = None  # the stored response, for "replay"
+    retry_after: int | None = None  # for "over_quota"
+    used: int | None = None
+
+
+class Meter:
+    """The single writer of usage events in this process (see the module's docstring)."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._queue: queue.Queue[tuple[UsageEvent, concurrent.futures.Future] | None] = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self.commits = 0
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="tunery-meter", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        """Commit everything already submitted, then stop."""
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join()
+            self._thread = None
+
+    def submit(self, event: UsageEvent) -> concurrent.futures.Future:
+        """A future that resolves to an Outcome once the event's transaction has committed."""
+        if self._thread is None:
+            raise RuntimeError("the meter is not running")
+        fut: concurrent.futures.Future = concurrent.futures.Future()
+        self._queue.put((event, fut))
+        return fut
+
+    @property
+    def pending(self) -> int:
+        return self._queue.qsize()
+
+    def _run(self) -> None:
+        stopping = False
+        while not stopping:
+            first = self._queue.get()
+            group = []
+            if first is None:
+                stopping = True
+            else:
+                group.append(first)
+            while len(group) < _MAX_GROUP:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    stopping = True
+                else:
+                    group.append(item)
+            if group:
+                self._commit(group)
+
+    def _commit(self, group: list[tuple[UsageEvent, concurrent.futures.Future]]) -> None:
+        for attempt in range(3):
+            try:
+                outcomes = record(self.store, [e for e, _ in group])
+                break
+            except Exception as e:  # the store failed: nothing of this group is billed or acknowledged
+                if attempt == 2:
+                    log.exception("usage could not be recorded for %d requests", len(group))
+                    for _, fut in group:
+                        fut.set_exception(e)
+                    return
+                time.sleep(0.05 * (attempt + 1))
+        self.commits += 1
+        for (_, fut), outcome in zip(group, outcomes):
+            fut.set_result(outcome)
+
+
+def record(store: Store, events: list[UsageEvent]) -> list[Outcome]:
+    """Bill ``events`` in one transaction, each under its own savepoint. See the module docstring."""
+    outcomes: list[Outcome] = []
+    with store._session(write=True) as s:
+        for ev in events:
+            outcomes.append(_record_one(s, ev))
+    return outcomes
+
+
+class _Abort(Exception):
+    def __init__(self, outcome: Outcome) -> None:
+        self.outcome = outcome
+
+
+def _record_one(s, ev: UsageEvent) -> Outcome:
+    try:
+        with s.begin_nested():
+            if ev.idempotency_key is not None:
+                try:
+                    with s.begin_nested():
+                        s.add(IdempotencyRow(
+                            key_id=ev.key_id, idempotency_key=ev.idempotency_key,
+                            request_hash=ev.request_hash or "", response=ev.response or {}, created_at=ev.at,
+                        ))  # fmt: skip
+                        s.flush()
+                except IntegrityError:
+                    stored = lookup_idempotent(s, ev.key_id, ev.idempotency_key)
+                    assert stored is not None
+                    if stored.request_hash != ev.request_hash:
+                        raise _Abort(Outcome("conflict")) from None
+                    raise _Abort(Outcome("replay", response=dict(stored.response))) from None
+            used = _charge(s, ev)
+            if used is None:
+                raise _Abort(Outcome("over_quota", retry_after=seconds_to_next_period(ev.at)))
+            s.add(UsageRow(
+                created_at=ev.at, tenant=ev.tenant, key_id=ev.key_id, model=ev.model, model_ref=ev.model_ref,
+                texts=ev.texts, tokens=ev.tokens, latency_ms=ev.latency_ms, request_id=ev.request_id,
+                idempotency_key=ev.idempotency_key,
+            ))  # fmt: skip
+            s.flush()
+            return Outcome("billed", used=used)
+    except _Abort as abort:
+        return abort.outcome
+
+
+_UNIT_COLUMN = {"requests": QuotaCounterRow.requests, "texts": QuotaCounterRow.texts, "tokens": QuotaCounterRow.tokens}
+
+
+def _charge(s, ev: UsageEvent) -> int | None:
+    """Add the event to its tenant's monthly counter; None if that would pass the quota."""
+    plan, period = ev.plan, period_of(ev.at)
+    amount = quota_amount(plan, texts=ev.texts, tokens=ev.tokens)
+    column = _UNIT_COLUMN[plan.quota_unit]
+    where = [QuotaCounterRow.tenant == ev.tenant, QuotaCounterRow.period == period]
+    if plan.monthly_quota is not None:
+        where.append(column + amount <= plan.monthly_quota)
+    for _ in range(2):
+        result = s.execute(
+            update(QuotaCounterRow)
+            .where(*where)
+            .values(
+                requests=QuotaCounterRow.requests + 1,
+                texts=QuotaCounterRow.texts + ev.texts,
+                tokens=QuotaCounterRow.tokens + ev.tokens,
+            )
+            .returning(column)
+        ).first()
+        if result is not None:
+            return int(result[0])
+        exists = s.scalar(
+            select(QuotaCounterRow.id).where(QuotaCounterRow.tenant == ev.tenant, QuotaCounterRow.period == period)
+        )
+        if exists is not None:
+            return None  # the row is there, the condition failed: over quota
+        if plan.monthly_quota is not None and amount > plan.monthly_quota:
+            return None
+        try:
+            with s.begin_nested():
+                s.add(QuotaCounterRow(tenant=ev.tenant, period=period, requests=1, texts=ev.texts, tokens=ev.tokens))
+                s.flush()
+            return amount
+        except IntegrityError:
+            continue  # another server created the row first: bump it instead
+    return None
+
+
+def lookup_idempotent(s, key_id: str, idempotency_key: str) -> IdempotencyRow | None:
+    return s.scalars(
+        select(IdempotencyRow).where(
+            IdempotencyRow.key_id == key_id, IdempotencyRow.idempotency_key == idempotency_key
+        )
+    ).one_or_none()
+
+
+def find_idempotent(store: Store, key_id: str, idempotency_key: str) -> tuple[str, dict[str, Any]] | None:
+    """(request hash, stored response) of an earlier request with this key, if any."""
+    with store._session() as s:
+        row = lookup_idempotent(s, key_id, idempotency_key)
+        return None if row is None else (row.request_hash, dict(row.response))
+
+
+def quota_used(store: Store, tenant: str, plan: Plan, at: datetime) -> int:
+    """Units of the plan's quota the tenant has used this month (0 if none)."""
+    with store._session() as s:
+        value = s.scalar(
+            select(_UNIT_COLUMN[plan.quota_unit]).where(
+                QuotaCounterRow.tenant == tenant, QuotaCounterRow.period == period_of(at)
+            )
+        )
+    return int(value or 0)
+
+
+# ----------------------------------------------------------------------------------------------
+# Reports
+# ----------------------------------------------------------------------------------------------
+
+
+def _day(dialect: str):
+    if dialect == "sqlite":
+        return func.strftime("%Y-%m-%d", UsageRow.created_at)
+    return func.to_char(func.timezone("UTC", UsageRow.created_at), "YYYY-MM-DD")
+
+
+def usage_report(
+    store: Store, config: ServeConfig, *, tenant: str | None = None, start: date | None = None,
+    end: date | None = None,
+) -> list[dict[str, Any]]:
+    """Totals per tenant, model and UTC day in ``[start, end]`` (inclusive days), with the cost
+    under each tenant's current plan. Rows sorted by tenant, day, model."""
+    if start is not None and end is not None and end < start:
+        raise ValueError(f"--to {end} is before --from {start}")
+    if store._engine is None:
+        store._setup()
+    day = _day(store._engine.dialect.name).label("day")
+    query = (
+        select(
+            UsageRow.tenant, day, UsageRow.model, UsageRow.model_ref,
+            func.count(UsageRow.id), func.sum(UsageRow.texts), func.sum(UsageRow.tokens),
+        )  # fmt: skip
+        .group_by(UsageRow.tenant, day, UsageRow.model, UsageRow.model_ref)
+        .order_by(UsageRow.tenant, day, UsageRow.model, UsageRow.model_ref)
+    )
+    if tenant is not None:
+        query = query.where(UsageRow.tenant == tenant)
+    if start is not None:
+        query = query.where(UsageRow.created_at >= datetime(start.year, start.month, start.day, tzinfo=timezone.utc))
+    if end is not None:
+        after = end + timedelta(days=1)
+        query = query.where(UsageRow.created_at < datetime(after.year, after.month, after.day, tzinfo=timezone.utc))
+    with store._session() as s:
+        plans = dict(s.execute(select(TenantRow.name, TenantRow.plan)).all())
+        rows = s.execute(query).all()
+    out = []
+    for t, d, model, ref, requests, texts, tokens in rows:
+        plan_name = plans.get(t)
+        plan = config.plans.get(plan_name) if plan_name else None
+        out.append({
+            "tenant": t, "day": d, "model": model, "model_ref": ref, "plan": plan_name,
+            "requests": int(requests), "texts": int(texts or 0), "tokens": int(tokens or 0),
+            "cost": round(plan.cost(int(texts or 0), int(tokens or 0)), 6) if plan else None,
+            "currency": config.currency,
+        })  # fmt: skip
+    return out

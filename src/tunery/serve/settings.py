@@ -1,0 +1,111 @@
+"""Serving settings: plans (price, monthly quota, rate limit), request limits and batching.
+
+They come from a YAML file (``tunery serve --config serve.yaml``, or ``TUNERY_SERVE_CONFIG``) and
+default to the values below, so a server runs with no file at all. The same file is read by
+``tunery keys create`` (a key's plan must exist) and ``tunery usage report`` (the cost of usage).
+
+.. code-block:: yaml
+
+    currency: USD
+    plans:
+      free: {monthly_quota: 1000, rate_limit: 2, burst: 10}
+      pro:  {price_per_1k_texts: 0.50, monthly_quota: 1000000, rate_limit: 50, burst: 100}
+    limits: {max_texts_per_request: 256, max_chars_per_text: 20000, max_body_bytes: 4194304}
+    batching: {max_batch_size: 32, max_wait_ms: 5}
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from tunery.errors import ConfigError
+
+ENV_CONFIG = "TUNERY_SERVE_CONFIG"
+
+
+class _Part(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Plan(_Part):
+    price_per_1k_texts: float = Field(0.0, ge=0)
+    price_per_1k_tokens: float = Field(0.0, ge=0)
+    monthly_quota: int | None = Field(None, ge=0, description="per tenant and calendar month (UTC); none: unlimited")
+    quota_unit: Literal["texts", "tokens", "requests"] = "texts"
+    rate_limit: float | None = Field(None, gt=0, description="requests per second per key; none: unlimited")
+    burst: int | None = Field(None, ge=1, description="token bucket size; default: the rate rounded up")
+
+    @property
+    def bucket_size(self) -> float:
+        return float(self.burst or max(1, math.ceil(self.rate_limit or 1)))
+
+    def cost(self, texts: int, tokens: int) -> float:
+        return texts / 1000 * self.price_per_1k_texts + tokens / 1000 * self.price_per_1k_tokens
+
+
+class Limits(_Part):
+    max_texts_per_request: int = Field(256, ge=1)
+    max_chars_per_text: int = Field(20_000, ge=1)
+    max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
+
+
+class Batching(_Part):
+    max_batch_size: int = Field(32, ge=1, description="texts per forward pass")
+    max_wait_ms: float = Field(5.0, ge=0, description="how long the first request waits for company")
+
+
+def _default_plans() -> dict[str, Plan]:
+    return {
+        "free": Plan(monthly_quota=1_000, rate_limit=2, burst=10),
+        "pro": Plan(price_per_1k_texts=0.50, monthly_quota=1_000_000, rate_limit=50, burst=100),
+        "enterprise": Plan(price_per_1k_texts=0.30),
+    }
+
+
+class ServeConfig(_Part):
+    currency: str = "USD"
+    plans: dict[str, Plan] = Field(default_factory=_default_plans)
+    limits: Limits = Field(default_factory=Limits)
+    batching: Batching = Field(default_factory=Batching)
+
+    @model_validator(mode="after")
+    def _check(self) -> ServeConfig:
+        if not self.plans:
+            raise ValueError("plans is empty: define at least one plan")
+        return self
+
+    def plan(self, name: str) -> Plan:
+        try:
+            return self.plans[name]
+        except KeyError:
+            raise ConfigError(
+                f"plan {name!r} is not defined; plans: {', '.join(sorted(self.plans))} "
+                f"(add it under plans: in the serve config, {ENV_CONFIG})"
+            ) from None
+
+
+def load_serve_config(path: str | Path | None = None) -> ServeConfig:
+    """The file at ``path``, else at ``$TUNERY_SERVE_CONFIG``, else the defaults."""
+    path = path or os.environ.get(ENV_CONFIG)
+    if not path:
+        return ServeConfig()
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"serve config {path} does not exist (given by --config or {ENV_CONFIG})")
+    try:
+        tree = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"serve config {path} is not valid YAML: {e}") from None
+    try:
+        return ServeConfig.model_validate(tree)
+    except ValidationError as e:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or '(top level)'}: {err['msg']}" for err in e.errors()
+        )
+        raise ConfigError(f"serve config {path}: {problems}") from None
