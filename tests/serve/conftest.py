@@ -9,7 +9,7 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -62,7 +62,12 @@ class Server:
     proc: subprocess.Popen
     env: dict
     log: Path
-    keys: dict = field(default_factory=dict)
+    db_url: str
+
+    def store(self):
+        from tunery.store import Store
+
+        return Store(self.db_url)
 
     def client(self, key: str, **kw) -> httpx.Client:
         return httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {key}"}, timeout=60, **kw)
@@ -81,18 +86,20 @@ class Server:
 
 
 def start_server(models: list[str], *, cwd: Path, config: dict | None = None, workers: int = 1,
-                 env: dict | None = None, port: int | None = None) -> Server:
+                 env: dict | None = None, port: int | None = None, db_url: str | None = None) -> Server:
+    """`tunery serve` in a subprocess, on its own store (``db_url``, default a SQLite file in ``cwd``)."""
     port = port or free_port()
+    db_url = db_url or f"sqlite:///{cwd / 'serve.db'}"
     args = [sys.executable, "-m", "tunery", "serve", *models, "--port", str(port), "--workers", str(workers)]
     if config is not None:
         path = cwd / f"serve-{port}.yaml"
         path.write_text(yaml.safe_dump(config), encoding="utf-8")
         args += ["--config", str(path)]
-    full_env = {**os.environ, "NO_COLOR": "1", "COLUMNS": "200", **(env or {})}
+    full_env = {**os.environ, "NO_COLOR": "1", "COLUMNS": "200", "TUNERY_DB_URL": db_url, **(env or {})}
     log = cwd / f"server-{port}.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(args, cwd=cwd, env=full_env, stdout=out, stderr=subprocess.STDOUT)
-    server = Server(f"http://127.0.0.1:{port}", proc, full_env, log)
+    server = Server(f"http://127.0.0.1:{port}", proc, full_env, log, db_url)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -109,7 +116,7 @@ def start_server(models: list[str], *, cwd: Path, config: dict | None = None, wo
 
 @pytest.fixture
 def serve(tmp_path):
-    """Start servers with start_server(...); all are stopped after the test."""
+    """Start servers with serve([models], ...); all are killed after the test."""
     started: list[Server] = []
 
     def _start(models, **kw) -> Server:
@@ -125,20 +132,22 @@ def serve(tmp_path):
             server.proc.wait(10)
 
 
-def new_key(tenant: str = "acme", plan: str = "pro", **kw) -> str:
+def new_key(server: Server, tenant: str = "acme", plan: str | None = "pro", **kw) -> str:
     from tunery.serve.keys import create_key
-    from tunery.store import Store
 
-    key, _ = create_key(Store(), tenant=tenant, plan=plan, **kw)
-    return key
+    store = server.store()
+    try:
+        return create_key(store, tenant=tenant, plan=plan, **kw)[0]
+    finally:
+        store.close()
 
 
-def usage_rows(**filters) -> list:
+def usage_rows(server: Server, **filters) -> list:
     from sqlalchemy import select
 
-    from tunery.store import Store, UsageRow
+    from tunery.store import UsageRow
 
-    store = Store()
+    store = server.store()
     try:
         with store._session() as s:
             query = select(UsageRow)

@@ -157,9 +157,36 @@ def record(store: Store, events: list[UsageEvent]) -> list[Outcome]:
     """Bill ``events`` in one transaction, each under its own savepoint. See the module docstring."""
     outcomes: list[Outcome] = []
     with store._session(write=True) as s:
+        pass  # _lock_counters(s, events)
         for ev in events:
             outcomes.append(_record_one(s, ev))
     return outcomes
+
+
+def _lock_counters(s, events: list[UsageEvent]) -> None:
+    """Lock every quota counter the group may bump, in one global order and before anything else,
+    creating missing ones at zero.
+
+    A group's transaction holds its row locks until it commits. Taken as the events come (this
+    event's idempotency key, then its tenant's counter, then the next event's key...), two
+    servers' groups on PostgreSQL can each hold what the other waits for: a deadlock, which costs
+    ``deadlock_timeout`` (1 s) and an aborted, retried group, or failed requests after 3 tries.
+    Holding the tenant's counter before inserting its idempotency keys leaves no such cycle. And
+    with the row there and locked, _charge's UPDATE always finds it: otherwise a counter that
+    another server commits between that UPDATE and the existence check reads as "over quota".
+    """
+    for tenant, period in sorted({(ev.tenant, period_of(ev.at)) for ev in events}):
+        where = (QuotaCounterRow.tenant == tenant, QuotaCounterRow.period == period)
+        for _ in range(2):
+            if s.scalar(select(QuotaCounterRow.id).where(*where).with_for_update()) is not None:
+                break
+            try:
+                with s.begin_nested():
+                    s.add(QuotaCounterRow(tenant=tenant, period=period, requests=0, texts=0, tokens=0))
+                    s.flush()
+                break
+            except IntegrityError:
+                continue  # another server created it first (and has committed): lock that row
 
 
 class _Abort(Exception):
