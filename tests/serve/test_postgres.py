@@ -262,7 +262,7 @@ def _new_month_events(worker: int, months: int) -> list[metering.UsageEvent]:
 def test_the_first_requests_of_a_month_raced_by_processes_are_all_billed(store, pg_url):
     """Every process finds no counter for the month and several create it at once: none of them
     may take the other's fresh counter for an exhausted quota (the plan has no quota at all)."""
-    months = 24
+    months = 60
     create_key(store, tenant="acme", plan="pro")
     outcomes, _ = _run_workers(_new_month_events, pg_url, months)
 
