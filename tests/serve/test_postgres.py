@@ -223,6 +223,7 @@ def test_quota_admits_exactly_q_requests_across_processes(store, pg_url):
     # Each billed request saw the counter at a different value: 1..Q, no value twice, none skipped.
     assert sorted(o[4] for o in outcomes if o[3] == "billed") == list(range(1, quota + 1))
     assert all(o[5] and o[5] > 0 for o in outcomes if o[3] == "over_quota")  # Retry-After given
+    assert _count(store, UsageRow.tenant == "acme") == quota
     assert metering.quota_used(store, "acme", QUOTA_PLAN, AT) == quota
     with store._session() as s:
         assert set(s.scalars(select(UsageRow.request_id))) == {o[0] for o in outcomes if o[3] == "billed"}
@@ -246,9 +247,11 @@ def test_an_idempotency_key_raced_by_processes_bills_once_and_all_get_one_respon
     with store._session() as s:
         stored = {r.idempotency_key: r.response for r in s.scalars(select(IdempotencyRow))}
         assert sorted(s.scalars(select(UsageRow.idempotency_key))) == sorted(keys)
+    assert sorted(stored) == sorted(keys)
     for key in keys:
         # What each submitter answers: its own response if it billed, else the replayed one.
-        answers = [own if status == "billed" else replayed for _, k, own, status, _, _, replayed in outcomes if k == key]
+        answers = [own if status == "billed" else replayed
+                   for _, k, own, status, _, _, replayed in outcomes if k == key]
         assert len(answers) == WORKERS and all(a == stored[key] for a in answers), (key, answers)
     assert metering.quota_used(store, "acme", Plan(quota_unit="requests"), AT) == len(keys)
 
@@ -302,6 +305,8 @@ def test_usage_report_groups_by_utc_day_and_prices_by_plan(store, pg_url):
         conn.execute(text(f'ALTER DATABASE "{engine.url.database}" SET timezone TO \'Asia/Tokyo\''))
     engine.dispose()
     store.close()  # reconnect: the setting applies to new sessions
+    with store._session() as s:
+        assert s.scalar(text("SHOW timezone")) == "Asia/Tokyo"
 
     plan = Plan()
     midnight = datetime(2026, 4, 1, tzinfo=timezone.utc)
