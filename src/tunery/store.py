@@ -43,6 +43,7 @@ from sqlalchemy import (
     event,
     func,
     select,
+    text,
     update,
 )
 from sqlalchemy.engine import make_url
@@ -419,6 +420,10 @@ class Store:
             # Write transactions carry this option; on SQLite it turns BEGIN into BEGIN IMMEDIATE.
             writer = engine.execution_options(tunery_write=True)
             with writer.begin() as conn:
+                if engine.dialect.name == "postgresql":
+                    # Several processes opening a new database at once would race in CREATE TABLE
+                    # (a unique violation in pg_type); a transaction-scoped lock makes them take turns.
+                    conn.execute(text("SELECT pg_advisory_xact_lock(7215634)"))
                 Base.metadata.create_all(conn)
             self._read = sessionmaker(engine, expire_on_commit=False)
             self._write = sessionmaker(writer, expire_on_commit=False)

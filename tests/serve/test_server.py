@@ -313,3 +313,23 @@ def test_openapi_docs_are_served(server):
     assert httpx.get(server.url + "/docs").status_code == 200
     spec = httpx.get(server.url + "/openapi.json").json()
     assert "/v1/models/{name}/predict" in spec["paths"]
+
+
+def test_pair_model_takes_pairs_and_refuses_texts_alone(pair_run, tmp_path):
+    from tunery.predict import load
+
+    server = start_server([f"nli={pair_run}"], cwd=tmp_path)
+    try:
+        with server.client(new_key(server, tenant())) as c:
+            ok = c.post("/v1/models/nli/predict", json={"texts": ["great film", "awful plot"],
+                                                        "pairs": ["and so on", "or not"]})
+            alone = c.post("/v1/models/nli/predict", json={"texts": ["great film"]})
+            uneven = c.post("/v1/models/nli/predict", json={"texts": ["a", "b"], "pairs": ["c"]})
+            assert c.get("/v1/models").json()["models"][0]["text_pairs"] is True
+    finally:
+        server.stop()
+    want = load(pair_run).predict(["great film", "awful plot"], ["and so on", "or not"])
+    assert ok.status_code == 200, ok.text
+    assert [p["label"] for p in ok.json()["predictions"]] == [w["label"] for w in want]
+    assert alone.status_code == 422 and alone.json()["error"]["code"] == "pairs_required"
+    assert uneven.status_code == 422 and "one pair per text" in uneven.json()["error"]["message"]

@@ -157,7 +157,7 @@ def record(store: Store, events: list[UsageEvent]) -> list[Outcome]:
     """Bill ``events`` in one transaction, each under its own savepoint. See the module docstring."""
     outcomes: list[Outcome] = []
     with store._session(write=True) as s:
-        pass  # _lock_counters(s, events)
+        _lock_counters(s, events)
         for ev in events:
             outcomes.append(_record_one(s, ev))
     return outcomes
@@ -229,41 +229,25 @@ _UNIT_COLUMN = {"requests": QuotaCounterRow.requests, "texts": QuotaCounterRow.t
 
 
 def _charge(s, ev: UsageEvent) -> int | None:
-    """Add the event to its tenant's monthly counter; None if that would pass the quota."""
-    plan, period = ev.plan, period_of(ev.at)
+    """Add the event to its tenant's monthly counter (locked by _lock_counters, so it exists);
+    returns the units used after it, or None if that would pass the quota."""
+    plan = ev.plan
     amount = quota_amount(plan, texts=ev.texts, tokens=ev.tokens)
     column = _UNIT_COLUMN[plan.quota_unit]
-    where = [QuotaCounterRow.tenant == ev.tenant, QuotaCounterRow.period == period]
+    where = [QuotaCounterRow.tenant == ev.tenant, QuotaCounterRow.period == period_of(ev.at)]
     if plan.monthly_quota is not None:
         where.append(column + amount <= plan.monthly_quota)
-    for _ in range(2):
-        result = s.execute(
-            update(QuotaCounterRow)
-            .where(*where)
-            .values(
-                requests=QuotaCounterRow.requests + 1,
-                texts=QuotaCounterRow.texts + ev.texts,
-                tokens=QuotaCounterRow.tokens + ev.tokens,
-            )
-            .returning(column)
-        ).first()
-        if result is not None:
-            return int(result[0])
-        exists = s.scalar(
-            select(QuotaCounterRow.id).where(QuotaCounterRow.tenant == ev.tenant, QuotaCounterRow.period == period)
+    result = s.execute(
+        update(QuotaCounterRow)
+        .where(*where)
+        .values(
+            requests=QuotaCounterRow.requests + 1,
+            texts=QuotaCounterRow.texts + ev.texts,
+            tokens=QuotaCounterRow.tokens + ev.tokens,
         )
-        if exists is not None:
-            return None  # the row is there, the condition failed: over quota
-        if plan.monthly_quota is not None and amount > plan.monthly_quota:
-            return None
-        try:
-            with s.begin_nested():
-                s.add(QuotaCounterRow(tenant=ev.tenant, period=period, requests=1, texts=ev.texts, tokens=ev.tokens))
-                s.flush()
-            return amount
-        except IntegrityError:
-            continue  # another server created the row first: bump it instead
-    return None
+        .returning(column)
+    ).first()
+    return None if result is None else int(result[0])
 
 
 def lookup_idempotent(s, key_id: str, idempotency_key: str) -> IdempotencyRow | None:
