@@ -17,6 +17,7 @@ CONFIG = {
         "pro": {"price_per_1k_texts": 0.5},
         "quota10": {"monthly_quota": 10, "quota_unit": "requests"},
         "slow": {"rate_limit": 0.2, "burst": 2},
+        "paced": {"rate_limit": 2, "burst": 1},
     },
     "limits": {"max_texts_per_request": 8, "max_chars_per_text": 200, "max_body_bytes": 64 * 1024},
     "batching": {"max_batch_size": 16, "max_wait_ms": 10},
@@ -333,3 +334,35 @@ def test_pair_model_takes_pairs_and_refuses_texts_alone(pair_run, tmp_path):
     assert [p["label"] for p in ok.json()["predictions"]] == [w["label"] for w in want]
     assert alone.status_code == 422 and alone.json()["error"]["code"] == "pairs_required"
     assert uneven.status_code == 422 and "one pair per text" in uneven.json()["error"]["message"]
+
+
+# -- the Python client --------------------------------------------------------------------------------
+
+
+def test_client_predicts_one_text_or_many(server, expected):
+    import tunery
+
+    with tunery.Client(server.url, new_key(server, tenant())) as client:
+        one = client.predict("great film")
+        many = client.predict(["great film", "awful plot"], model="sentiment")
+    assert one["label"] == expected.predict("great film")["label"]
+    assert [p["label"] for p in many] == [p["label"] for p in expected.predict(["great film", "awful plot"])]
+
+
+def test_client_raises_the_servers_error(server):
+    import tunery
+
+    with tunery.Client(server.url, "tny_000000000000_" + "a" * 43) as client:
+        with pytest.raises(tunery.ApiError, match="invalid_key") as info:
+            client.predict(["x"], model="sentiment")
+    assert info.value.status == 401
+
+
+def test_client_retries_after_429_and_is_billed_once_per_call(server):
+    import tunery
+
+    name = tenant()
+    with tunery.Client(server.url, new_key(server, name, plan="paced"), retries=5) as client:
+        results = [client.predict(["x"], model="sentiment") for _ in range(3)]  # burst 1: two must wait
+    assert len(results) == 3
+    assert len(usage_rows(server, tenant=name)) == 3
