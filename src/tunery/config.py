@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -131,14 +131,19 @@ class RunConfig(_Part):
         return self.model_dump(mode="json")
 
 
-def _model_at(path: tuple[Any, ...]) -> type[BaseModel] | None:
-    """The pydantic model class that holds the field at `path` (a pydantic error location)."""
-    model: type[BaseModel] = RunConfig
-    for key in path[:-1]:
-        field = model.model_fields.get(str(key))
+def _model_at(path: tuple[Any, ...], root: type[BaseModel] = RunConfig) -> type[BaseModel] | None:
+    """The pydantic model class that holds the field at `path` (a pydantic error location);
+    sections may be models or mappings of models (``plans: {name: Plan}``)."""
+    model: type[BaseModel] = root
+    keys = list(path[:-1])
+    while keys:
+        field = model.model_fields.get(str(keys.pop(0)))
         if field is None:
             return None
         ann = field.annotation
+        if get_origin(ann) is dict and keys:
+            ann = get_args(ann)[1]
+            keys.pop(0)  # the mapping's own key
         if isinstance(ann, type) and issubclass(ann, BaseModel):
             model = ann
         else:
@@ -146,12 +151,13 @@ def _model_at(path: tuple[Any, ...]) -> type[BaseModel] | None:
     return model
 
 
-def _format_errors(err: ValidationError, source: str) -> str:
+def format_errors(err: ValidationError, source: str, *, root: type[BaseModel] = RunConfig) -> str:
+    """One line per problem: the file, the dotted key, what is wrong, and the closest valid key."""
     lines = []
     for e in err.errors():
         loc = ".".join(str(p) for p in e["loc"])
         if e["type"] == "extra_forbidden":
-            model = _model_at(e["loc"])
+            model = _model_at(e["loc"], root)
             valid = sorted(model.model_fields) if model else []
             close = difflib.get_close_matches(str(e["loc"][-1]), valid, n=1)
             hint = f" (did you mean {'.'.join([*map(str, e['loc'][:-1]), close[0]])!r}?)" if close else ""
@@ -191,7 +197,18 @@ def config_from_dict(tree: dict[str, Any], *, source: str = "config") -> RunConf
     try:
         return RunConfig.model_validate(tree)
     except ValidationError as err:
-        raise ConfigError(_format_errors(err, source)) from None
+        raise ConfigError(format_errors(err, source)) from None
+
+
+def read_yaml_mapping(path: Path, sections: str) -> dict[str, Any]:
+    """A YAML file whose top level is a mapping (empty file: {}); ConfigError naming the file if not."""
+    try:
+        tree = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections ({sections})")
+    return tree
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
@@ -200,13 +217,7 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConf
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file {str(path)!r} not found; `tunery init DATA` writes a starter")
-    try:
-        tree = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from None
-    if not isinstance(tree, dict):
-        raise ConfigError(f"{path}: the top level must be a mapping of sections (data, train, ...)")
-    tree = apply_overrides(tree, overrides)
+    tree = apply_overrides(read_yaml_mapping(path, "data, train, ..."), overrides)
     data = tree.get("data")
     if isinstance(data, dict):
         for key in ("train", "validation", "test"):

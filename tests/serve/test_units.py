@@ -66,7 +66,7 @@ def test_plan_cost_counts_texts_and_tokens():
 def test_serve_config_rejects_unknown_keys_with_the_place(tmp_path):
     path = tmp_path / "serve.yaml"
     path.write_text("plans:\n  pro: {montly_quota: 5}\n")
-    with pytest.raises(ConfigError, match=r"plans.pro.montly_quota"):
+    with pytest.raises(ConfigError, match=r"unknown key .plans.pro.montly_quota. \(did you mean .plans.pro.monthly_quota.\?\)"):
         load_serve_config(path)
 
 

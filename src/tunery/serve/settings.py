@@ -21,9 +21,9 @@ import os
 from pathlib import Path
 from typing import Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from tunery.config import format_errors, read_yaml_mapping
 from tunery.errors import ConfigError
 
 ENV_CONFIG = "TUNERY_SERVE_CONFIG"
@@ -98,14 +98,8 @@ def load_serve_config(path: str | Path | None = None) -> ServeConfig:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"serve config {path} does not exist (given by --config or {ENV_CONFIG})")
-    try:
-        tree = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"serve config {path} is not valid YAML: {e}") from None
+    tree = read_yaml_mapping(path, "plans, limits, batching, currency")
     try:
         return ServeConfig.model_validate(tree)
     except ValidationError as e:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or '(top level)'}: {err['msg']}" for err in e.errors()
-        )
-        raise ConfigError(f"serve config {path}: {problems}") from None
+        raise ConfigError(format_errors(e, str(path), root=ServeConfig)) from None
