@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ import pytest
 import yaml
 
 from tests.conftest import fast_train, make_dataset
+from tests.pg import _free_port as free_port
 
 
 def _train(tmp: Path, backbone: str, df, *, name: str, text: str, label: str, pair: str | None = None) -> Path:
@@ -48,12 +48,6 @@ def pair_run(tiny_backbone, tmp_path_factory) -> Path:
     df = make_dataset("binary", n=120)
     df["second"] = ["and so on" if i % 2 else "or not" for i in range(len(df))]
     return _train(tmp, tiny_backbone, df, name="pairs-tiny", text="review", label="label", pair="second")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass

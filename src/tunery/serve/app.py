@@ -462,7 +462,12 @@ def _routes(app: FastAPI, state: _State) -> None:
             at=now, plan=plan, idempotency_key=idempotency_key, request_hash=request_hash,
             response=out if idempotency_key is not None else None,
         )  # fmt: skip
-        outcome = await asyncio.wrap_future(state.meter.submit(event))
+        try:
+            outcome = await asyncio.wrap_future(state.meter.submit(event))
+        except Exception as e:  # the store is unreachable: answer nothing we could not bill
+            log.error("usage not recorded for request %s: %s", request_id, e)
+            raise ApiError(503, "metering_unavailable", "the usage store is unavailable, so the prediction was "
+                           "not billed and is not returned; retry shortly", headers={"Retry-After": "1"}) from None
         if outcome.status == "over_quota":
             raise _over_quota(key, plan, outcome.retry_after or 1)
         if outcome.status in ("replay", "conflict"):
