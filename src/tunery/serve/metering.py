@@ -4,15 +4,15 @@
 
 Each request hands its event to the ``Meter``, a single writer thread per server process that
 commits whatever has queued up in one transaction (a group commit: one fsync for many requests),
-then wakes the waiting requests. In that transaction, per event and under a savepoint:
+then wakes the waiting requests. In that transaction, per event:
 
-1. the ``Idempotency-Key`` (if any) is inserted with the response; if the key already exists the
-   event is dropped and the stored response is returned instead (counted once);
-2. the tenant's counter for the month is bumped with a conditional ``UPDATE ... WHERE used + n <=
-   quota``: on PostgreSQL the row lock serialises concurrent servers and the condition is
-   re-checked on the latest row, on SQLite ``BEGIN IMMEDIATE`` serialises writers, so a quota of Q
-   admits exactly Q units however many workers or processes race for it;
-3. the usage event is inserted.
+1. the ``Idempotency-Key`` (if any) is inserted with the response, under a savepoint; if the key
+   already exists the event is dropped and the stored response is returned instead (counted once);
+2. the tenant's counter for the month, locked at the start of the transaction (``SELECT ... FOR
+   UPDATE`` on PostgreSQL, where it serialises concurrent servers; on SQLite ``BEGIN IMMEDIATE``
+   serialises writers), is checked and bumped, so a quota of Q admits exactly Q units however many
+   workers or processes race for it;
+3. the usage event is inserted (all of the group's events in one statement).
 
 A request that fails anywhere (rate limit, quota, bad input, inference or store error) commits
 nothing and is never billed. A SIGKILL can lose at most events whose requests were never answered;
@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, insert, select
 from sqlalchemy.exc import IntegrityError
 
 from tunery.serve.settings import Plan, ServeConfig
@@ -154,100 +154,101 @@ class Meter:
 
 
 def record(store: Store, events: list[UsageEvent]) -> list[Outcome]:
-    """Bill ``events`` in one transaction, each under its own savepoint. See the module docstring."""
+    """Bill ``events`` in one transaction (see the module docstring).
+
+    The counters the group touches are locked first; each event is then checked against its
+    counter in memory (exact: nobody else can change a locked counter), idempotency keys are claimed
+    under a savepoint each, and at the end the counters are written once and the events inserted
+    in one statement.
+    """
     outcomes: list[Outcome] = []
     with store._session(write=True) as s:
-        _lock_counters(s, events)
+        counters = _lock_counters(s, events)
+        billed: list[dict[str, Any]] = []
         for ev in events:
-            outcomes.append(_record_one(s, ev))
+            counter = counters[(ev.tenant, period_of(ev.at))]
+            outcome = _charge(s, ev, counter)
+            outcomes.append(outcome)
+            if outcome.status == "billed":
+                billed.append(dict(
+                    created_at=ev.at, tenant=ev.tenant, key_id=ev.key_id, model=ev.model, model_ref=ev.model_ref,
+                    texts=ev.texts, tokens=ev.tokens, latency_ms=ev.latency_ms, request_id=ev.request_id,
+                    idempotency_key=ev.idempotency_key,
+                ))  # fmt: skip
+        if billed:
+            s.execute(insert(UsageRow), billed)
     return outcomes
 
 
-def _lock_counters(s, events: list[UsageEvent]) -> None:
+def _lock_counters(s, events: list[UsageEvent]) -> dict[tuple[str, str], QuotaCounterRow]:
     """Lock every quota counter the group may bump, in one global order and before anything else,
-    creating missing ones at zero.
+    creating missing ones at zero; returns them by (tenant, period).
 
     A group's transaction holds its row locks until it commits. Taken as the events come (this
     event's idempotency key, then its tenant's counter, then the next event's key...), two
     servers' groups on PostgreSQL can each hold what the other waits for: a deadlock, which costs
     ``deadlock_timeout`` (1 s) and an aborted, retried group, or failed requests after 3 tries.
-    Holding the tenant's counter before inserting its idempotency keys leaves no such cycle. And
-    with the row there and locked, _charge's UPDATE always finds it: otherwise a counter that
-    another server commits between that UPDATE and the existence check reads as "over quota".
+    Holding every counter of the group, in sorted order, before claiming any idempotency key leaves
+    no such cycle. (On SQLite, BEGIN IMMEDIATE already gave this transaction the whole database.)
     """
+    counters: dict[tuple[str, str], QuotaCounterRow] = {}
     for tenant, period in sorted({(ev.tenant, period_of(ev.at)) for ev in events}):
-        where = (QuotaCounterRow.tenant == tenant, QuotaCounterRow.period == period)
+        query = select(QuotaCounterRow).where(QuotaCounterRow.tenant == tenant, QuotaCounterRow.period == period)
         for _ in range(2):
-            if s.scalar(select(QuotaCounterRow.id).where(*where).with_for_update()) is not None:
+            row = s.scalars(query.with_for_update()).one_or_none()
+            if row is not None:
                 break
             try:
                 with s.begin_nested():
-                    s.add(QuotaCounterRow(tenant=tenant, period=period, requests=0, texts=0, tokens=0))
+                    row = QuotaCounterRow(tenant=tenant, period=period, requests=0, texts=0, tokens=0)
+                    s.add(row)
                     s.flush()
                 break
             except IntegrityError:
-                continue  # another server created it first (and has committed): lock that row
+                row = None  # another server created it first (and has committed): lock that row
+        if row is None:
+            raise RuntimeError(f"could not lock the quota counter of {tenant} for {period}")
+        counters[(tenant, period)] = row
+    return counters
 
 
-class _Abort(Exception):
-    def __init__(self, outcome: Outcome) -> None:
-        self.outcome = outcome
+def _charge(s, ev: UsageEvent, counter: QuotaCounterRow) -> Outcome:
+    """Claim the event's idempotency key (if any) and add it to its locked counter, unless that
+    would pass the quota. The counter is changed in memory; the session writes it at commit."""
+    plan = ev.plan
+    amount = quota_amount(plan, texts=ev.texts, tokens=ev.tokens)
+    used = getattr(counter, plan.quota_unit)
+    if plan.monthly_quota is not None and used + amount > plan.monthly_quota:
+        if ev.idempotency_key is not None:  # a retry of a billed request gets its answer, not a 429
+            stored = lookup_idempotent(s, ev.key_id, ev.idempotency_key)
+            if stored is not None:
+                return _replay_outcome(stored, ev)
+        return Outcome("over_quota", retry_after=seconds_to_next_period(ev.at), used=used)
+    if ev.idempotency_key is not None:
+        try:
+            with s.begin_nested():
+                s.add(IdempotencyRow(
+                    key_id=ev.key_id, idempotency_key=ev.idempotency_key,
+                    request_hash=ev.request_hash or "", response=ev.response or {}, created_at=ev.at,
+                ))  # fmt: skip
+                s.flush()
+        except IntegrityError:
+            stored = lookup_idempotent(s, ev.key_id, ev.idempotency_key)
+            assert stored is not None
+            return _replay_outcome(stored, ev)
+    counter.requests += 1
+    counter.texts += ev.texts
+    counter.tokens += ev.tokens
+    return Outcome("billed", used=used + amount)
 
 
-def _record_one(s, ev: UsageEvent) -> Outcome:
-    try:
-        with s.begin_nested():
-            if ev.idempotency_key is not None:
-                try:
-                    with s.begin_nested():
-                        s.add(IdempotencyRow(
-                            key_id=ev.key_id, idempotency_key=ev.idempotency_key,
-                            request_hash=ev.request_hash or "", response=ev.response or {}, created_at=ev.at,
-                        ))  # fmt: skip
-                        s.flush()
-                except IntegrityError:
-                    stored = lookup_idempotent(s, ev.key_id, ev.idempotency_key)
-                    assert stored is not None
-                    if stored.request_hash != ev.request_hash:
-                        raise _Abort(Outcome("conflict")) from None
-                    raise _Abort(Outcome("replay", response=dict(stored.response))) from None
-            used = _charge(s, ev)
-            if used is None:
-                raise _Abort(Outcome("over_quota", retry_after=seconds_to_next_period(ev.at)))
-            s.add(UsageRow(
-                created_at=ev.at, tenant=ev.tenant, key_id=ev.key_id, model=ev.model, model_ref=ev.model_ref,
-                texts=ev.texts, tokens=ev.tokens, latency_ms=ev.latency_ms, request_id=ev.request_id,
-                idempotency_key=ev.idempotency_key,
-            ))  # fmt: skip
-            s.flush()
-            return Outcome("billed", used=used)
-    except _Abort as abort:
-        return abort.outcome
+def _replay_outcome(stored: IdempotencyRow, ev: UsageEvent) -> Outcome:
+    if stored.request_hash != ev.request_hash:
+        return Outcome("conflict")
+    return Outcome("replay", response=dict(stored.response))
 
 
 _UNIT_COLUMN = {"requests": QuotaCounterRow.requests, "texts": QuotaCounterRow.texts, "tokens": QuotaCounterRow.tokens}
-
-
-def _charge(s, ev: UsageEvent) -> int | None:
-    """Add the event to its tenant's monthly counter (locked by _lock_counters, so it exists);
-    returns the units used after it, or None if that would pass the quota."""
-    plan = ev.plan
-    amount = quota_amount(plan, texts=ev.texts, tokens=ev.tokens)
-    column = _UNIT_COLUMN[plan.quota_unit]
-    where = [QuotaCounterRow.tenant == ev.tenant, QuotaCounterRow.period == period_of(ev.at)]
-    if plan.monthly_quota is not None:
-        where.append(column + amount <= plan.monthly_quota)
-    result = s.execute(
-        update(QuotaCounterRow)
-        .where(*where)
-        .values(
-            requests=QuotaCounterRow.requests + 1,
-            texts=QuotaCounterRow.texts + ev.texts,
-            tokens=QuotaCounterRow.tokens + ev.tokens,
-        )
-        .returning(column)
-    ).first()
-    return None if result is None else int(result[0])
 
 
 def lookup_idempotent(s, key_id: str, idempotency_key: str) -> IdempotencyRow | None:
