@@ -830,7 +830,10 @@ def _create_engine(url: str) -> Engine:
         )
     else:
         Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
+        # A server reads from many threads at once: keep their connections open (each new SQLite
+        # connection re-runs the PRAGMAs below) instead of SQLAlchemy's default 5 + 10 overflow.
+        engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000},
+                               pool_size=32, max_overflow=32)
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:

@@ -21,6 +21,7 @@ CONFIG = {
     },
     "limits": {"max_texts_per_request": 8, "max_chars_per_text": 200, "max_body_bytes": 64 * 1024},
     "batching": {"max_batch_size": 16, "max_wait_ms": 10},
+    "precision": "fp32",  # the predictions are compared with the fp32 model loaded here
 }
 
 
@@ -319,7 +320,7 @@ def test_openapi_docs_are_served(server):
 def test_pair_model_takes_pairs_and_refuses_texts_alone(pair_run, tmp_path):
     from tunery.predict import load
 
-    server = start_server([f"nli={pair_run}"], cwd=tmp_path)
+    server = start_server([f"nli={pair_run}"], cwd=tmp_path, config={"precision": "fp32"})
     try:
         with server.client(new_key(server, tenant())) as c:
             ok = c.post("/v1/models/nli/predict", json={"texts": ["great film", "awful plot"],

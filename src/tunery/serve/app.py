@@ -29,7 +29,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from tunery.serve import keys as keyring
 from tunery.serve import metering
-from tunery.serve.auth import RateLimiter, bearer_token
+from tunery.serve.auth import KeyCache, RateLimiter, bearer_token
 from tunery.serve.batching import Batcher
 from tunery.serve.keys import KeyInfo
 from tunery.serve.metrics import Metrics
@@ -184,6 +184,7 @@ class _State:
     metrics: Metrics
     limiter: RateLimiter
     meter: metering.Meter
+    keys: KeyCache
     ready: threading.Event = field(default_factory=threading.Event)
     load_error: str | None = None
 
@@ -193,7 +194,8 @@ def _load_models(state: _State) -> None:
 
     try:
         for served in state.models.values():
-            served.predictor = load(served.path, batch_size=max(32, state.config.batching.max_batch_size))
+            served.predictor = load(served.path, batch_size=state.config.batching.inference_batch_size,
+                                    precision=state.config.precision)
             served.predictor.score(["warm up"], ["warm up"] if served.predictor.meta.get("text_pair_column") else None)
         state.ready.set()
         log.info("models ready: %s", ", ".join(state.models))
@@ -302,7 +304,8 @@ def create_app(
         served[name] = ServedModel(name=name, path=Path(path), ref=str(ref))
     metrics = Metrics()
     state = _State(config=config, store=store, models=served, metrics=metrics,
-                   limiter=RateLimiter(share=workers), meter=metering.Meter(store))
+                   limiter=RateLimiter(share=workers), meter=metering.Meter(store),
+                   keys=KeyCache(config.auth_cache_seconds))
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
@@ -368,7 +371,12 @@ def _routes(app: FastAPI, state: _State) -> None:
         if token is None:
             raise ApiError(401, "missing_key", "send your API key as 'Authorization: Bearer <key>'",
                            headers={"WWW-Authenticate": "Bearer"})
-        key = await run_in_threadpool(keyring.authenticate, store, token)
+        now = time.monotonic()
+        key = state.keys.get(token, now)
+        if key is None:
+            key = await run_in_threadpool(keyring.authenticate, store, token)
+            if key is not None:
+                state.keys.put(token, key, now)
         if key is None:
             raise ApiError(401, "invalid_key", "the API key is unknown or revoked",
                            headers={"WWW-Authenticate": "Bearer"})
@@ -523,6 +531,7 @@ def _routes(app: FastAPI, state: _State) -> None:
             info = await run_in_threadpool(keyring.revoke_key, store, key_id)
         except TuneryError as e:
             raise ApiError(404, "unknown_key", str(e)) from None
+        state.keys.drop(info.key_id)
         return info.to_dict()
 
 

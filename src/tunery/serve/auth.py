@@ -57,3 +57,34 @@ def bearer_token(header: str | None) -> str | None:
     if scheme.lower() != "bearer" or not token.strip():
         return None
     return token.strip()
+
+
+class KeyCache:
+    """Checked keys, trusted for ``ttl`` seconds: most requests skip the store. Revoking a key
+    through this process drops it at once; other processes see the revocation within ``ttl``."""
+
+    def __init__(self, ttl: float) -> None:
+        self.ttl = ttl
+        self._entries: dict[str, tuple[float, object]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, token: str, now: float):
+        if self.ttl <= 0:
+            return None
+        with self._lock:
+            entry = self._entries.get(token)
+        if entry is None or now - entry[0] > self.ttl:
+            return None
+        return entry[1]
+
+    def put(self, token: str, info, now: float) -> None:
+        if self.ttl > 0:
+            with self._lock:
+                if len(self._entries) > 100_000:  # bounded: forget everything rather than grow
+                    self._entries.clear()
+                self._entries[token] = (now, info)
+
+    def drop(self, key_id: str) -> None:
+        with self._lock:
+            for token in [t for t, (_, info) in self._entries.items() if getattr(info, "key_id", None) == key_id]:
+                del self._entries[token]

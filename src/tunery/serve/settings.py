@@ -11,7 +11,9 @@ default to the values below, so a server runs with no file at all. The same file
       free: {monthly_quota: 1000, rate_limit: 2, burst: 10}
       pro:  {price_per_1k_texts: 0.50, monthly_quota: 1000000, rate_limit: 50, burst: 100}
     limits: {max_texts_per_request: 256, max_chars_per_text: 20000, max_body_bytes: 4194304}
-    batching: {max_batch_size: 32, max_wait_ms: 5}
+    batching: {max_batch_size: 32, max_wait_ms: 0, inference_batch_size: 8}
+    precision: auto
+    auth_cache_seconds: 2
 """
 
 from __future__ import annotations
@@ -56,8 +58,14 @@ class Limits(_Part):
 
 
 class Batching(_Part):
-    max_batch_size: int = Field(32, ge=1, description="texts per forward pass")
-    max_wait_ms: float = Field(5.0, ge=0, description="how long the first request waits for company")
+    max_batch_size: int = Field(32, ge=1, description="texts taken from the queue at once")
+    max_wait_ms: float = Field(
+        0.0, ge=0, description="how long the first request waits for company; 0: batch what is queued "
+        "(requests arriving during a forward pass form the next batch)"
+    )
+    inference_batch_size: int = Field(
+        8, ge=1, description="texts per forward pass within a batch, longest first: less padding"
+    )
 
 
 def _default_plans() -> dict[str, Plan]:
@@ -73,6 +81,13 @@ class ServeConfig(_Part):
     plans: dict[str, Plan] = Field(default_factory=_default_plans)
     limits: Limits = Field(default_factory=Limits)
     batching: Batching = Field(default_factory=Batching)
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="inference precision; auto: bf16 where the hardware runs it fast (as training)"
+    )
+    auth_cache_seconds: float = Field(
+        2.0, ge=0, description="how long a checked key is trusted before it is read again; a revocation "
+        "reaches other processes within this time (0: read the key on every request)"
+    )
 
     @model_validator(mode="after")
     def _check(self) -> ServeConfig:
