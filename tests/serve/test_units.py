@@ -246,3 +246,30 @@ def test_batcher_passes_an_inference_error_to_every_caller_of_the_batch():
         return results
 
     assert all(isinstance(r, RuntimeError) for r in asyncio.run(main()))
+
+
+# -- key cache -------------------------------------------------------------------------------------
+
+
+def test_key_cache_trusts_a_key_for_its_ttl_only():
+    from tunery.serve.auth import KeyCache
+
+    cache, info = KeyCache(ttl=2), object()
+    cache.put("tny_secret", info, now=10.0)
+    assert cache.get("tny_secret", now=11.9) is info
+    assert cache.get("tny_secret", now=12.1) is None
+    assert "tny_secret" not in repr(cache._entries)
+
+
+def test_key_cache_drops_a_revoked_key_and_can_be_off():
+    from types import SimpleNamespace
+
+    from tunery.serve.auth import KeyCache
+
+    cache = KeyCache(ttl=60)
+    cache.put("a", SimpleNamespace(key_id="k1"), now=0.0)
+    cache.drop("k1")
+    assert cache.get("a", now=0.0) is None
+    off = KeyCache(ttl=0)
+    off.put("a", SimpleNamespace(key_id="k1"), now=0.0)
+    assert off.get("a", now=0.0) is None

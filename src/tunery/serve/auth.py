@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import math
 import threading
 from dataclasses import dataclass
@@ -61,18 +62,19 @@ def bearer_token(header: str | None) -> str | None:
 
 class KeyCache:
     """Checked keys, trusted for ``ttl`` seconds: most requests skip the store. Revoking a key
-    through this process drops it at once; other processes see the revocation within ``ttl``."""
+    through this process drops it at once; other processes see the revocation within ``ttl``.
+    Entries are found by the SHA-256 of the token, so no secret is compared or kept here."""
 
     def __init__(self, ttl: float) -> None:
         self.ttl = ttl
-        self._entries: dict[str, tuple[float, object]] = {}
+        self._entries: dict[bytes, tuple[float, object]] = {}
         self._lock = threading.Lock()
 
     def get(self, token: str, now: float):
         if self.ttl <= 0:
             return None
         with self._lock:
-            entry = self._entries.get(token)
+            entry = self._entries.get(_digest(token))
         if entry is None or now - entry[0] > self.ttl:
             return None
         return entry[1]
@@ -82,9 +84,13 @@ class KeyCache:
             with self._lock:
                 if len(self._entries) > 100_000:  # bounded: forget everything rather than grow
                     self._entries.clear()
-                self._entries[token] = (now, info)
+                self._entries[_digest(token)] = (now, info)
 
     def drop(self, key_id: str) -> None:
         with self._lock:
-            for token in [t for t, (_, info) in self._entries.items() if getattr(info, "key_id", None) == key_id]:
-                del self._entries[token]
+            for digest in [d for d, (_, info) in self._entries.items() if getattr(info, "key_id", None) == key_id]:
+                del self._entries[digest]
+
+
+def _digest(token: str) -> bytes:
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
