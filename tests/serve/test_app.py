@@ -68,3 +68,21 @@ def test_predict_before_models_are_loaded_is_503_with_retry_after(tiny_run, monk
                         headers={"Authorization": f"Bearer {key}"})
         assert client.get("/readyz").status_code == 503
     assert r.status_code == 503 and r.headers["Retry-After"] == "1"
+
+
+def test_a_full_queue_answers_503_overloaded_and_bills_nothing(tiny_run):
+    from tunery.serve.settings import ServeConfig
+
+    store = Store()
+    key, _ = create_key(store, tenant="acme", plan="pro")
+    config = ServeConfig.model_validate({"batching": {"max_queue_texts": 2}})
+    with TestClient(create_app({"sentiment": tiny_run}, store=store, config=config)) as client:
+        _wait_ready(client)
+        r = client.post("/v1/models/sentiment/predict", json={"texts": ["a", "b", "c"]},
+                        headers={"Authorization": f"Bearer {key}"})
+        ok = client.post("/v1/models/sentiment/predict", json={"texts": ["a", "b"]},
+                         headers={"Authorization": f"Bearer {key}"})
+    assert r.status_code == 503 and r.json()["error"]["code"] == "overloaded"
+    assert "max_queue_texts=2" in r.json()["error"]["message"] and r.headers["Retry-After"] == "1"
+    assert ok.status_code == 200
+    assert [row["requests"] for row in metering.usage_report(store, config)] == [1]

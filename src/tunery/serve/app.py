@@ -457,6 +457,10 @@ def _routes(app: FastAPI, state: _State) -> None:
             if used + need > plan.monthly_quota:
                 raise _over_quota(key, plan, metering.seconds_to_next_period(now))
 
+        if m.batcher.queued_texts + len(body.texts) > config.batching.max_queue_texts:
+            raise ApiError(503, "overloaded", f"model {name!r} has {m.batcher.queued_texts} texts waiting "
+                           f"(batching.max_queue_texts={config.batching.max_queue_texts}); retry shortly",
+                           headers={"Retry-After": "1"})
         scores, tokens = await m.batcher.submit(body.texts, body.pairs)
         request_id = uuid.uuid4().hex
         out = {

@@ -66,6 +66,9 @@ class Batching(_Part):
     inference_batch_size: int = Field(
         8, ge=1, description="texts per forward pass within a batch, longest first: less padding"
     )
+    max_queue_texts: int = Field(
+        2048, ge=1, description="texts waiting per model beyond which requests get 503 (overloaded)"
+    )
 
 
 def _default_plans() -> dict[str, Plan]:
