@@ -331,14 +331,9 @@ def train_worker(spec: dict) -> dict:
 
 
 def run_worker(kind: str, spec: dict, tmp: Path) -> dict:
-    spec_file, out_file = tmp / f"{kind}-spec.json", tmp / f"{kind}-result.json"
-    spec_file.write_text(json.dumps(spec))
-    out_file.unlink(missing_ok=True)
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--_worker", kind, str(spec_file), str(out_file)]
-    proc = subprocess.run(cmd, stdout=sys.stderr, stderr=sys.stderr, env=os.environ.copy())
-    if proc.returncode != 0:
-        raise SystemExit(f"the {kind} worker failed (exit {proc.returncode}); its log is above")
-    return json.loads(out_file.read_text())
+    from sst2 import run_part
+
+    return run_part(kind, spec, tmp, script=__file__)
 
 
 def worker(kind: str, spec_file: str, out_file: str) -> None:
@@ -601,12 +596,9 @@ def main(argv: list[str] | None = None) -> dict:
     client_cpu = [lv["client_cpu_pct"] for k in SERVERS if k in result for lv in result[k]["levels"]]
     result["client_cpu_pct_max"] = max(client_cpu) if client_cpu else None
     result["loadavg_end"] = loadavg()
-    result["total_wall_s"] = round(time.time() - started, 1)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    eprint(f"wrote {out}")
-    print(json.dumps(result, indent=2))
-    return result
+    from sst2 import write_result
+
+    return write_result(result, out, started)
 
 
 if __name__ == "__main__":

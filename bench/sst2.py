@@ -263,12 +263,14 @@ def slice_tunery_config(train_file: Path, dev_file: Path, runs_dir: Path, name: 
 # Accelerate's AcceleratorState is a process-wide singleton: once the HF Trainer has set it up
 # (fp32), tunery's Accelerator(mixed_precision="bf16") in the same process raises. A fresh process
 # per part also keeps the comparison fair (no warm allocator, no logging settings leaking across).
-def run_part(kind: str, spec: dict, tmp: Path) -> dict:
+def run_part(kind: str, spec: dict, tmp: Path, *, script: str = __file__) -> dict:
+    """Run `script --_worker kind SPEC OUT` in a fresh process; its result JSON (the worker writes OUT)."""
     import subprocess
 
     spec_file, out_file = tmp / f"{kind}-spec.json", tmp / f"{kind}-result.json"
     spec_file.write_text(json.dumps(spec))
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--_worker", kind, str(spec_file), str(out_file)]
+    out_file.unlink(missing_ok=True)
+    cmd = [sys.executable, str(Path(script).resolve()), "--_worker", kind, str(spec_file), str(out_file)]
     proc = subprocess.run(cmd, stdout=sys.stderr, stderr=sys.stderr, env=os.environ.copy())
     if proc.returncode != 0:
         raise SystemExit(f"{kind} part failed (exit {proc.returncode}); its log is above")
@@ -383,6 +385,11 @@ def main(argv: list[str] | None = None) -> dict:
             result["slice"] = bench_slice(args, backbone, tmp)
         if args.full:
             result["full"] = bench_full(args, Path(args.runs_dir).resolve(), tmp)
+    return write_result(result, out, started)
+
+
+def write_result(result: dict, out: Path, started: float) -> dict:
+    """Stamp the wall time, write the JSON to `out` and print it on stdout (the benchmarks' contract)."""
     result["total_wall_s"] = round(time.time() - started, 1)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
