@@ -441,7 +441,7 @@ def _routes(app: FastAPI, state: _State) -> None:
             stored = await run_in_threadpool(metering.find_idempotent, store, key.key_id, idempotency_key)
             if stored is not None:
                 return _replay(stored, request_hash, idempotency_key)
-        plan = config.plan(key.plan) if key.plan in config.plans else None
+        plan = config.plans.get(key.plan)
         if plan is None:
             raise ApiError(403, "unknown_plan", f"this key's plan {key.plan!r} is not configured on this server; "
                            "ask the operator to add it to the serve config")
