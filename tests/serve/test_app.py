@@ -86,3 +86,10 @@ def test_a_full_queue_answers_503_overloaded_and_bills_nothing(tiny_run):
     assert "max_queue_texts=2" in r.json()["error"]["message"] and r.headers["Retry-After"] == "1"
     assert ok.status_code == 200
     assert [row["requests"] for row in metering.usage_report(store, config)] == [1]
+
+
+def test_with_several_workers_each_is_ready_before_it_accepts_requests(tiny_run):
+    store = Store()
+    with TestClient(create_app({"sentiment": tiny_run}, store=store, workers=2)) as client:
+        first = client.get("/readyz")  # no waiting: startup itself loaded the models
+    assert first.status_code == 200 and first.json()["models"] == ["sentiment"]

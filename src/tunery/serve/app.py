@@ -291,11 +291,17 @@ def create_app(
     config: ServeConfig | None = None,
     store: Store | None = None,
     workers: int = 1,
+    load_in_background: bool | None = None,
 ) -> FastAPI:
     """An app serving ``models`` (served name -> run directory, or -> (run directory, model ref)).
 
-    Models load in the background after startup; /readyz answers 200 once they have.
+    One process (the default with ``workers=1``): models load in the background after startup, so
+    /healthz answers at once and /readyz turns 200 once they have loaded. Several workers share one
+    port, so a worker that answered while still loading would turn away requests that a ready
+    worker could serve: there each worker loads before it starts accepting connections.
     """
+    if load_in_background is None:
+        load_in_background = workers == 1
     config = config or load_serve_config()
     store = store or Store()
     served = {}
@@ -317,8 +323,10 @@ def create_app(
                 on_batch=_batch_observer(metrics, m.name),
             )  # fmt: skip
             await m.batcher.start()
-        loader = threading.Thread(target=_load_models, args=(state,), name="tunery-load", daemon=True)
-        loader.start()
+        if load_in_background:
+            threading.Thread(target=_load_models, args=(state,), name="tunery-load", daemon=True).start()
+        else:
+            await run_in_threadpool(_load_models, state)
         try:
             yield
         finally:
