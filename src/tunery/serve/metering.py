@@ -89,7 +89,6 @@ class Meter:
         self.store = store
         self._queue: queue.Queue[tuple[UsageEvent, concurrent.futures.Future] | None] = queue.Queue()
         self._thread: threading.Thread | None = None
-        self.commits = 0
 
     def start(self) -> None:
         if self._thread is None:
@@ -148,7 +147,6 @@ class Meter:
                         fut.set_exception(e)
                     return
                 time.sleep(0.05 * (attempt + 1))
-        self.commits += 1
         for (_, fut), outcome in zip(group, outcomes):
             fut.set_result(outcome)
 
