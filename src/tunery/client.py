@@ -56,10 +56,11 @@ class Client:
                 idempotency_key: str | None = None) -> list[dict[str, Any]] | dict[str, Any]:
         """One prediction per text (a single dict for a single string). ``model`` may be left out
         when the key can use exactly one model."""
-        return self.predict_full(texts, model=model, pairs=pairs, idempotency_key=idempotency_key)["predictions"] \
-            if not isinstance(texts, str) else \
-            self.predict_full([texts], model=model, pairs=[pairs] if isinstance(pairs, str) else pairs,
-                              idempotency_key=idempotency_key)["predictions"][0]
+        single = isinstance(texts, str)
+        if single:
+            texts, pairs = [texts], [pairs] if isinstance(pairs, str) else pairs
+        predictions = self.predict_full(texts, model=model, pairs=pairs, idempotency_key=idempotency_key)["predictions"]
+        return predictions[0] if single else predictions
 
     def predict_full(self, texts: list[str], *, model: str | None = None, pairs: list[str] | None = None,
                      idempotency_key: str | None = None) -> dict[str, Any]:

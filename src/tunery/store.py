@@ -439,6 +439,14 @@ class Store:
         with factory() as session, session.begin():
             yield session
 
+    @property
+    def dialect(self) -> str:
+        """The database kind: "sqlite", "postgresql", ... (connects if not yet connected)."""
+        if self._engine is None:
+            self._setup()
+        assert self._engine is not None
+        return self._engine.dialect.name
+
     def close(self) -> None:
         """Release pooled connections. The store reconnects if used again."""
         with self._lock:

@@ -294,9 +294,7 @@ def usage_report(
     under each tenant's current plan. Rows sorted by tenant, day, model."""
     if start is not None and end is not None and end < start:
         raise ValueError(f"--to {end} is before --from {start}")
-    if store._engine is None:
-        store._setup()
-    day = _day(store._engine.dialect.name).label("day")
+    day = _day(store.dialect).label("day")
     query = (
         select(
             UsageRow.tenant, day, UsageRow.model, UsageRow.model_ref,

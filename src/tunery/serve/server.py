@@ -31,25 +31,13 @@ def resolve_models(specs: list[str]) -> list[ModelSpec]:
     if not specs:
         raise RunError("give at least one model to serve: a registry name (sentiment, sentiment@2, "
                        "sentiment:prod) or a run directory")
+    store = Store()
     out: dict[str, ModelSpec] = {}
     for spec in specs:
         served, sep, target = spec.partition("=")
         if not sep:
             served, target = "", spec
-        path = Path(target)
-        if is_complete(path):
-            run = path.resolve()
-            spec_out = ModelSpec(served or run.name, str(run), str(run))
-        elif "/" not in target and not path.exists() and _looks_like_ref(target):
-            try:
-                version = Store().resolve_model(target)
-                spec_out = ModelSpec(served or version.name, str(find_run(version.run_path)), version.ref)
-            except RunError:
-                run = find_run(target)  # a run name; raises with the reason if not that either
-                spec_out = ModelSpec(served or run.name, str(run), str(run))
-        else:
-            run = find_run(target)
-            spec_out = ModelSpec(served or run.name, str(run), str(run))
+        spec_out = _resolve_one(target, served, store)
         _check_name(spec_out.name, "served model name")
         if spec_out.name in out:
             raise RunError(f"two models would be served as {spec_out.name!r} ({out[spec_out.name].ref} and "
@@ -58,8 +46,16 @@ def resolve_models(specs: list[str]) -> list[ModelSpec]:
     return list(out.values())
 
 
-def _looks_like_ref(text: str) -> bool:
-    return bool(text) and not text.startswith(".")
+def _resolve_one(target: str, served: str, store) -> ModelSpec:
+    path = Path(target)
+    if not is_complete(path) and "/" not in target and not path.exists():
+        try:  # a registry ref: record name@version, not the alias, in usage
+            version = store.resolve_model(target)
+            return ModelSpec(served or version.name, str(find_run(version.run_path)), version.ref)
+        except RunError:
+            pass  # perhaps a run name: find_run below says why if it is not that either
+    run = find_run(target)
+    return ModelSpec(served or run.name, str(run), str(run))
 
 
 def run_server(models: list[ModelSpec], *, host: str = "127.0.0.1", port: int = 8000, workers: int = 1,
