@@ -220,6 +220,7 @@ def tunery_summary(run_dir: Path, wall_s: float) -> dict:
         "train_seconds": tr["train_seconds"],
         "samples_seen": tr["samples_seen"],
         "precision": tr.get("precision", t.get("precision")),
+        "pooling": tr.get("pooling", "cls"),
         "threads": tr.get("threads"),
         "steps": tr["steps"],
         "best_step": tr["best_step"],

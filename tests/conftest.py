@@ -57,6 +57,21 @@ def tiny_backbone(tmp_path_factory) -> str:
     return make(tmp_path_factory.mktemp("backbone") / "tiny-bert")
 
 
+@pytest.fixture(scope="session")
+def st_backbone(tiny_backbone, tmp_path_factory) -> str:
+    """The tiny BERT dressed as a sentence-transformers checkpoint that pools by mean, as
+    all-MiniLM-L6-v2 is: `model.pooling: auto` gives it the mean-pooling layer."""
+    import json
+    import shutil
+
+    path = tmp_path_factory.mktemp("backbone") / "tiny-st"
+    shutil.copytree(tiny_backbone, path)
+    (path / "1_Pooling").mkdir()
+    (path / "1_Pooling" / "config.json").write_text(json.dumps(
+        {"pooling_mode_cls_token": False, "pooling_mode_mean_tokens": True}))
+    return str(path)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def session_store(tmp_path_factory):
     """A store for fixtures wider than one test, never the developer's own ./.tunery."""

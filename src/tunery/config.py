@@ -70,6 +70,22 @@ class ModelConfig(_Part):
         True, description="keep word embeddings fixed: faster steps, little or no accuracy cost"
     )
     classifier_dropout: float | None = Field(None, ge=0, lt=1)
+    pooling: Literal["auto", "cls", "mean"] = Field(
+        "auto",
+        description="how the head sees the text: cls (the [CLS] state), mean (an added layer that starts as "
+        "mean pooling); auto: mean for backbones pretrained with it (sentence-transformers), else cls",
+    )
+
+
+class AdversarialConfig(_Part):
+    """Adversarial training on the word embeddings (train/adversarial.py)."""
+
+    method: Literal["none", "fgm"] = Field(
+        "none", description="fgm: also train on embeddings moved against the model (2x the step cost)"
+    )
+    epsilon: float = Field(
+        0.05, gt=0, lt=1, description="size of each text's perturbation, relative to the L2 norm of its word embeddings"
+    )
 
 
 class TrainConfig(_Part):
@@ -92,6 +108,7 @@ class TrainConfig(_Part):
     ema_decay: float | None = Field(
         None, gt=0, lt=1, description="evaluate and keep an exponential moving average of the weights"
     )
+    adversarial: AdversarialConfig = Field(default_factory=AdversarialConfig)
     precision: Literal["auto", "fp32", "bf16"] = Field(
         "auto", description="auto: bf16 autocast where the hardware runs it fast (AVX512-BF16/AMX, CUDA)"
     )

@@ -19,6 +19,7 @@ from tunery import __version__
 from tunery.backbones import resolve_backbone
 from tunery.config import RunConfig, load_config, save_config
 from tunery.errors import ConfigError, RunError
+from tunery.pooling import add_mean_pooling_layer, model_pooling, resolve_pooling
 from tunery.rundir import META, final_dir, find_resumable, partial_dir, write_json
 from tunery.tasks import Task, get_task
 from tunery.train.batching import Encoded, encode
@@ -55,6 +56,8 @@ def build_model(backbone_path: str, task: Task, label_names: list[str], cfg: Run
         kwargs["classifier_dropout"] = cfg.model.classifier_dropout
     torch.manual_seed(cfg.train.seed)  # the new head's initialisation is part of the seed
     model = AutoModelForSequenceClassification.from_pretrained(backbone_path, **kwargs)
+    if resolve_pooling(backbone_path, cfg.model.pooling, model) == "mean":
+        add_mean_pooling_layer(model)
     if cfg.model.freeze_embeddings:
         model.get_input_embeddings().weight.requires_grad_(False)
     if cfg.model.method == "lora":
@@ -331,6 +334,7 @@ def _train_and_write(p: Prepared, model, work: Path, *, resume: bool, callbacks)
                 "samples_per_s": round(state.samples_seen / max(state.train_seconds, 1e-9), 2),
                 "baseline_seconds": baseline_seconds, "wall_seconds": round(time.time() - started, 2),
                 "precision": resolve_precision(cfg.train.precision), "threads": torch.get_num_threads(),
+                "pooling": model_pooling(model),
                 "n_train": len(enc["train"]), "n_validation": len(enc["validation"]), "n_test": len(enc["test"]),
                 "split": data.split_note}
     write_json(work / "metrics.json", {"task": data.task, "metric": metric, "threshold": threshold,

@@ -9,14 +9,13 @@ import subprocess
 import sys
 import time
 
-import pytest
 from safetensors.torch import load_file
 
 from tests.conftest import fast_train, make_dataset
 from tests.integration.helpers import cli, write_config
 
 
-def _config(tmp_path, name, backbone):
+def _config(tmp_path, name, backbone, **extra):
     data = tmp_path / "reviews.csv"
     if not data.exists():
         make_dataset("binary", n=1600).to_csv(data, index=False)
@@ -24,15 +23,20 @@ def _config(tmp_path, name, backbone):
     # Accumulation with a short last window, a log interval that does not divide the checkpoint
     # interval, and early stopping armed: all of it must survive the kill.
     train = fast_train(epochs=3, batch_size=8, lr=2e-3, eval_every_steps=40, log_every_steps=7,
-                       grad_accum_steps=3, early_stopping_patience=5, ema_decay=0.9)
+                       grad_accum_steps=3, early_stopping_patience=5, ema_decay=0.9, **extra)
     return write_config(tmp_path / f"{name}.yaml", {"name": name, "data": {"train": str(data)},
                                                     "model": {"backbone": backbone}, "train": train})
 
 
-def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path, tiny_backbone):
-    cli("train", str(_config(tmp_path, "straight", tiny_backbone)), "--no-progress", cwd=tmp_path)
+def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path, st_backbone):
+    # The sentence-transformers backbone gets the added mean-pooling layer, and FGM adds a second,
+    # perturbed pass per step: both must rebuild and replay exactly on resume.
+    adversarial = {"method": "fgm", "epsilon": 0.05}
+    cli("train", str(_config(tmp_path, "straight", st_backbone, adversarial=adversarial)), "--no-progress",
+        cwd=tmp_path)
 
-    proc = subprocess.Popen([sys.executable, "-m", "tunery", "train", str(_config(tmp_path, "killed", tiny_backbone)),
+    proc = subprocess.Popen([sys.executable, "-m", "tunery", "train",
+                             str(_config(tmp_path, "killed", st_backbone, adversarial=adversarial)),
                              "--no-progress"], cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     state = tmp_path / "runs" / "killed.partial" / "checkpoints" / "last" / "trainer.pt"
     deadline = time.time() + 240
@@ -60,6 +64,7 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path, tiny_backbone)
     a = load_file(tmp_path / "runs" / "straight" / "model" / "model.safetensors")
     b = load_file(tmp_path / "runs" / "killed" / "model" / "model.safetensors")
     assert all((a[k] == b[k]).all() for k in a)
+    assert any(".layer.2." in k for k in a)  # the tiny 2-layer BERT got its mean-pooling layer
     record = json.loads(cli("runs", "show", "killed", cwd=tmp_path).stdout)
     assert record["status"] == "completed" and record["attempts"] == 2
 

@@ -23,6 +23,7 @@ import torch
 
 from tunery.config import TrainConfig
 from tunery.tasks import Task
+from tunery.train.adversarial import EmbeddingAdversary
 from tunery.train.batching import Encoded, batch_order, collate, eval_order
 from tunery.train.callbacks import Callback
 from tunery.train.checkpoint import load_checkpoint, load_weights, recover, save_checkpoint, save_weights
@@ -262,6 +263,10 @@ class Trainer:
         ema = None
         if cfg.ema_decay:
             ema = WeightAverage([p for p in model.parameters() if p.requires_grad], cfg.ema_decay)
+        adversary = None
+        if cfg.adversarial.method == "fgm":
+            embeddings = accelerator.unwrap_model(model).get_input_embeddings()
+            adversary = EmbeddingAdversary(embeddings, cfg.adversarial.epsilon).attach()
         ckpt_dir = self.workdir / "checkpoints"
         if resume:
             recover(ckpt_dir / "last")
@@ -300,6 +305,10 @@ class Trainer:
                     logits = model(**batch).logits
                     loss = self._loss(logits, labels)
                 accelerator.backward(loss / window_size)
+                if adversary is not None:
+                    with adversary.perturbed(), accelerator.autocast():
+                        adv_loss = self._loss(model(**batch).logits, labels)
+                    accelerator.backward(adv_loss / window_size)
                 state.window_loss += float(loss.detach())
                 state.window_batches += 1
                 state.window_samples += len(idx)
@@ -353,6 +362,8 @@ class Trainer:
                 if finished:
                     done = True
                     break
+        if adversary is not None:
+            adversary.detach()
         self._emit("on_train_end", state)
         # The kept model is the best one on validation, not the last one.
         if (ckpt_dir / "best").exists():

@@ -1,0 +1,81 @@
+"""Mean pooling for sentence-transformers backbones, as one more plain BERT layer (pooling.py)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from tests.conftest import fast_train, make_dataset
+from tunery import pipeline
+from tunery.config import config_from_dict
+from tunery.pooling import add_mean_pooling_layer, pretrained_pooling, resolve_pooling
+
+
+def _model(path):
+    from transformers import AutoModelForSequenceClassification
+
+    return AutoModelForSequenceClassification.from_pretrained(path, num_labels=2).eval()
+
+
+def test_the_added_layer_starts_as_mean_pooling_over_the_unpadded_tokens(tiny_backbone):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_backbone)
+    model = _model(tiny_backbone)
+    texts = ["a wonderful film", "the plot was dreadful and the acting was boring too"]
+    batch = tok(texts, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        states = model.bert(**batch).last_hidden_state
+        mask = batch["attention_mask"].unsqueeze(-1).float()
+        mean = torch.nn.functional.layer_norm((states * mask).sum(1) / mask.sum(1), (states.shape[-1],))
+        add_mean_pooling_layer(model)
+        pooled = model.bert(**batch).last_hidden_state[:, 0]
+        alone = model.bert(**tok(texts[:1], return_tensors="pt")).last_hidden_state[:, 0]
+    assert model.config.num_hidden_layers == 3 and len(model.bert.encoder.layer) == 3
+    assert torch.nn.functional.cosine_similarity(pooled, mean).min() > 0.98
+    # padding does not count: the short text gives the same state alone as padded in the batch
+    assert torch.allclose(pooled[0], alone[0], atol=1e-5)
+
+
+def test_auto_uses_mean_pooling_only_for_backbones_pretrained_with_it(tiny_backbone, st_backbone):
+    st = st_backbone
+    assert pretrained_pooling(st) == "mean"
+    assert pretrained_pooling(tiny_backbone) == "cls"
+    assert resolve_pooling(st, "auto", _model(st)) == "mean"
+    assert resolve_pooling(tiny_backbone, "auto", _model(tiny_backbone)) == "cls"
+    assert resolve_pooling(st, "cls", _model(st)) == "cls"
+
+
+def test_mean_pooling_on_a_model_without_bert_layers_names_the_fix():
+    from transformers import DistilBertConfig, DistilBertForSequenceClassification
+
+    from tunery.errors import ConfigError
+
+    model = DistilBertForSequenceClassification(DistilBertConfig(dim=32, hidden_dim=64, n_layers=1, n_heads=2))
+    assert resolve_pooling("/nowhere", "auto", model) == "cls"
+    with pytest.raises(ConfigError, match="model.pooling: cls"):
+        resolve_pooling("/nowhere", "mean", model)
+
+
+def test_a_mean_pooled_run_learns_and_saves_a_plain_model_with_one_more_layer(st_backbone, tmp_path):
+    from transformers import AutoModelForSequenceClassification
+
+    import tunery
+
+    st = st_backbone
+    data = tmp_path / "reviews.csv"
+    make_dataset("binary", n=240).to_csv(data, index=False)
+    cfg = config_from_dict({"name": "mean", "output_dir": str(tmp_path / "runs"), "data": {"train": str(data)},
+                            "model": {"backbone": st}, "train": fast_train()})
+    run = pipeline.train(cfg)
+    m = json.loads((run / "metrics.json").read_text())
+    assert m["model"]["test"]["accuracy"] >= 0.9
+    model = AutoModelForSequenceClassification.from_pretrained(run / "model")
+    assert model.config.num_hidden_layers == 3 and m["training"]["pooling"] == "mean"
+    # the plain model reproduces the run's own test metrics
+    again = pipeline.evaluate_run(run)
+    assert again["model"]["accuracy"] == pytest.approx(m["model"]["test"]["accuracy"])
+    assert again["model"]["log_loss"] == pytest.approx(m["model"]["test"]["log_loss"], rel=1e-4)
+    assert tunery.load(run).predict(["great film", "awful film"])[0] is not None
