@@ -64,6 +64,7 @@ def test_the_perturbation_raises_the_loss_with_frozen_or_trainable_embeddings(ti
     with torch.no_grad():  # inference is never captured or perturbed
         model.eval()(**batch)
     adversary.detach()
+    assert not model.get_input_embeddings()._forward_hooks
     with pytest.raises(RuntimeError, match="clean forward and backward"):
         with adversary.perturbed():
             pass
@@ -85,8 +86,30 @@ def test_fgm_training_learns_and_saves_a_plain_model(tmp_path, tiny_backbone):
     m = json.loads((run / "metrics.json").read_text())
     assert m["model"]["test"]["accuracy"] >= 0.9
     assert yaml.safe_load((run / "config.yaml").read_text())["train"]["adversarial"] == adv
-    model = AutoModelForSequenceClassification.from_pretrained(run / "model")
-    assert not model.get_input_embeddings()._forward_hooks  # nothing of the adversary is saved
+    model = AutoModelForSequenceClassification.from_pretrained(run / "model")  # a plain model
+    assert model.config.num_hidden_layers == 2
+
+
+def test_a_run_that_fails_mid_training_leaves_no_hook_on_the_model(tmp_path, tiny_backbone, monkeypatch):
+    from tunery.train.callbacks import Callback
+
+    attached = []
+    attach = EmbeddingAdversary.attach
+
+    def spy(self):
+        attached.append(self)
+        return attach(self)
+
+    class Boom(Callback):
+        def on_step(self, state) -> None:
+            if state.step == 2:
+                raise RuntimeError("boom")
+
+    monkeypatch.setattr(EmbeddingAdversary, "attach", spy)
+    with pytest.raises(RuntimeError, match="boom"):
+        pipeline.train(_cfg(tmp_path, tiny_backbone, "boom", adversarial={"method": "fgm"}), callbacks=[Boom()])
+    (adversary,) = attached
+    assert not adversary.embeddings._forward_hooks and adversary._clean is None
 
 
 def test_fgm_training_is_seeded_and_changes_the_updates(tmp_path, tiny_backbone):

@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+import yaml
 
 from tests.conftest import fast_train, make_dataset
 from tunery import pipeline
@@ -49,14 +50,19 @@ def test_auto_uses_mean_pooling_only_for_backbones_pretrained_with_it(tiny_backb
 
 
 def test_mean_pooling_on_a_model_without_bert_layers_names_the_fix():
-    from transformers import DistilBertConfig, DistilBertForSequenceClassification
+    from transformers import (DistilBertConfig, DistilBertForSequenceClassification, XLMRobertaXLConfig,
+                              XLMRobertaXLForSequenceClassification)
 
     from tunery.errors import ConfigError
 
-    model = DistilBertForSequenceClassification(DistilBertConfig(dim=32, hidden_dim=64, n_layers=1, n_heads=2))
-    assert resolve_pooling("/nowhere", "auto", model) == "cls"
-    with pytest.raises(ConfigError, match="model.pooling: cls"):
-        resolve_pooling("/nowhere", "mean", model)
+    distilbert = DistilBertForSequenceClassification(DistilBertConfig(dim=32, hidden_dim=64, n_layers=1, n_heads=2))
+    # pre-LayerNorm BERT variants have the attention names but not the norms the initialisation needs
+    pre_ln = XLMRobertaXLForSequenceClassification(XLMRobertaXLConfig(
+        vocab_size=100, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64))
+    for model in (distilbert, pre_ln):
+        assert resolve_pooling("/nowhere", "auto", model) == "cls"
+        with pytest.raises(ConfigError, match="model.pooling: cls"):
+            resolve_pooling("/nowhere", "mean", model)
 
 
 def test_a_mean_pooled_run_learns_and_saves_a_plain_model_with_one_more_layer(st_backbone, tmp_path):
@@ -79,3 +85,27 @@ def test_a_mean_pooled_run_learns_and_saves_a_plain_model_with_one_more_layer(st
     assert again["model"]["accuracy"] == pytest.approx(m["model"]["test"]["accuracy"])
     assert again["model"]["log_loss"] == pytest.approx(m["model"]["test"]["log_loss"], rel=1e-4)
     assert tunery.load(run).predict(["great film", "awful film"])[0] is not None
+    # auto is recorded as what it chose, so a resume rebuilds the same model whatever the hub cache holds
+    assert yaml.safe_load((run / "config.yaml").read_text())["model"]["pooling"] == "mean"
+
+    # Continuing from the run (its model is the backbone now) never stacks a second pooling layer.
+    for pooling in ("auto", "mean"):
+        again = config_from_dict({"name": f"more-{pooling}", "output_dir": str(tmp_path / "runs"),
+                                  "data": {"train": str(data)},
+                                  "model": {"backbone": str(run), "pooling": pooling}, "train": fast_train()})
+        model = pipeline.preflight(pipeline.prepare_run(again))
+        assert model.config.num_hidden_layers == 3, pooling
+
+
+def test_layer_wise_lr_decay_skips_the_added_pooling_layer(st_backbone):
+    from tunery.config import TrainConfig
+    from tunery.train.loop import _param_groups
+
+    model = _model(st_backbone)
+    add_mean_pooling_layer(model)
+    groups = _param_groups(model, TrainConfig(lr=1e-3, layer_lr_decay=0.5))
+    lr_of = {id(p): g["lr"] for g in groups for p in g["params"]}
+    named = dict(model.named_parameters())
+    # as without the added layer: layer 1 (the backbone's top) at lr * 0.5; the pooling layer at lr
+    assert lr_of[id(named["bert.encoder.layer.1.output.dense.weight"])] == pytest.approx(1e-3 * 0.5)
+    assert lr_of[id(named["bert.encoder.layer.2.attention.self.query.weight"])] == pytest.approx(1e-3)

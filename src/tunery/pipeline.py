@@ -9,7 +9,7 @@ import json
 import logging
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -56,7 +56,8 @@ def build_model(backbone_path: str, task: Task, label_names: list[str], cfg: Run
         kwargs["classifier_dropout"] = cfg.model.classifier_dropout
     torch.manual_seed(cfg.train.seed)  # the new head's initialisation is part of the seed
     model = AutoModelForSequenceClassification.from_pretrained(backbone_path, **kwargs)
-    if resolve_pooling(backbone_path, cfg.model.pooling, model) == "mean":
+    # a model continued from a tunery run may have its pooling layer already
+    if resolve_pooling(backbone_path, cfg.model.pooling, model) == "mean" and model_pooling(model) != "mean":
         add_mean_pooling_layer(model)
     if cfg.model.freeze_embeddings:
         model.get_input_embeddings().weight.requires_grad_(False)
@@ -181,6 +182,9 @@ def train(cfg: RunConfig, *, callbacks: list[Callback] | None = None, store=None
     _refuse_recorded_name(store, name)
     prepared = prepare_run(cfg)  # nothing is written before the data passed validation
     model = preflight(prepared)
+    # Record the pooling `auto` chose (it may depend on the hub cache): a resume rebuilds this model.
+    cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"pooling": model_pooling(model)})})
+    prepared = replace(prepared, cfg=cfg)
     work = partial_dir(final)
     work.mkdir(parents=True)
     save_config(cfg, work / "config.yaml")

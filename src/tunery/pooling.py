@@ -60,15 +60,18 @@ def pretrained_pooling(backbone: str) -> str:
 
 
 def supports_mean_pooling_layer(model) -> bool:
-    """True for BERT-style encoders (BERT, RoBERTa, XLM-R, ELECTRA, ...), whose layers have
-    attention.self.{query,key,value}, attention.output, intermediate and output blocks."""
+    """True for BERT-style post-LayerNorm encoders (BERT, RoBERTa, XLM-R, ELECTRA, ...), whose layers
+    have attention.self.{query,key,value}, attention.output and output blocks with their LayerNorms."""
     layers = getattr(getattr(getattr(model, "base_model", None), "encoder", None), "layer", None)
     if not layers:
         return False
     last = layers[-1]
+    # post-LayerNorm blocks only: pre-LN variants (XLM-RoBERTa-XL, Megatron-BERT) lack these norms,
+    # and the initialisation below relies on them
     return all(hasattr(last, a) for a in ("attention", "intermediate", "output")) and all(
         hasattr(last.attention, a) for a in ("self", "output")
-    ) and hasattr(last.attention.self, "query")
+    ) and hasattr(last.attention.self, "query") and hasattr(last.attention.output, "LayerNorm") and hasattr(
+        last.output, "LayerNorm")
 
 
 def add_mean_pooling_layer(model, scale: float = MEAN_POOLING_SCALE) -> None:

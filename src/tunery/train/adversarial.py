@@ -54,6 +54,7 @@ class EmbeddingAdversary:
         if self._handle is not None:
             self._handle.remove()
             self._handle = None
+        self._clean = self._delta = None
 
     def _hook(self, module, inputs, output: torch.Tensor) -> torch.Tensor | None:
         if self._delta is not None:

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from tunery.config import TrainConfig
+from tunery.pooling import model_pooling
 from tunery.tasks import Task
 from tunery.train.adversarial import EmbeddingAdversary
 from tunery.train.batching import Encoded, batch_order, collate, eval_order
@@ -68,6 +69,8 @@ def _param_groups(model: torch.nn.Module, cfg: TrainConfig) -> list[dict]:
     layer-wise decay, layer i of n trains at lr * decay ** (n + 1 - depth), so the lower, more
     general layers move less."""
     n_layers = getattr(getattr(model, "config", None), "num_hidden_layers", 0) or 0
+    if model_pooling(model) == "mean":
+        n_layers -= 1  # the added pooling layer trains at the full lr, like the head above it
     groups: dict[tuple[bool, float], list] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
@@ -76,7 +79,7 @@ def _param_groups(model: torch.nn.Module, cfg: TrainConfig) -> list[dict]:
         is_head = "classifier" in name or name.startswith("score")
         lr = cfg.head_lr if (is_head and cfg.head_lr) else cfg.lr
         depth = _depth(name)
-        if cfg.layer_lr_decay != 1.0 and depth is not None and not is_head:
+        if cfg.layer_lr_decay != 1.0 and depth is not None and not is_head and depth <= n_layers:
             lr = lr * cfg.layer_lr_decay ** (n_layers + 1 - depth)
         groups.setdefault((no_decay, lr), []).append(p)
     return [{"params": params, "weight_decay": 0.0 if no_decay else cfg.weight_decay, "lr": lr}
@@ -263,10 +266,6 @@ class Trainer:
         ema = None
         if cfg.ema_decay:
             ema = WeightAverage([p for p in model.parameters() if p.requires_grad], cfg.ema_decay)
-        adversary = None
-        if cfg.adversarial.method == "fgm":
-            embeddings = accelerator.unwrap_model(model).get_input_embeddings()
-            adversary = EmbeddingAdversary(embeddings, cfg.adversarial.epsilon).attach()
         ckpt_dir = self.workdir / "checkpoints"
         if resume:
             recover(ckpt_dir / "last")
@@ -289,81 +288,87 @@ class Trainer:
         lengths = train.lengths
         n_labels = self.n_labels
         done = state.step >= total_steps or state.stopped_early
-        while not done:
-            batches = batch_order(lengths, cfg.batch_size, seed=cfg.seed, epoch=state.epoch,
-                                  group_by_length=cfg.group_by_length)
-            # A partial accumulation window at the end of an epoch still steps (flush below).
-            for b in range(state.batch_in_epoch, len(batches)):
-                idx = batches[b]
-                t0 = time.perf_counter()
-                batch = {k: v.to(accelerator.device) for k, v in collate(train, idx, self.pad_id).items()}
-                labels = self.task.label_tensor([train.labels[i] for i in idx], n_labels).to(accelerator.device)
-                k = cfg.grad_accum_steps
-                is_last_micro = (b + 1) % k == 0 or b + 1 == len(batches)
-                window_size = min(k, len(batches) - (b // k) * k)  # the last window may be short
-                with accelerator.autocast():
-                    logits = model(**batch).logits
-                    loss = self._loss(logits, labels)
-                accelerator.backward(loss / window_size)
-                if adversary is not None:
-                    with adversary.perturbed(), accelerator.autocast():
-                        adv_loss = self._loss(model(**batch).logits, labels)
-                    accelerator.backward(adv_loss / window_size)
-                state.window_loss += float(loss.detach())
-                state.window_batches += 1
-                state.window_samples += len(idx)
-                state.samples_seen += len(idx)
-                state.batch_in_epoch = b + 1
-                if not is_last_micro:
+        adversary = None
+        if cfg.adversarial.method == "fgm":
+            embeddings = accelerator.unwrap_model(model).get_input_embeddings()
+            adversary = EmbeddingAdversary(embeddings, cfg.adversarial.epsilon).attach()
+        try:
+            while not done:
+                batches = batch_order(lengths, cfg.batch_size, seed=cfg.seed, epoch=state.epoch,
+                                      group_by_length=cfg.group_by_length)
+                # A partial accumulation window at the end of an epoch still steps (flush below).
+                for b in range(state.batch_in_epoch, len(batches)):
+                    idx = batches[b]
+                    t0 = time.perf_counter()
+                    batch = {k: v.to(accelerator.device) for k, v in collate(train, idx, self.pad_id).items()}
+                    labels = self.task.label_tensor([train.labels[i] for i in idx], n_labels).to(accelerator.device)
+                    k = cfg.grad_accum_steps
+                    is_last_micro = (b + 1) % k == 0 or b + 1 == len(batches)
+                    window_size = min(k, len(batches) - (b // k) * k)  # the last window may be short
+                    with accelerator.autocast():
+                        logits = model(**batch).logits
+                        loss = self._loss(logits, labels)
+                    accelerator.backward(loss / window_size)
+                    if adversary is not None:
+                        with adversary.perturbed(), accelerator.autocast():
+                            adv_loss = self._loss(model(**batch).logits, labels)
+                        accelerator.backward(adv_loss / window_size)
+                    state.window_loss += float(loss.detach())
+                    state.window_batches += 1
+                    state.window_samples += len(idx)
+                    state.samples_seen += len(idx)
+                    state.batch_in_epoch = b + 1
+                    if not is_last_micro:
+                        state.train_seconds += time.perf_counter() - t0
+                        continue
+                    if cfg.grad_clip:
+                        accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                    optimizer.step()
+                    scheduler.step()
+                    optimizer.zero_grad(set_to_none=True)
+                    state.step += 1
+                    if ema is not None:
+                        ema.update(state.step)
                     state.train_seconds += time.perf_counter() - t0
-                    continue
-                if cfg.grad_clip:
-                    accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-                state.step += 1
-                if ema is not None:
-                    ema.update(state.step)
-                state.train_seconds += time.perf_counter() - t0
-                if state.batch_in_epoch == len(batches):
-                    state.epoch += 1
-                    state.batch_in_epoch = 0
+                    if state.batch_in_epoch == len(batches):
+                        state.epoch += 1
+                        state.batch_in_epoch = 0
 
-                if state.step % cfg.log_every_steps == 0 or state.step == total_steps:
-                    elapsed = time.perf_counter() - window_start
-                    record = {"step": state.step, "epoch": round(state.step / steps_per_epoch, 4),
-                              "loss": state.window_loss / max(state.window_batches, 1),
-                              "lr": scheduler.get_last_lr()[0],
-                              "samples_per_s": state.window_samples / max(elapsed, 1e-9)}
-                    self._log(record)
-                    self._emit("on_log", state, record)
-                    state.window_loss, state.window_batches, state.window_samples = 0.0, 0, 0
-                    window_start = time.perf_counter()
-                self._emit("on_step", state)
+                    if state.step % cfg.log_every_steps == 0 or state.step == total_steps:
+                        elapsed = time.perf_counter() - window_start
+                        record = {"step": state.step, "epoch": round(state.step / steps_per_epoch, 4),
+                                  "loss": state.window_loss / max(state.window_batches, 1),
+                                  "lr": scheduler.get_last_lr()[0],
+                                  "samples_per_s": state.window_samples / max(elapsed, 1e-9)}
+                        self._log(record)
+                        self._emit("on_log", state, record)
+                        state.window_loss, state.window_batches, state.window_samples = 0.0, 0, 0
+                        window_start = time.perf_counter()
+                    self._emit("on_step", state)
 
-                finished = state.step >= total_steps
-                if state.step % eval_every == 0 or finished:
-                    if ema is not None:
-                        ema.swap()
-                    self._evaluate(model, validation, state, accelerator, ckpt_dir)
-                    if ema is not None:
-                        ema.swap()
-                    model.train()
-                    if (cfg.early_stopping_patience
-                            and state.evals_without_improvement >= cfg.early_stopping_patience):
-                        state.stopped_early = True
-                        finished = True
-                if state.step % ckpt_every == 0 or finished:
-                    save_checkpoint(ckpt_dir / "last", accelerator.unwrap_model(model), optimizer, scheduler,
-                                    {"state": state.to_dict(), "rng": _rng_state(),
-                                     "ema": ema.state_dict() if ema is not None else None})
-                    window_start = time.perf_counter()
-                if finished:
-                    done = True
-                    break
-        if adversary is not None:
-            adversary.detach()
+                    finished = state.step >= total_steps
+                    if state.step % eval_every == 0 or finished:
+                        if ema is not None:
+                            ema.swap()
+                        self._evaluate(model, validation, state, accelerator, ckpt_dir)
+                        if ema is not None:
+                            ema.swap()
+                        model.train()
+                        if (cfg.early_stopping_patience
+                                and state.evals_without_improvement >= cfg.early_stopping_patience):
+                            state.stopped_early = True
+                            finished = True
+                    if state.step % ckpt_every == 0 or finished:
+                        save_checkpoint(ckpt_dir / "last", accelerator.unwrap_model(model), optimizer, scheduler,
+                                        {"state": state.to_dict(), "rng": _rng_state(),
+                                         "ema": ema.state_dict() if ema is not None else None})
+                        window_start = time.perf_counter()
+                    if finished:
+                        done = True
+                        break
+        finally:  # an error or Ctrl-C must not leave the hook (and its graph) on the model
+            if adversary is not None:
+                adversary.detach()
         self._emit("on_train_end", state)
         # The kept model is the best one on validation, not the last one.
         if (ckpt_dir / "best").exists():
