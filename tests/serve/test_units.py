@@ -77,7 +77,7 @@ def test_serve_config_missing_file_names_it(tmp_path):
 
 def test_unknown_plan_names_the_defined_ones():
     with pytest.raises(ConfigError, match="free, pro"):
-        ServeConfig(plans={"free": Plan(), "pro": Plan()}).plan("gold")
+        create_key(Store(), tenant="acme", plan="gold", known_plans=["free", "pro"])
 
 
 def test_seconds_to_next_period_reaches_the_first_of_next_month():

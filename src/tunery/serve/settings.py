@@ -98,15 +98,6 @@ class ServeConfig(_Part):
             raise ValueError("plans is empty: define at least one plan")
         return self
 
-    def plan(self, name: str) -> Plan:
-        try:
-            return self.plans[name]
-        except KeyError:
-            raise ConfigError(
-                f"plan {name!r} is not defined; plans: {', '.join(sorted(self.plans))} "
-                f"(add it under plans: in the serve config, {ENV_CONFIG})"
-            ) from None
-
 
 def load_serve_config(path: str | Path | None = None) -> ServeConfig:
     """The file at ``path``, else at ``$TUNERY_SERVE_CONFIG``, else the defaults."""
