@@ -94,6 +94,18 @@ def isolated_store(tmp_path, monkeypatch):
     return tmp_path
 
 
+def run_config(tmp_path, backbone, name, *, model=None, **train):
+    """A RunConfig training `backbone` on the binary toy reviews (written once per test) with
+    fast_train settings; `model` and `train` override."""
+    from tunery.config import config_from_dict
+
+    data = tmp_path / "reviews.csv"
+    if not data.exists():
+        make_dataset("binary", n=240).to_csv(data, index=False)
+    return config_from_dict({"name": name, "output_dir": str(tmp_path / "runs"), "data": {"train": str(data)},
+                             "model": {"backbone": backbone, **(model or {})}, "train": fast_train(**train)})
+
+
 def fast_train(**extra) -> dict:
     """Training settings that make the tiny model learn the toy data in seconds."""
     cfg = {"epochs": 4, "batch_size": 16, "lr": 5e-3, "warmup_ratio": 0.1, "progress": False, "seed": 0,

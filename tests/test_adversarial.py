@@ -8,9 +8,8 @@ import pytest
 import torch
 import yaml
 
-from tests.conftest import fast_train, make_dataset
+from tests.conftest import run_config
 from tunery import pipeline
-from tunery.config import config_from_dict
 from tunery.train.adversarial import EmbeddingAdversary, fgm_perturbation
 
 
@@ -61,28 +60,24 @@ def test_the_perturbation_raises_the_loss_with_frozen_or_trainable_embeddings(ti
     assert float(adv.detach()) > float(clean.detach())
     again = model(**batch, labels=labels).loss  # outside the block the embeddings are clean again
     assert float(again.detach()) == pytest.approx(float(clean.detach()), rel=1e-6)
-    with torch.no_grad():  # inference is never captured or perturbed
-        model.eval()(**batch)
+    captured = adversary._clean
+    with torch.no_grad():  # inference is never captured
+        logits = model.eval()(**batch).logits
+    assert adversary._clean is captured
     adversary.detach()
+    with torch.no_grad():  # ... nor perturbed: the same logits as with no adversary at all
+        assert torch.allclose(model(**batch).logits, logits, atol=1e-6)
     assert not model.get_input_embeddings()._forward_hooks
     with pytest.raises(RuntimeError, match="clean forward and backward"):
         with adversary.perturbed():
             pass
 
 
-def _cfg(tmp_path, backbone, name, **train):
-    data = tmp_path / "reviews.csv"
-    if not data.exists():
-        make_dataset("binary", n=240).to_csv(data, index=False)
-    return config_from_dict({"name": name, "output_dir": str(tmp_path / "runs"), "data": {"train": str(data)},
-                             "model": {"backbone": backbone}, "train": fast_train(**train)})
-
-
 def test_fgm_training_learns_and_saves_a_plain_model(tmp_path, tiny_backbone):
     from transformers import AutoModelForSequenceClassification
 
     adv = {"method": "fgm", "epsilon": 0.05}
-    run = pipeline.train(_cfg(tmp_path, tiny_backbone, "fgm", adversarial=adv, epochs=8))
+    run = pipeline.train(run_config(tmp_path, tiny_backbone, "fgm", adversarial=adv, epochs=8))
     m = json.loads((run / "metrics.json").read_text())
     assert m["model"]["test"]["accuracy"] >= 0.9
     assert yaml.safe_load((run / "config.yaml").read_text())["train"]["adversarial"] == adv
@@ -107,7 +102,7 @@ def test_a_run_that_fails_mid_training_leaves_no_hook_on_the_model(tmp_path, tin
 
     monkeypatch.setattr(EmbeddingAdversary, "attach", spy)
     with pytest.raises(RuntimeError, match="boom"):
-        pipeline.train(_cfg(tmp_path, tiny_backbone, "boom", adversarial={"method": "fgm"}), callbacks=[Boom()])
+        pipeline.train(run_config(tmp_path, tiny_backbone, "boom", adversarial={"method": "fgm"}), callbacks=[Boom()])
     (adversary,) = attached
     assert not adversary.embeddings._forward_hooks and adversary._clean is None
 
@@ -116,7 +111,7 @@ def test_fgm_training_is_seeded_and_changes_the_updates(tmp_path, tiny_backbone)
     from safetensors.torch import load_file
 
     adv = {"method": "fgm", "epsilon": 0.05}
-    a, b, plain = (pipeline.train(_cfg(tmp_path, tiny_backbone, name, max_steps=6, **extra))
+    a, b, plain = (pipeline.train(run_config(tmp_path, tiny_backbone, name, max_steps=6, **extra))
                    for name, extra in (("a", {"adversarial": adv}), ("b", {"adversarial": adv}), ("plain", {})))
     wa, wb, wp = (load_file(r / "model" / "model.safetensors") for r in (a, b, plain))
     assert all(torch.equal(wa[k], wb[k]) for k in wa)  # the adversarial pass adds no unseeded randomness
@@ -127,4 +122,4 @@ def test_an_unknown_adversarial_method_names_the_valid_ones(tmp_path, tiny_backb
     from tunery.errors import ConfigError
 
     with pytest.raises(ConfigError, match="fgm"):
-        _cfg(tmp_path, tiny_backbone, "typo", adversarial={"method": "fgsm"})
+        run_config(tmp_path, tiny_backbone, "typo", adversarial={"method": "fgsm"})

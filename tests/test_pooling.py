@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 import yaml
 
-from tests.conftest import fast_train, make_dataset
+from tests.conftest import make_dataset, run_config
 from tunery import pipeline
-from tunery.config import config_from_dict
 from tunery.pooling import add_mean_pooling_layer, pretrained_pooling, resolve_pooling
 
 
@@ -71,11 +71,7 @@ def test_a_mean_pooled_run_learns_and_saves_a_plain_model_with_one_more_layer(st
     import tunery
 
     st = st_backbone
-    data = tmp_path / "reviews.csv"
-    make_dataset("binary", n=240).to_csv(data, index=False)
-    cfg = config_from_dict({"name": "mean", "output_dir": str(tmp_path / "runs"), "data": {"train": str(data)},
-                            "model": {"backbone": st}, "train": fast_train()})
-    run = pipeline.train(cfg)
+    run = pipeline.train(run_config(tmp_path, st, "mean"))
     m = json.loads((run / "metrics.json").read_text())
     assert m["model"]["test"]["accuracy"] >= 0.9
     model = AutoModelForSequenceClassification.from_pretrained(run / "model")
@@ -84,15 +80,22 @@ def test_a_mean_pooled_run_learns_and_saves_a_plain_model_with_one_more_layer(st
     again = pipeline.evaluate_run(run)
     assert again["model"]["accuracy"] == pytest.approx(m["model"]["test"]["accuracy"])
     assert again["model"]["log_loss"] == pytest.approx(m["model"]["test"]["log_loss"], rel=1e-4)
-    assert tunery.load(run).predict(["great film", "awful film"])[0] is not None
+    # tunery.load predicts with the same 3-layer model as plain transformers
+    from transformers import AutoTokenizer
+
+    texts = make_dataset("binary", n=16)["review"].tolist()
+    with torch.no_grad():
+        probs = torch.softmax(model.eval()(**AutoTokenizer.from_pretrained(run / "model")(
+            texts, padding=True, return_tensors="pt")).logits, -1).numpy()
+    predicted = tunery.load(run).predict(texts)
+    assert [p["label"] for p in predicted] == [model.config.id2label[i] for i in probs.argmax(1)]
+    assert np.allclose([p["score"] for p in predicted], probs.max(1), atol=1e-4)
     # auto is recorded as what it chose, so a resume rebuilds the same model whatever the hub cache holds
     assert yaml.safe_load((run / "config.yaml").read_text())["model"]["pooling"] == "mean"
 
     # Continuing from the run (its model is the backbone now) never stacks a second pooling layer.
     for pooling in ("auto", "mean"):
-        again = config_from_dict({"name": f"more-{pooling}", "output_dir": str(tmp_path / "runs"),
-                                  "data": {"train": str(data)},
-                                  "model": {"backbone": str(run), "pooling": pooling}, "train": fast_train()})
+        again = run_config(tmp_path, str(run), f"more-{pooling}", model={"pooling": pooling})
         model = pipeline.preflight(pipeline.prepare_run(again))
         assert model.config.num_hidden_layers == 3, pooling
 

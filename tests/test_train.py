@@ -7,18 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from tests.conftest import fast_train, make_dataset
+from tests.conftest import run_config
 from tunery import pipeline
-from tunery.config import config_from_dict
 from tunery.train.batching import batch_order
-
-
-def _cfg(tmp_path, backbone, name, *, model=None, **train):
-    data = tmp_path / "reviews.csv"
-    if not data.exists():
-        make_dataset("binary", n=240).to_csv(data, index=False)
-    return config_from_dict({"name": name, "output_dir": str(tmp_path / "runs"), "data": {"train": str(data)},
-                             "model": {"backbone": backbone, **(model or {})}, "train": fast_train(**train)})
 
 
 def test_batches_group_lengths_and_depend_only_on_seed_and_epoch():
@@ -38,7 +29,7 @@ def test_batches_group_lengths_and_depend_only_on_seed_and_epoch():
 def test_early_stopping_keeps_the_best_checkpoint(tmp_path, tiny_backbone):
     # A learning rate far too high wrecks the model after the first evals: training stops early and
     # the kept model is the best one seen, not the last.
-    cfg = _cfg(tmp_path, tiny_backbone, "early", epochs=30, lr=0.5, early_stopping_patience=2, eval_every_steps=3)
+    cfg = run_config(tmp_path, tiny_backbone, "early", epochs=30, lr=0.5, early_stopping_patience=2, eval_every_steps=3)
     run = pipeline.train(cfg)
     m = json.loads((run / "metrics.json").read_text())
     assert m["training"]["stopped_early"] and m["training"]["steps"] < m["training"]["total_steps"]
@@ -53,7 +44,7 @@ def test_lora_run_saves_a_plain_loadable_model(tmp_path, tiny_backbone):
     from safetensors.torch import load_file
     from transformers import AutoModelForSequenceClassification
 
-    run = pipeline.train(_cfg(tmp_path, tiny_backbone, "lora", model={"method": "lora", "lora": {"r": 4}},
+    run = pipeline.train(run_config(tmp_path, tiny_backbone, "lora", model={"method": "lora", "lora": {"r": 4}},
                               epochs=3, lr=2e-2))
     model = AutoModelForSequenceClassification.from_pretrained(run / "model")
     assert not any("lora" in k for k in model.state_dict())
@@ -69,14 +60,14 @@ def test_lora_run_saves_a_plain_loadable_model(tmp_path, tiny_backbone):
 
 
 def test_training_is_reproducible_with_a_seed(tmp_path, tiny_backbone):
-    a = pipeline.train(_cfg(tmp_path, tiny_backbone, "a", epochs=2))
-    b = pipeline.train(_cfg(tmp_path, tiny_backbone, "b", epochs=2))
+    a = pipeline.train(run_config(tmp_path, tiny_backbone, "a", epochs=2))
+    b = pipeline.train(run_config(tmp_path, tiny_backbone, "b", epochs=2))
     ma, mb = (json.loads((r / "metrics.json").read_text())["model"] for r in (a, b))
     assert ma == mb
 
 
 def test_gradient_accumulation_and_cosine_schedule_run(tmp_path, tiny_backbone):
-    run = pipeline.train(_cfg(tmp_path, tiny_backbone, "accum", epochs=12, grad_accum_steps=2,
+    run = pipeline.train(run_config(tmp_path, tiny_backbone, "accum", epochs=12, grad_accum_steps=2,
                               scheduler="cosine", batch_size=8, precision="bf16"))
     m = json.loads((run / "metrics.json").read_text())
     assert m["training"]["precision"] == "bf16"
@@ -87,9 +78,9 @@ def test_gradient_accumulation_and_cosine_schedule_run(tmp_path, tiny_backbone):
 def test_existing_run_name_is_refused(tmp_path, tiny_backbone):
     from tunery.errors import RunError
 
-    pipeline.train(_cfg(tmp_path, tiny_backbone, "same", epochs=1))
+    pipeline.train(run_config(tmp_path, tiny_backbone, "same", epochs=1))
     with pytest.raises(RunError, match="already exists"):
-        pipeline.train(_cfg(tmp_path, tiny_backbone, "same", epochs=1))
+        pipeline.train(run_config(tmp_path, tiny_backbone, "same", epochs=1))
 
 
 def test_accumulated_batches_step_like_one_big_batch(tmp_path):
@@ -100,8 +91,8 @@ def test_accumulated_batches_step_like_one_big_batch(tmp_path):
 
     backbone = tiny_backbone(tmp_path / "no-dropout", dropout=0.0)
     common = dict(max_steps=3, group_by_length=False, lr=1e-2, warmup_ratio=0.0, scheduler="constant")
-    big = pipeline.train(_cfg(tmp_path, backbone, "big", model={"classifier_dropout": 0.0}, batch_size=16, **common))
-    acc = pipeline.train(_cfg(tmp_path, backbone, "acc", model={"classifier_dropout": 0.0}, batch_size=8,
+    big = pipeline.train(run_config(tmp_path, backbone, "big", model={"classifier_dropout": 0.0}, batch_size=16, **common))
+    acc = pipeline.train(run_config(tmp_path, backbone, "acc", model={"classifier_dropout": 0.0}, batch_size=8,
                               grad_accum_steps=2, **common))
     a, b = (load_file(r / "model" / "model.safetensors") for r in (big, acc))
     base = load_file(f"{backbone}/model.safetensors")
@@ -115,14 +106,14 @@ def test_unknown_selection_metric_fails_before_anything_is_written(tmp_path, tin
     from tunery.errors import ConfigError
 
     with pytest.raises(ConfigError, match="did you mean 'accuracy'"):
-        pipeline.train(_cfg(tmp_path, tiny_backbone, "typo", metric="acuracy"))
+        pipeline.train(run_config(tmp_path, tiny_backbone, "typo", metric="acuracy"))
     assert not (tmp_path / "runs").exists()
 
 
 def test_max_length_beyond_the_backbone_fails_before_training(tmp_path, tiny_backbone):
     from tunery.errors import ConfigError
 
-    cfg = _cfg(tmp_path, tiny_backbone, "long")
+    cfg = run_config(tmp_path, tiny_backbone, "long")
     cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"max_length": 512})})
     with pytest.raises(ConfigError, match="data.max_length 512"):
         pipeline.train(cfg)

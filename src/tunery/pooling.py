@@ -27,6 +27,8 @@ from pathlib import Path
 
 import torch
 
+from tunery.errors import ConfigError
+
 MEAN_POOLING_SCALE = 8.0
 
 
@@ -114,8 +116,6 @@ def model_pooling(model) -> str:
 def resolve_pooling(backbone_path: str, pooling: str, model) -> str:
     """The pooling a run uses: `model.pooling`, with 'auto' meaning the backbone's pretraining
     pooling where the model supports it. An explicit 'mean' on a model that cannot is an error."""
-    from tunery.errors import ConfigError
-
     if pooling == "auto":
         return "mean" if supports_mean_pooling_layer(model) and pretrained_pooling(backbone_path) == "mean" else "cls"
     if pooling == "mean" and not supports_mean_pooling_layer(model):
