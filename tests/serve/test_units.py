@@ -255,7 +255,7 @@ def test_key_cache_trusts_a_key_for_its_ttl_only():
     from tunery.serve.auth import KeyCache
 
     cache, info = KeyCache(ttl=2), object()
-    cache.put("tny_secret", info, now=10.0)
+    cache.put("tny_secret", info, now=10.0, generation=cache.generation())
     assert cache.get("tny_secret", now=11.9) is info
     assert cache.get("tny_secret", now=12.1) is None
     assert "tny_secret" not in repr(cache._entries)
@@ -267,9 +267,9 @@ def test_key_cache_drops_a_revoked_key_and_can_be_off():
     from tunery.serve.auth import KeyCache
 
     cache = KeyCache(ttl=60)
-    cache.put("a", SimpleNamespace(key_id="k1"), now=0.0)
+    cache.put("a", SimpleNamespace(key_id="k1"), now=0.0, generation=cache.generation())
     cache.drop("k1")
     assert cache.get("a", now=0.0) is None
     off = KeyCache(ttl=0)
-    off.put("a", SimpleNamespace(key_id="k1"), now=0.0)
+    off.put("a", SimpleNamespace(key_id="k1"), now=0.0, generation=off.generation())
     assert off.get("a", now=0.0) is None

@@ -16,7 +16,7 @@ import time
 import uuid
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from datetime import date, datetime, timezone
+from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -32,7 +32,7 @@ from tunery.serve import metering
 from tunery.serve.auth import KeyCache, RateLimiter, bearer_token
 from tunery.serve.batching import Batcher
 from tunery.serve.keys import KeyInfo
-from tunery.serve.metrics import Metrics
+from tunery.serve.metrics import OTHER, Metrics
 from tunery.serve.settings import ServeConfig, load_serve_config
 from tunery.store import Store
 
@@ -205,13 +205,19 @@ def _load_models(state: _State) -> None:
 
 
 # ----------------------------------------------------------------------------------------------
-# An ASGI layer under FastAPI: body size limit (413) and request metrics
+# An ASGI layer under FastAPI: header limits (431), body size (413) and time (408), request metrics
 # ----------------------------------------------------------------------------------------------
 
 
 class _Edge:
-    def __init__(self, app, *, max_body: int, metrics: Metrics) -> None:
-        self.app, self.max_body, self.metrics = app, max_body, metrics
+    """Checks what the HTTP layer (tunery.serve.protocol) leaves to the app: the number and total
+    size of headers (the size is also bounded by the protocol, before any of it is kept), the body's
+    size and the time it takes to arrive; and counts every request in the metrics, labelled with
+    served model names only (``OTHER`` for any other name)."""
+
+    def __init__(self, app, *, limits, body_timeout: float, models: frozenset[str], metrics: Metrics) -> None:
+        self.app, self.limits, self.max_body, self.metrics = app, limits, limits.max_body_bytes, metrics
+        self.body_timeout, self.models = body_timeout, models
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
@@ -225,20 +231,39 @@ class _Edge:
             await send(message)
 
         try:
-            declared = dict(scope.get("headers") or []).get(b"content-length")
+            headers = scope.get("headers") or []
+            if len(headers) > self.limits.max_headers:
+                await self._reject(send_wrapper, 431, "too_many_headers", (
+                    f"the request has {len(headers)} header fields; the limit is limits.max_headers="
+                    f"{self.limits.max_headers}"))
+                return
+            size = sum(len(k) + len(v) + 4 for k, v in headers)
+            if size > self.limits.max_header_bytes:
+                await self._reject(send_wrapper, 431, "header_too_large", (
+                    f"the request headers are {size} bytes; the limit is limits.max_header_bytes="
+                    f"{self.limits.max_header_bytes}"))
+                return
+            declared = dict(headers).get(b"content-length")
             if declared is not None and (not declared.isdigit() or int(declared) > self.max_body):
                 await self._too_large(send_wrapper)
                 return
             body, more = bytearray(), True
-            while more:
-                message = await receive()
-                if message["type"] == "http.disconnect":
-                    return
-                body += message.get("body", b"")
-                more = message.get("more_body", False)
-                if len(body) > self.max_body:
-                    await self._too_large(send_wrapper)
-                    return
+            try:
+                async with asyncio.timeout(self.body_timeout):
+                    while more:
+                        message = await receive()
+                        if message["type"] == "http.disconnect":
+                            return
+                        body += message.get("body", b"")
+                        more = message.get("more_body", False)
+                        if len(body) > self.max_body:
+                            await self._too_large(send_wrapper)
+                            return
+            except TimeoutError:
+                await self._reject(send_wrapper, 408, "body_timeout", (
+                    f"the request body did not arrive within connections.body_timeout_seconds="
+                    f"{self.body_timeout:g} ({len(body)} bytes came); send the body at once"))
+                return
             if body:
                 try:
                     bytes(body).decode("utf-8")
@@ -260,7 +285,8 @@ class _Edge:
         finally:
             route = scope.get("route")
             endpoint = getattr(route, "path", None) or "unmatched"
-            model = (scope.get("path_params") or {}).get("name", "") if route is not None else ""
+            name = (scope.get("path_params") or {}).get("name") if route is not None else None
+            model = name if name in self.models else OTHER
             if endpoint not in ("/metrics",):
                 labels = (model, endpoint, str(status["code"]))
                 self.metrics.requests.labels(*labels).inc()
@@ -310,7 +336,9 @@ def create_app(
         served[name] = ServedModel(name=name, path=Path(path), ref=str(ref))
     metrics = Metrics()
     state = _State(config=config, store=store, models=served, metrics=metrics,
-                   limiter=RateLimiter(share=workers), meter=metering.Meter(store),
+                   limiter=RateLimiter(share=workers),
+                   meter=metering.Meter(store, idempotency_retention=timedelta(
+                       hours=config.idempotency_retention_hours)),
                    keys=KeyCache(config.auth_cache_seconds))
 
     @asynccontextmanager
@@ -346,7 +374,8 @@ def create_app(
     app.state.tunery = state
     _install_error_handlers(app)
     _routes(app, state)
-    app.add_middleware(_Edge, max_body=config.limits.max_body_bytes, metrics=metrics)
+    app.add_middleware(_Edge, limits=config.limits, body_timeout=config.connections.body_timeout_seconds,
+                       models=frozenset(served), metrics=metrics)
     return app
 
 
@@ -382,9 +411,10 @@ def _routes(app: FastAPI, state: _State) -> None:
         now = time.monotonic()
         key = state.keys.get(token, now)
         if key is None:
+            generation = state.keys.generation()  # before the read: a revocation after it wins (see KeyCache)
             key = await run_in_threadpool(keyring.authenticate, store, token)
             if key is not None:
-                state.keys.put(token, key, now)
+                state.keys.put(token, key, now, generation)
         if key is None:
             raise ApiError(401, "invalid_key", "the API key is unknown or revoked",
                            headers={"WWW-Authenticate": "Bearer"})
@@ -398,8 +428,9 @@ def _routes(app: FastAPI, state: _State) -> None:
     def model_for(name: str, key: KeyInfo) -> ServedModel:
         m = state.models.get(name)
         if m is None:
-            raise ApiError(404, "unknown_model", f"model {name!r} is not served here; models: "
-                           f"{', '.join(sorted(state.models))}")
+            yours = [n for n in sorted(state.models) if key.allows(n)]
+            raise ApiError(404, "unknown_model", f"model {name!r} is not served here; this key may use: "
+                           f"{', '.join(yours) or 'none of the served models'} (GET /v1/models lists them)")
         if not key.allows(name):
             raise ApiError(403, "model_not_allowed", f"this key may not use model {name!r}; it may use: "
                            f"{', '.join(key.models or [])}")
@@ -417,12 +448,19 @@ def _routes(app: FastAPI, state: _State) -> None:
             return _error(503, "load_failed", f"models failed to load: {state.load_error}")
         return _error(503, "loading", "models are loading", {"Retry-After": "1"})
 
-    @app.get("/metrics", tags=["ops"], response_class=Response)
-    async def prometheus() -> Response:
+    @app.get("/metrics", tags=["ops"], response_class=Response, responses={401: {"model": ErrorResponse}})
+    async def prometheus(
+        authorization: Annotated[str | None, Header(description="optional; an admin key adds the tenant series")] = None,
+    ) -> Response:
+        """Prometheus text format. Without a key (or with a tenant key): request, latency, batch and
+        queue series, which name no tenant. With an admin key: also usage per tenant and model."""
+        tenants = False
+        if authorization is not None:
+            tenants = (await caller(authorization)).admin  # a key that is sent must be valid: 401 else
         for m in state.models.values():
             if m.batcher is not None:
                 metrics.queue_depth.labels(m.name).set(m.batcher.queued_texts)
-        return Response(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+        return Response(metrics.render(tenants=tenants), media_type="text/plain; version=0.0.4; charset=utf-8")
 
     @app.get("/v1/models", tags=["predict"], responses=_ERRORS)
     async def list_models(key: Annotated[KeyInfo, Depends(caller)]) -> dict:
@@ -453,11 +491,10 @@ def _routes(app: FastAPI, state: _State) -> None:
         if plan is None:
             raise ApiError(403, "unknown_plan", f"this key's plan {key.plan!r} is not configured on this server; "
                            "ask the operator to add it to the serve config")
-        wait = state.limiter.check(key.key_id, time.monotonic(), rate=plan.rate_limit, size=plan.bucket_size)
-        if wait:
-            raise ApiError(429, "rate_limited", f"rate limit of plan {key.plan!r} is {plan.rate_limit:g} "
-                           f"requests/s per key (burst {plan.bucket_size:g}); retry in {wait} s",
-                           headers={"Retry-After": str(wait)}, retry_after=wait)
+        # The rate limit is looked at first (a limited client costs no store read), but its token is
+        # spent only once the quota admits the request: a request refused for its quota costs no rate.
+        rate = {"rate": plan.rate_limit, "size": plan.bucket_size}
+        _rate_limited(key, plan, state.limiter.check(key.key_id, time.monotonic(), spend=False, **rate))
         now = datetime.now(timezone.utc)
         if plan.monthly_quota is not None:
             used = await run_in_threadpool(metering.quota_used, store, key.tenant, plan, now)
@@ -469,6 +506,7 @@ def _routes(app: FastAPI, state: _State) -> None:
             raise ApiError(503, "overloaded", f"model {name!r} has {m.batcher.queued_texts} texts waiting "
                            f"(batching.max_queue_texts={config.batching.max_queue_texts}); retry shortly",
                            headers={"Retry-After": "1"})
+        _rate_limited(key, plan, state.limiter.check(key.key_id, time.monotonic(), **rate))
         scores, tokens = await m.batcher.submit(body.texts, body.pairs)
         request_id = uuid.uuid4().hex
         out = {
@@ -489,6 +527,7 @@ def _routes(app: FastAPI, state: _State) -> None:
             raise ApiError(503, "metering_unavailable", "the usage store is unavailable, so the prediction was "
                            "not billed and is not returned; retry shortly", headers={"Retry-After": "1"}) from None
         if outcome.status == "over_quota":
+            state.limiter.refund(key.key_id, **rate)
             raise _over_quota(key, plan, outcome.retry_after or 1)
         if outcome.status in ("replay", "conflict"):
             stored = (request_hash if outcome.status == "replay" else "", outcome.response or {})
@@ -509,8 +548,9 @@ def _routes(app: FastAPI, state: _State) -> None:
             if tenant is not None and tenant != key.tenant:
                 raise ApiError(403, "other_tenant", "a tenant key can only read its own usage")
             tenant = key.tenant
-        if start is not None and end is not None and end < start:
-            raise ApiError(422, "invalid_request", f"'to' ({end}) is before 'from' ({start})")
+        problem = metering.day_range_problem(start, end, "'from'", "'to'")
+        if problem is not None:
+            raise ApiError(422, "invalid_request", problem)
         rows = await run_in_threadpool(
             lambda: metering.usage_report(store, config, tenant=tenant, start=start, end=end))
         totals = {"requests": sum(r["requests"] for r in rows), "texts": sum(r["texts"] for r in rows),
@@ -569,6 +609,13 @@ def _check_limits(body: PredictRequest, m: ServedModel, config: ServeConfig) -> 
         raise ApiError(422, "pairs_required", f"model {m.name!r} reads text pairs: send 'pairs' beside 'texts'")
     if m.predictor is not None and not takes_pairs and body.pairs is not None:
         raise ApiError(422, "pairs_not_supported", f"model {m.name!r} reads single texts: leave out 'pairs'")
+
+
+def _rate_limited(key: KeyInfo, plan, wait: int) -> None:
+    if wait:
+        raise ApiError(429, "rate_limited", f"rate limit of plan {key.plan!r} is {plan.rate_limit:g} "
+                       f"requests/s per key (burst {plan.bucket_size:g}); retry in {wait} s",
+                       headers={"Retry-After": str(wait)}, retry_after=wait)
 
 
 def _over_quota(key: KeyInfo, plan, retry_after: int) -> ApiError:

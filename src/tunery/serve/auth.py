@@ -39,15 +39,29 @@ class RateLimiter:
         self._buckets: dict[str, Bucket] = {}
         self._lock = threading.Lock()
 
-    def check(self, key_id: str, now: float, *, rate: float | None, size: float) -> int:
-        """0 if admitted, else whole seconds to wait (for Retry-After)."""
+    def check(self, key_id: str, now: float, *, rate: float | None, size: float, spend: bool = True) -> int:
+        """0 if admitted, else whole seconds to wait (for Retry-After). With ``spend=False`` the
+        bucket is only looked at: the request is checked before other refusals (quota), and only
+        spends its token once nothing else refuses it."""
         if rate is None:
             return 0
         rate, size = rate / self.share, max(1.0, size / self.share)
         with self._lock:
             bucket = self._buckets.setdefault(key_id, Bucket(tokens=size, updated=now))
-            wait = take(bucket, now, rate=rate, size=size)
+            wait = take(bucket, now, rate=rate, size=size, cost=1.0 if spend else 0.0)
+            if not spend and bucket.tokens < 1.0:
+                wait = (1.0 - bucket.tokens) / rate
         return 0 if wait == 0 else max(1, math.ceil(wait))
+
+    def refund(self, key_id: str, *, rate: float | None, size: float) -> None:
+        """Give back the token of a request that was refused after spending it (over quota at commit)."""
+        if rate is None:
+            return
+        size = max(1.0, size / self.share)
+        with self._lock:
+            bucket = self._buckets.get(key_id)
+            if bucket is not None:
+                bucket.tokens = min(size, bucket.tokens + 1.0)
 
 
 def bearer_token(header: str | None) -> str | None:
@@ -63,12 +77,24 @@ def bearer_token(header: str | None) -> str | None:
 class KeyCache:
     """Checked keys, trusted for ``ttl`` seconds: most requests skip the store. Revoking a key
     through this process drops it at once; other processes see the revocation within ``ttl``.
-    Entries are found by the SHA-256 of the token, so no secret is compared or kept here."""
+    Entries are found by the SHA-256 of the token, so no secret is compared or kept here.
+
+    A revocation must not be undone by an authentication that read the key just before it: such a
+    request would put the key back for ``ttl`` seconds. So an insertion carries the ``generation``
+    read before the store was asked (``generation()``), and every ``drop`` starts a new generation:
+    an insertion from before a drop is ignored (that one request still goes through, as one that
+    arrived a moment earlier would have; the next reads the store).
+    """
 
     def __init__(self, ttl: float) -> None:
         self.ttl = ttl
         self._entries: dict[bytes, tuple[float, object]] = {}
+        self._generation = 0
         self._lock = threading.Lock()
+
+    def generation(self) -> int:
+        with self._lock:
+            return self._generation
 
     def get(self, token: str, now: float):
         if self.ttl <= 0:
@@ -79,15 +105,21 @@ class KeyCache:
             return None
         return entry[1]
 
-    def put(self, token: str, info, now: float) -> None:
-        if self.ttl > 0:
-            with self._lock:
-                if len(self._entries) > 100_000:  # bounded: forget everything rather than grow
-                    self._entries.clear()
-                self._entries[_digest(token)] = (now, info)
+    def put(self, token: str, info, now: float, generation: int) -> bool:
+        """Cache ``info`` unless a key was dropped since ``generation``; True if cached."""
+        if self.ttl <= 0:
+            return False
+        with self._lock:
+            if generation != self._generation:
+                return False
+            if len(self._entries) > 100_000:  # bounded: forget everything rather than grow
+                self._entries.clear()
+            self._entries[_digest(token)] = (now, info)
+            return True
 
     def drop(self, key_id: str) -> None:
         with self._lock:
+            self._generation += 1
             for digest in [d for d, (_, info) in self._entries.items() if getattr(info, "key_id", None) == key_id]:
                 del self._entries[digest]
 

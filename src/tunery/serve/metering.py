@@ -14,6 +14,10 @@ then wakes the waiting requests. In that transaction, per event:
    workers or processes race for it;
 3. the usage event is inserted (all of the group's events in one statement).
 
+Idempotency records are kept for ``idempotency_retention_hours`` (serve config, default 24 h): the
+meter thread deletes older ones when it starts and then every ``retention / 24`` (at most hourly).
+A retry within the window gets the stored response; one after it is a new request.
+
 A request that fails anywhere (rate limit, quota, bad input, inference or store error) commits
 nothing and is never billed. A SIGKILL can lose at most events whose requests were never answered;
 SIGTERM lets uvicorn drain in-flight requests before the meter stops. With SQLite the default
@@ -32,7 +36,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
 from typing import Any
 
-from sqlalchemy import func, insert, select
+from sqlalchemy import delete, func, insert, select
 from sqlalchemy.exc import IntegrityError
 
 from tunery.serve.settings import Plan, ServeConfig
@@ -41,6 +45,7 @@ from tunery.store import IdempotencyRow, QuotaCounterRow, Store, TenantRow, Usag
 log = logging.getLogger(__name__)
 
 _MAX_GROUP = 512
+FIRST_DAY, LAST_DAY = date(1970, 1, 1), date(9999, 12, 30)  # days a usage report may start or end
 
 
 def period_of(at: datetime) -> str:
@@ -85,8 +90,13 @@ class Outcome:
 class Meter:
     """The single writer of usage events in this process (see the module's docstring)."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, *, idempotency_retention: timedelta | None = None) -> None:
         self.store = store
+        self.retention = idempotency_retention
+        # sweep 24 times per retention window, at most hourly, at least every 10 s
+        self.sweep_every = (None if self.retention is None
+                            else min(3600.0, max(10.0, self.retention.total_seconds() / 24)))
+        self._next_sweep = 0.0
         self._queue: queue.Queue[tuple[UsageEvent, concurrent.futures.Future] | None] = queue.Queue()
         self._thread: threading.Thread | None = None
 
@@ -114,10 +124,25 @@ class Meter:
     def pending(self) -> int:
         return self._queue.qsize()
 
+    def _sweep_if_due(self) -> None:
+        if self.retention is None or time.monotonic() < self._next_sweep:
+            return
+        self._next_sweep = time.monotonic() + self.sweep_every
+        try:
+            gone = sweep_idempotency(self.store, datetime.now(timezone.utc) - self.retention)
+            if gone:
+                log.info("deleted %d idempotency records older than %s", gone, self.retention)
+        except Exception:  # the store is down: billing reports it; try again at the next sweep
+            log.exception("the idempotency retention sweep failed")
+
     def _run(self) -> None:
         stopping = False
         while not stopping:
-            first = self._queue.get()
+            self._sweep_if_due()
+            try:
+                first = self._queue.get(timeout=self.sweep_every)
+            except queue.Empty:
+                continue
             group = []
             if first is None:
                 stopping = True
@@ -257,6 +282,12 @@ def lookup_idempotent(s, key_id: str, idempotency_key: str) -> IdempotencyRow | 
     ).one_or_none()
 
 
+def sweep_idempotency(store: Store, older_than: datetime) -> int:
+    """Delete the idempotency records created before ``older_than``; returns how many."""
+    with store._session(write=True) as s:
+        return s.execute(delete(IdempotencyRow).where(IdempotencyRow.created_at < older_than)).rowcount or 0
+
+
 def find_idempotent(store: Store, key_id: str, idempotency_key: str) -> tuple[str, dict[str, Any]] | None:
     """(request hash, stored response) of an earlier request with this key, if any."""
     with store._session() as s:
@@ -280,6 +311,18 @@ def quota_used(store: Store, tenant: str, plan: Plan, at: datetime) -> int:
 # ----------------------------------------------------------------------------------------------
 
 
+def day_range_problem(start: date | None, end: date | None, start_name: str, end_name: str) -> str | None:
+    """What is wrong with the day range ``[start, end]`` (each optional), named as the caller calls
+    them; None if nothing."""
+    for name, day in ((start_name, start), (end_name, end)):
+        if day is not None and not FIRST_DAY <= day <= LAST_DAY:
+            return (f"{name} {day} is outside the days a report covers, {FIRST_DAY} to {LAST_DAY}; "
+                    f"leave {name} out for no bound")
+    if start is not None and end is not None and end < start:
+        return f"{end_name} {end} is before {start_name} {start}"
+    return None
+
+
 def _day(dialect: str):
     if dialect == "sqlite":
         return func.strftime("%Y-%m-%d", UsageRow.created_at)
@@ -292,8 +335,9 @@ def usage_report(
 ) -> list[dict[str, Any]]:
     """Totals per tenant, model and UTC day in ``[start, end]`` (inclusive days), with the cost
     under each tenant's current plan. Rows sorted by tenant, day, model."""
-    if start is not None and end is not None and end < start:
-        raise ValueError(f"--to {end} is before --from {start}")
+    problem = day_range_problem(start, end, "--from", "--to")
+    if problem is not None:
+        raise ValueError(problem)
     day = _day(store.dialect).label("day")
     query = (
         select(

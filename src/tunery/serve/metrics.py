@@ -1,5 +1,11 @@
 """Prometheus metrics for one app. Each app has its own registry (several apps may live in one test
-process); with several workers, ``PROMETHEUS_MULTIPROC_DIR`` makes /metrics sum over all of them."""
+process); with several workers, ``PROMETHEUS_MULTIPROC_DIR`` makes /metrics sum over all of them.
+
+Label values are never what a client typed: ``model`` is a served model's name or ``-``, ``endpoint``
+a route template, ``status`` the status code; so the number of series is bounded by the server's own
+configuration, whatever requests arrive. The per-tenant series (``TENANT_METRICS``) tell who the
+customers are and how much they use: ``render(tenants=False)`` leaves them out (see app.py: only an
+admin key gets them)."""
 
 from __future__ import annotations
 
@@ -10,6 +16,18 @@ from prometheus_client import multiprocess
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+TENANT_METRICS = frozenset({"tunery_usage_texts", "tunery_usage_tokens", "tunery_usage_requests"})
+OTHER = "-"  # the model label of requests for no served model (unknown names, other endpoints)
+
+
+class _Without:
+    """A registry's families less some (what ``generate_latest`` reads: anything with ``collect``)."""
+
+    def __init__(self, registry, names: frozenset[str]) -> None:
+        self.registry, self.names = registry, names
+
+    def collect(self):
+        return (family for family in self.registry.collect() if family.name not in self.names)
 
 
 class Metrics:
@@ -32,9 +50,10 @@ class Metrics:
         self.usage_tokens = Counter("tunery_usage_tokens", "Billed tokens", ["tenant", "model"], **kw)
         self.usage_requests = Counter("tunery_usage_requests", "Billed requests", ["tenant", "model"], **kw)
 
-    def render(self) -> bytes:
+    def render(self, *, tenants: bool = False) -> bytes:
+        """The exposition text; the per-tenant series only with ``tenants``."""
+        registry = self.registry
         if self.multiprocess:
             registry = CollectorRegistry()
             multiprocess.MultiProcessCollector(registry)
-            return generate_latest(registry)
-        return generate_latest(self.registry)
+        return generate_latest(registry if tenants else _Without(registry, TENANT_METRICS))

@@ -63,16 +63,20 @@ def run_server(models: list[ModelSpec], *, host: str = "127.0.0.1", port: int = 
     import uvicorn
 
     from tunery.serve.app import ENV_SPEC, app_from_env
+    from tunery.serve.protocol import protocol_for
+    from tunery.serve.settings import load_serve_config
 
+    serve_config = load_serve_config(config_path)  # fail here, with the message, not in every worker
     if config_path is not None:
-        from tunery.serve.settings import load_serve_config
-
-        load_serve_config(config_path)  # fail here, with the message, not in every worker
         config_path = str(Path(config_path).resolve())
     os.environ[ENV_SPEC] = json.dumps({
         "models": [m.__dict__ for m in models], "config": config_path, "workers": workers})
+    # h11 with our limits, not httptools: see tunery.serve.protocol for why. No WebSocket upgrades
+    # (nothing here speaks WebSocket; an upgraded connection would leave these limits behind).
     common = dict(host=host, port=port, access_log=access_log, log_level=log_level,
-                  timeout_graceful_shutdown=60, proxy_headers=False)
+                  timeout_graceful_shutdown=60, proxy_headers=False, http=protocol_for(serve_config), ws="none",
+                  h11_max_incomplete_event_size=serve_config.limits.max_header_bytes,
+                  timeout_keep_alive=serve_config.connections.keep_alive_seconds)
     if workers > 1:
         if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
             os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="tunery-prometheus-")

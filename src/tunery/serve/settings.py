@@ -1,4 +1,4 @@
-"""Serving settings: plans (price, monthly quota, rate limit), request limits and batching.
+"""Serving settings: plans (price, monthly quota, rate limit), request and connection limits, batching.
 
 They come from a YAML file (``tunery serve --config serve.yaml``, or ``TUNERY_SERVE_CONFIG``) and
 default to the values below, so a server runs with no file at all. The same file is read by
@@ -10,10 +10,14 @@ default to the values below, so a server runs with no file at all. The same file
     plans:
       free: {monthly_quota: 1000, rate_limit: 2, burst: 10}
       pro:  {price_per_1k_texts: 0.50, monthly_quota: 1000000, rate_limit: 50, burst: 100}
-    limits: {max_texts_per_request: 256, max_chars_per_text: 20000, max_body_bytes: 4194304}
+    limits: {max_texts_per_request: 256, max_chars_per_text: 20000, max_body_bytes: 4194304,
+             max_header_bytes: 65536, max_headers: 100}
+    connections: {header_timeout_seconds: 10, body_timeout_seconds: 30, keep_alive_seconds: 5,
+                  max_connections: null}
     batching: {max_batch_size: 32, max_wait_ms: 0, inference_batch_size: 8}
     precision: auto
     auth_cache_seconds: 2
+    idempotency_retention_hours: 24
 """
 
 from __future__ import annotations
@@ -55,6 +59,38 @@ class Limits(_Part):
     max_texts_per_request: int = Field(256, ge=1)
     max_chars_per_text: int = Field(20_000, ge=1)
     max_body_bytes: int = Field(4 * 1024 * 1024, ge=1024)
+    max_header_bytes: int = Field(
+        64 * 1024, ge=4096, description="the request line and headers together (the URL included); more: 431"
+    )
+    max_headers: int = Field(100, ge=8, description="header fields per request; more: 431")
+
+
+class Connections(_Part):
+    """How long a client may take and how many may be connected (per server process)."""
+
+    header_timeout_seconds: float = Field(
+        10.0, gt=0, description="from connecting (or from the first byte of the next request on a kept-alive "
+        "connection) to the end of the request's headers; slower: 408 and the connection is closed"
+    )
+    body_timeout_seconds: float = Field(
+        30.0, gt=0, description="from the end of the headers to the end of the body; slower: 408 and closed"
+    )
+    keep_alive_seconds: float = Field(5.0, gt=0, description="an idle kept-alive connection is closed after this")
+    max_connections: int | None = Field(
+        None, ge=1, description="open connections per process; a new one past it closes the connection that has "
+        "waited longest for its request headers (else itself). Default: the open-file limit less 128, "
+        "at most 4096"
+    )
+
+    def connection_limit(self) -> int:
+        if self.max_connections is not None:
+            return self.max_connections
+        import resource
+
+        soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft == resource.RLIM_INFINITY:
+            return 4096
+        return max(16, min(4096, soft - 128))
 
 
 class Batching(_Part):
@@ -83,6 +119,7 @@ class ServeConfig(_Part):
     currency: str = "USD"
     plans: dict[str, Plan] = Field(default_factory=_default_plans)
     limits: Limits = Field(default_factory=Limits)
+    connections: Connections = Field(default_factory=Connections)
     batching: Batching = Field(default_factory=Batching)
     precision: Literal["auto", "fp32", "bf16"] = Field(
         "auto", description="inference precision; auto: bf16 where the hardware runs it fast (as training)"
@@ -90,6 +127,10 @@ class ServeConfig(_Part):
     auth_cache_seconds: float = Field(
         2.0, ge=0, description="how long a checked key is trusted before it is read again; a revocation "
         "reaches other processes within this time (0: read the key on every request)"
+    )
+    idempotency_retention_hours: float = Field(
+        24.0, gt=0, description="how long a response stored under an Idempotency-Key is kept for retries; "
+        "older ones are deleted (a retry after that is a new, billed request)"
     )
 
     @model_validator(mode="after")
@@ -107,7 +148,7 @@ def load_serve_config(path: str | Path | None = None) -> ServeConfig:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"serve config {path} does not exist (given by --config or {ENV_CONFIG})")
-    tree = read_yaml_mapping(path, "plans, limits, batching, currency")
+    tree = read_yaml_mapping(path, "plans, limits, connections, batching, currency")
     try:
         return ServeConfig.model_validate(tree)
     except ValidationError as e:
