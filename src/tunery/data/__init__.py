@@ -1,6 +1,6 @@
 """Data: read tables, validate them into a report with row numbers, split them."""
 
-from tunery.data.load import TableWriter, detect_format, iter_table, read_table, write_table
+from tunery.data.load import TableWriter, detect_format, iter_table, normalize_frame, read_table, write_table
 from tunery.data.split import split_frame
 from tunery.data.validate import (
     Finding,
@@ -18,5 +18,5 @@ from tunery.data.validate import (
 __all__ = [
     "Finding", "LabelEncoding", "PreparedData", "TableWriter", "ValidationReport", "detect_delimiter",
     "detect_format", "encode_labels", "infer_columns", "infer_task", "iter_table", "label_names_for",
-    "prepare", "read_table", "split_frame", "write_table",
+    "normalize_frame", "prepare", "read_table", "split_frame", "write_table",
 ]

@@ -10,18 +10,20 @@ U+FFFD and their row numbers are returned in `df.attrs["undecodable_rows"]` for 
 
 from __future__ import annotations
 
-import logging
-
 import bz2
 import codecs
 import csv
+import errno
 import gzip
 import io
 import json
+import logging
 import lzma
 import os
 import re
+import stat
 import zipfile
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -82,11 +84,54 @@ def detect_format(path: str | Path) -> tuple[str, str | None]:
 
 
 def _check_exists(path: Path) -> None:
-    if not path.exists():
-        raise DataError(f"{path}: file not found; check the path (relative paths are resolved "
-                        f"against the config file's directory)")
-    if path.is_dir():
+    """The path names a readable regular file; else a DataError that says why (never hangs)."""
+    try:
+        st = os.stat(path)
+    except OSError as err:
+        raise _os_error(path, err) from None
+    if stat.S_ISDIR(st.st_mode):
         raise DataError(f"{path}: is a directory, not a data file; give the file inside it")
+    if not stat.S_ISREG(st.st_mode):
+        kind = ("a FIFO (named pipe)" if stat.S_ISFIFO(st.st_mode) else "a socket" if stat.S_ISSOCK(st.st_mode)
+                else "a device" if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode) else "a special file")
+        raise DataError(f"{path}: is {kind}, not a regular file; tunery reads data only from regular files "
+                        f"(it may read a file twice): write the data to a file and give that file")
+    try:  # a regular file: opening cannot block
+        with open(path, "rb"):
+            pass
+    except OSError as err:
+        raise _os_error(path, err) from None
+
+
+def _os_error(path: Path, err: OSError) -> DataError:
+    """An OSError met while opening `path` as a DataError naming the cause and the fix."""
+    code = err.errno
+    if code == errno.ENOENT:
+        if os.path.islink(path):
+            return DataError(f"{path}: is a symbolic link to {os.readlink(path)!r}, which does not exist; "
+                             f"fix the link or give the data file itself")
+        return DataError(f"{path}: file not found; check the path (relative paths are resolved "
+                         f"against the config file's directory)")
+    if code == errno.ELOOP:
+        return DataError(f"{path}: symbolic link loop (too many levels of symbolic links: a link points, "
+                         f"directly or through others, back to itself); fix the link to point at the data "
+                         f"file, or give the file's real path")
+    if code in (errno.EACCES, errno.EPERM):
+        where = _denied_at(path)
+        return DataError(f"{path}: permission denied: {where} is not readable by this user; fix the "
+                         f"permissions (e.g. `chmod`) or copy the file somewhere readable")
+    if code == errno.ENOTDIR:
+        return DataError(f"{path}: a part of this path is a file, not a directory; check the path")
+    return DataError(f"{path}: cannot open the file ({err.strerror or err}); check the path and the file")
+
+
+def _denied_at(path: Path) -> str:
+    """Which part of `path` this user may not enter or read: a directory above it, or the file."""
+    path = Path(os.path.abspath(path))
+    for parent in reversed(path.parents):
+        if not os.access(parent, os.X_OK):
+            return f"the directory {parent} (no search permission)"
+    return "the file"
 
 
 def _open_binary(path: Path, compression: str | None) -> IO[bytes]:
@@ -105,13 +150,113 @@ def _open_binary(path: Path, compression: str | None) -> IO[bytes]:
     return open(path, "rb")
 
 
+# compression: (signature at the start of the file, name, the command that tests a file)
+_SIGNATURES = {"gz": (b"\x1f\x8b", "gzip", "gzip -t"), "bz2": (b"BZh", "bzip2", "bzip2 -t"),
+               "xz": (b"\xfd7zXZ\x00", "xz", "xz -t"), "zip": (b"PK", "zip", "unzip -t")}
+_DECOMPRESS_ERRORS = (OSError, EOFError, ValueError, zlib.error, lzma.LZMAError, zipfile.BadZipFile)
+SNIFF_BYTES = 4096  # bytes read (after decompression) to recognise a wide text encoding
+# byte-order marks, the UTF-32 ones first (the UTF-32-LE mark begins with the UTF-16-LE one);
+# the iconv name reads the mark itself and picks the byte order
+_BOMS = ((codecs.BOM_UTF32_LE, "UTF-32LE", "UTF-32"), (codecs.BOM_UTF32_BE, "UTF-32BE", "UTF-32"),
+         (codecs.BOM_UTF16_LE, "UTF-16LE", "UTF-16"), (codecs.BOM_UTF16_BE, "UTF-16BE", "UTF-16"))
+
+
+def _check_signature(path: Path, compression: str | None) -> None:
+    """A file named .gz/.bz2/.xz/.zip must start with that format's signature."""
+    if compression is None:
+        return
+    magic, name, _ = _SIGNATURES[compression]
+    with open(path, "rb") as f:
+        head = f.read(len(magic))
+    if head == magic:
+        return
+    plain = path.with_name(path.name[: -len(compression) - 1])
+    seen = "it is empty (0 bytes)" if not head else f"it starts with {head!r}, not the {name} signature {magic!r}"
+    raise DataError(f"{path}: not a {name} file: {seen}; if it holds plain text, drop the "
+                    f".{compression} suffix (rename it to {plain.name}), else compress it again with {name}")
+
+
+def _decompress_error(path: Path, compression: str | None, err: BaseException, where: str = "") -> DataError:
+    """A read error inside a (compressed) file as a DataError: truncated, corrupt or unreadable."""
+    if isinstance(err, DataError):
+        return err
+    if compression is None:
+        if isinstance(err, OSError):
+            return DataError(f"{path}: cannot read the file{where} ({err.strerror or err}); check the disk "
+                             f"and the file")
+        return DataError(f"{path}: cannot read the file{where} ({err})")
+    _, name, test = _SIGNATURES[compression]
+    if isinstance(err, EOFError) or "ended before the end-of-stream" in str(err):
+        return DataError(f"{path}: the {name} data is truncated{where}: the file ends before the end of the "
+                         f"compressed stream (an interrupted download or copy?); copy the complete file "
+                         f"again (`{test} {path}` checks a file)")
+    return DataError(f"{path}: the {name} data is corrupt{where} ({err}); copy the file again "
+                     f"(`{test} {path}` checks a file)")
+
+
+def _wide_encoding(head: bytes) -> tuple[str, str, str] | None:
+    """(encoding, iconv name, how it was seen) when `head` is UTF-16 or UTF-32 text, else None.
+
+    A byte-order mark decides; without one, text in these encodings shows NUL bytes at fixed
+    positions (ASCII "ab" is 61 00 62 00 in UTF-16-LE), which UTF-8 text never has.
+    """
+    for bom, name, iconv in _BOMS:
+        if head.startswith(bom):
+            return name, iconv, "its byte-order mark"
+    n = len(head) // 4 * 4
+    if n < 4 or b"\x00" not in head[:n]:
+        return None
+    z = (np.frombuffer(head[:n], dtype=np.uint8).reshape(-1, 4) == 0).mean(axis=0)  # NUL share per byte slot
+    how = "the NUL bytes between its characters"
+    if z[3] > 0.9 and z[2] > 0.5 and z[0] < 0.5:
+        return "UTF-32LE", "UTF-32LE", how
+    if z[0] > 0.9 and z[1] > 0.5 and z[3] < 0.5:
+        return "UTF-32BE", "UTF-32BE", how
+    if min(z[1], z[3]) > 0.5 and max(z[0], z[2]) < 0.5:
+        return "UTF-16LE", "UTF-16LE", how
+    if min(z[0], z[2]) > 0.5 and max(z[1], z[3]) < 0.5:
+        return "UTF-16BE", "UTF-16BE", how
+    return None
+
+
+def _check_encoding(path: Path, compression: str | None, head: bytes) -> None:
+    found = _wide_encoding(head)
+    if found is None:
+        return
+    name, iconv, how = found
+    if compression in (None, "zip"):
+        stem = path.name[: -len(compression) - 1] if compression else path.name
+        out = Path(stem).with_suffix(".utf8" + Path(stem).suffix).name
+        tool = "unzip -p" if compression else "cat"
+    else:
+        stem = path.name[: -len(compression) - 1]
+        out = Path(stem).with_suffix(".utf8" + Path(stem).suffix).name
+        tool = {"gz": "gzip -dc", "bz2": "bzip2 -dc", "xz": "xz -dc"}[compression]
+    cmd = (f"iconv -f {iconv} -t UTF-8 {path} > {out}" if compression is None
+           else f"{tool} {path} | iconv -f {iconv} -t UTF-8 > {out}")
+    raise DataError(f"{path}: not UTF-8: the text is encoded as {name} (seen from {how}); tunery reads "
+                    f"UTF-8. Convert it, e.g. `{cmd}`, or re-save it as UTF-8 (in Excel: \"CSV UTF-8\")")
+
+
+def _sniff(path: Path, compression: str | None) -> None:
+    """Before streaming: the compression signature, the first decompressed bytes, the encoding."""
+    _check_signature(path, compression)
+    try:
+        with _open_binary(path, compression) as f:
+            head = f.read(SNIFF_BYTES)
+    except _DECOMPRESS_ERRORS as err:
+        raise _decompress_error(path, compression, err) from None
+    _check_encoding(path, compression, head)
+
+
 def _read_text(path: Path, compression: str | None) -> str:
+    _check_signature(path, compression)
     try:
         with _open_binary(path, compression) as f:
             raw = f.read()
-    except (OSError, EOFError, zipfile.BadZipFile, lzma.LZMAError) as err:
-        raise DataError(f"{path}: cannot read the {compression or ''} file ({err}); "
-                        f"check that it is not truncated or corrupted") from None
+    except _DECOMPRESS_ERRORS as err:
+        raise _decompress_error(path, compression, err) from None
+    _check_encoding(path, compression, raw[:SNIFF_BYTES])
     return raw.decode("utf-8-sig", errors=_ERRORS)
 
 
@@ -251,7 +396,9 @@ def iter_table(path: str | Path, batch_rows: int = 10_000) -> Iterator[pd.DataFr
     """Stream a table in chunks of at most `batch_rows` rows without loading the whole file.
 
     Each chunk keeps the source row numbers as `index + 1` (a continuing index) and carries
-    `attrs["undecodable_rows"]`. TSVs are streamed with standard quoting.
+    `attrs["undecodable_rows"]`. TSVs are streamed with standard quoting. A file that is not what
+    its name says (not gzip, not UTF-8) fails before the first chunk; one that breaks later
+    (truncated, corrupt) fails with a DataError naming the last good row.
     """
     path = Path(path)
     fmt, compression = detect_format(path)
@@ -259,23 +406,25 @@ def iter_table(path: str | Path, batch_rows: int = 10_000) -> Iterator[pd.DataFr
     if batch_rows < 1:
         raise ValueError("batch_rows must be >= 1")
     if fmt == "parquet":
-        import pyarrow.parquet as pq
-
-        start = 0
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_rows):
-            df = batch.to_pandas()
-            df.index = pd.RangeIndex(start, start + len(df))
-            start += len(df)
-            df.attrs["undecodable_rows"] = []
-            yield df
+        yield from _iter_parquet(path, batch_rows)
         return
     if fmt == "json":  # a single JSON document cannot be streamed
         df = read_table(path)
         for start in range(0, len(df), batch_rows):
             yield df.iloc[start:start + batch_rows]
         return
+    _sniff(path, compression)
     seen = _seen[0]
-    with _open_text(path, compression) as f:
+    start = 0
+
+    def failed(err: BaseException) -> DataError:
+        return _decompress_error(path, compression, err, f" after row {start}" if start else "")
+
+    try:
+        f = _open_text(path, compression)
+    except _DECOMPRESS_ERRORS as err:
+        raise failed(err) from None
+    with f:
         if fmt == "jsonl":
             chunks = _iter_jsonl(f, path, batch_rows)
         else:
@@ -285,15 +434,25 @@ def iter_table(path: str | Path, batch_rows: int = 10_000) -> Iterator[pd.DataFr
                 chunks = pd.read_csv(f, chunksize=batch_rows, dtype=str,
                                      **_delimited(fmt))
             except pd.errors.EmptyDataError:
-                raise DataError(f"{path}: the file is empty; it needs a header row and data rows")
-        start, dirty, columns = 0, False, None
+                raise DataError(f"{path}: the file is empty; it needs a header row and data rows") from None
+            except pd.errors.ParserError as err:
+                raise _parse_error(path, err) from None
+            except _DECOMPRESS_ERRORS as err:
+                raise failed(err) from None
+        dirty, columns = False, None
         while True:
             try:
                 df = next(chunks)
             except StopIteration:
                 break
-            except (pd.errors.ParserError, ValueError) as err:
+            except pd.errors.ParserError as err:
                 raise _parse_error(path, err) from None
+            except _DECOMPRESS_ERRORS as err:
+                # the decompressor's errors: EOFError (truncated), OSError, zlib/lzma errors; a
+                # ValueError here is pandas' own (a malformed row) unless it names the stream end
+                if type(err) is ValueError and "end-of-stream" not in str(err):
+                    raise _parse_error(path, err) from None
+                raise failed(err) from None
             if columns is None:
                 columns = list(df.columns)
             elif list(df.columns) != columns:  # JSONL records may omit keys or order them freely
@@ -310,6 +469,30 @@ def iter_table(path: str | Path, batch_rows: int = 10_000) -> Iterator[pd.DataFr
             yield df
 
 
+def _iter_parquet(path: Path, batch_rows: int) -> Iterator[pd.DataFrame]:
+    import pyarrow.parquet as pq
+
+    try:
+        batches = pq.ParquetFile(path).iter_batches(batch_size=batch_rows)
+    except Exception as err:  # pyarrow raises many types for a bad file
+        raise DataError(f"{path}: cannot read as Parquet ({err}); check that the file is a "
+                        f"complete Parquet file") from None
+    start = 0
+    while True:
+        try:
+            batch = next(batches)
+        except StopIteration:
+            return
+        except Exception as err:  # noqa: BLE001 - a damaged row group
+            raise DataError(f"{path}: cannot read as Parquet after row {start} ({err}); check that the "
+                            f"file is a complete Parquet file") from None
+        df = batch.to_pandas()
+        df.index = pd.RangeIndex(start, start + len(df))
+        start += len(df)
+        df.attrs["undecodable_rows"] = []
+        yield df
+
+
 def _iter_jsonl(f: IO[str], path: Path, batch_rows: int) -> Iterator[pd.DataFrame]:
     batch: list[dict] = []
     for rec in _jsonl_records(f, path):
@@ -319,6 +502,69 @@ def _iter_jsonl(f: IO[str], path: Path, batch_rows: int) -> Iterator[pd.DataFram
             batch = []
     if batch:
         yield pd.DataFrame.from_records(batch)
+
+
+def value_kind(v: Any) -> str | None:
+    """What an object cell holds, for messages: None for missing; "text", "number", "list", ..."""
+    if v is None or v is pd.NA or (isinstance(v, float) and v != v):
+        return None
+    if isinstance(v, str):
+        return "text"
+    if isinstance(v, (bytes, bytearray, memoryview)):
+        return "bytes"
+    if isinstance(v, dict):
+        return "dict"
+    if isinstance(v, (list, tuple, np.ndarray, set, frozenset)):
+        return "list"
+    if isinstance(v, (bool, int, float, np.bool_, np.number)):
+        return "number"
+    return type(v).__name__
+
+
+def normalize_frame(df: pd.DataFrame, source: str = "DataFrame") -> pd.DataFrame:
+    """`df` made storable as Parquet the way a CSV of it would read back.
+
+    pandas keeps a column of mixed Python values (labels 1, "pos", 2) as objects; Arrow refuses
+    them (ArrowInvalid/ArrowTypeError). Such a column of plain values is turned into text, as
+    writing a CSV and reading it back would ("1", "pos", "2"); missing values stay missing. A
+    column mixing lists or dicts with single values cannot be stored: DataError naming the column,
+    the kinds and their rows (row N is position N, counting from 1). Columns Arrow takes as they
+    are, and column names, are kept (names become strings). Returns a copy only when needed.
+    """
+    import pyarrow as pa
+
+    out = df
+    if any(not isinstance(c, str) for c in df.columns):
+        out = df.rename(columns=str)
+    for col in out.columns:
+        values = out[col]
+        if values.dtype != object:
+            continue
+        try:
+            pa.array(values, from_pandas=True)
+            continue
+        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as err:
+            arrow_error = err
+        kinds = values.map(value_kind)
+        present = [k for k in pd.unique(kinds.dropna())]
+        if set(present) <= {"text", "number"}:
+            fixed = values.map(lambda v: v if isinstance(v, str) or value_kind(v) is None else str(v))
+            if out is df:
+                out = df.copy()
+            out[col] = fixed.astype(object)
+            continue
+        shown = "; ".join(
+            f"{_KIND_WORDS.get(k, k)} at rows {', '.join(str(i + 1) for i in np.flatnonzero((kinds == k).to_numpy())[:5])}"
+            + (" ..." if int((kinds == k).sum()) > 5 else "")
+            for k in present)
+        raise DataError(f"{source}: column {col!r} mixes kinds of values that cannot be stored together "
+                        f"({shown}); give every row of this column the same kind, e.g. a list of labels "
+                        f"in every row of a multi-label column, or plain strings (Arrow: {arrow_error})")
+    return out
+
+
+_KIND_WORDS = {"text": "strings", "number": "numbers", "list": "lists", "dict": "dicts (structs/maps)",
+               "bytes": "bytes"}
 
 
 def _output_format(path: Path) -> tuple[str, str | None]:
@@ -366,6 +612,8 @@ class TableWriter:
         self._file = opener(self._tmp, "wt", encoding="utf-8", newline="")
 
     def write(self, df: pd.DataFrame) -> None:
+        if self.format == "parquet":  # mixed-type object columns as text, as a CSV would hold them
+            df = normalize_frame(df, str(self.path))
         if self._columns is None:
             self._columns = [str(c) for c in df.columns]
             self._open(df)

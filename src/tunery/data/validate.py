@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from tunery.config import DataConfig, TaskConfig
-from tunery.data.load import read_table
+from tunery.data.load import read_table, value_kind
 from tunery.data.split import split_frame
 from tunery.errors import DataError
 
@@ -37,6 +37,13 @@ DELIMITERS = ("|", ";", ",")
 MAX_CLASSES_FOR_NUMBERS = 20  # more distinct numeric labels than this means regression
 MAX_ROWS = 1000  # rows kept per Finding
 SHOWN_ROWS = 10  # rows named in a message
+# A class with fewer training examples than this cannot be both learned and checked: a split puts
+# its single example on one side only. Validation fails when more than half the classes are such.
+MIN_CLASS_EXAMPLES = 2
+# Truncation is judged on each text's first max_length x this many characters: no tokenizer's
+# tokens average that many characters, so a longer text is over the limit whatever follows, and a
+# 50 MB text costs what a 16 k-character one does.
+TRUNCATION_CHARS_PER_TOKEN = 32
 
 
 # ---------------------------------------------------------------------------------------------
@@ -232,6 +239,42 @@ def _to_float(v: Any) -> float | None:
     return x if math.isfinite(x) else None
 
 
+_KIND_WORDS = {"list": "lists", "dict": "dicts (structs or maps)", "bytes": "bytes",
+               "nested list": "lists of lists (or maps)"}
+
+
+def _nested_kinds(values: pd.Series, task: TaskName | None = None) -> pd.Series:
+    """Per cell, the kind of a nested value ("list", "dict", "bytes", "nested list") where the
+    column needs plain values, else None. Texts (task None) and single labels must be plain;
+    a multi-label cell may be a list of plain labels."""
+    values = values.reset_index(drop=True)
+    if values.dtype != object:
+        return pd.Series(None, index=values.index, dtype=object)
+
+    def kind(v: Any) -> str | None:
+        k = value_kind(v)
+        if k not in ("list", "dict", "bytes"):
+            return None
+        if k == "list" and task == "multilabel":
+            inner = {value_kind(x) for x in v}
+            return "nested list" if inner & {"list", "dict", "bytes"} else None
+        return k
+
+    return values.map(kind).astype(object)
+
+
+def _nested_message(path: str, column: str, values: pd.Series, kinds: pd.Series, rows: np.ndarray,
+                    what: str, fix: str) -> tuple[str, np.ndarray]:
+    bad = kinds.notna().to_numpy()
+    counts = kinds[bad].value_counts()
+    desc = ", ".join(f"{_KIND_WORDS[k]} ({_plural(int(c), 'row')})" for k, c in counts.items())
+    first = repr(values.reset_index(drop=True)[bad].iloc[0])
+    first = first if len(first) <= 60 else first[:57] + "..."
+    rows = rows[bad]
+    return (f"{path}: column {column!r} holds {desc} instead of {what}, at {_rows_text(rows)} (first: "
+            f"{first}); {fix}"), rows
+
+
 def _missing_mask(values: pd.Series) -> pd.Series:
     if pd.api.types.is_numeric_dtype(values.dtype) or pd.api.types.is_bool_dtype(values.dtype):
         return values.isna()
@@ -376,8 +419,11 @@ def encode_labels(values: pd.Series, task: TaskName, label_names: list[str], *,
     """Encode raw label cells for `task` against `label_names`; report what cannot be encoded."""
     values = values.reset_index(drop=True)
     none = pd.Series(False, index=values.index)
+    nested = _nested_kinds(values, task).notna().astype(bool)  # never read as their repr
+    if nested.any():
+        values = values.where(~nested, None)
     if task == "regression":
-        missing = _missing_mask(values)
+        missing = _missing_mask(values) & ~nested
         floats = values.map(_to_float)
         bad = ~missing & floats.isna()
         encoded = floats.astype(object).where(~(missing | bad), None)
@@ -401,7 +447,8 @@ def encode_labels(values: pd.Series, task: TaskName, label_names: list[str], *,
         flat = names[unseen]
     encoded = encoded.where(~unseen, None)
     unseen_values = [str(v) for v in flat.value_counts().index] if len(flat) else []
-    return LabelEncoding(encoded, missing.astype(bool), none, unseen, unseen_values)
+    missing = missing.astype(bool) & ~nested
+    return LabelEncoding(encoded, missing, nested, unseen, unseen_values)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -446,6 +493,19 @@ class _Checker:
         return drop
 
 
+def _check_nested_text(ck: _Checker, path: str, values: pd.Series, column: str, rows: np.ndarray) -> pd.Series:
+    """Texts that are lists, structs or bytes (Parquet, JSONL) are errors, never their repr."""
+    kinds = _nested_kinds(values)
+    mask = kinds.notna().astype(bool)
+    if mask.any():
+        msg, bad = _nested_message(
+            path, column, values, kinds, rows, "text",
+            "texts must be strings: convert the column before saving (decode bytes as UTF-8, join a "
+            "list's items, take one field of a struct) or set data.text_column to a column of strings")
+        ck.add("error", "nested_value", msg, path, bad, len(bad))
+    return mask
+
+
 def _label_key(labels: pd.Series, task: TaskName) -> pd.Series:
     if task == "multilabel":
         return labels.map(lambda v: ",".join(map(str, v)))
@@ -464,6 +524,7 @@ def _check_file(ck: _Checker, role: str, path: str, df: pd.DataFrame, text_col: 
                   "fill or remove them"):
         drop |= empty
     invalid = empty.copy()
+    invalid |= _check_nested_text(ck, path, df[text_col], text_col, rows)
     pair = None
     if pair_col is not None:
         pair, pair_empty = _text_series(df[pair_col].reset_index(drop=True))
@@ -471,20 +532,34 @@ def _check_file(ck: _Checker, role: str, path: str, df: pd.DataFrame, text_col: 
                       f"empty or missing texts in column {pair_col!r}", "fill or remove them"):
             drop |= pair_empty
         invalid |= pair_empty
+        invalid |= _check_nested_text(ck, path, df[pair_col], pair_col, rows)
 
     enc = encode_labels(df[label_col], task, names, delimiter=delimiter)
     if ck.invalid("missing_label", enc.missing, rows, path,
                   f"missing labels in column {label_col!r}", "label or remove those rows"):
         drop |= enc.missing
     invalid |= enc.missing
-    if enc.bad.any():
-        bad = rows[enc.bad.to_numpy()]
-        examples = ", ".join(repr(v) for v in pd.unique(df[label_col].reset_index(drop=True)[enc.bad])[:5])
+    nested = _nested_kinds(df[label_col], task)
+    if nested.notna().any():
+        if task == "multilabel":
+            what, fix = ("labels", "a multi-label cell must be a list of plain labels such as "
+                         "[\"sports\", \"tech\"] (or a delimited string \"sports|tech\"): flatten these")
+        else:
+            what = "a single label"
+            fix = "a label must be a string or a number: convert the column before saving"
+            if "list" in set(nested.dropna()):
+                fix += "; lists of labels are multi-label: set task.type: multilabel"
+        msg, bad = _nested_message(path, label_col, df[label_col], nested, rows, what, fix)
+        ck.add("error", "nested_value", msg, path, bad, len(bad))
+    number_bad = enc.bad & nested.isna().to_numpy()
+    if number_bad.any():
+        bad = rows[number_bad.to_numpy()]
+        examples = ", ".join(repr(v) for v in pd.unique(df[label_col].reset_index(drop=True)[number_bad])[:5])
         ck.add("error", "bad_label",
                f"{path}: {_plural(len(bad), 'label')} in column {label_col!r} are not numbers as a "
                f"regression target needs ({examples}) at {_rows_text(bad)}; fix them, or set "
                f"task.type: classification if these are classes", path, bad, len(bad))
-        invalid |= enc.bad
+    invalid |= enc.bad
 
     unseen = enc.unseen.copy()
     labels = enc.encoded
@@ -685,9 +760,9 @@ def prepare(cfg: DataConfig, task: TaskConfig, *, tokenizer=None
 
     need_val = cfg.validation is None
     need_test = cfg.test is None and cfg.test_fraction > 0
-    stratify = _check_classes(ck, cfg, train, task_name, names, splitting=need_val or need_test)
-    if need_val or need_test:
-        _check_split_size(ck, cfg, len(train), need_val, need_test)
+    big_enough = _check_split_size(ck, cfg, len(train), need_val, need_test) if need_val or need_test else True
+    stratify = _check_classes(ck, cfg, train, task_name, names, splitting=need_val or need_test,
+                              label_column=label_col, judge_rare=big_enough)
     if tokenizer is not None:
         for role, frame in clean.items():
             _check_truncation(ck, cfg, files[role], frame, tokenizer, report.summary)
@@ -741,7 +816,8 @@ def _split_note(cfg: DataConfig, need_val: bool, need_test: bool, how: str) -> s
 
 
 def _check_classes(ck: _Checker, cfg: DataConfig, train: pd.DataFrame, task: TaskName,
-                   names: list[str], *, splitting: bool) -> bool:
+                   names: list[str], *, splitting: bool, label_column: str = "label",
+                   judge_rare: bool = True) -> bool:
     """Imbalance and too-small classes in train; returns whether the split can be stratified."""
     if task == "regression" or train.empty:
         return False
@@ -753,6 +829,19 @@ def _check_classes(ck: _Checker, cfg: DataConfig, train: pd.DataFrame, task: Tas
         ck.add("error", "too_few_examples",
                f"{path}: only one class ({', '.join(map(repr, present)) or 'none'}) among the usable "
                f"labels; a classifier needs examples of at least 2 classes", path, (), len(present))
+        return False
+    rare_classes = [n for n, c in present.items() if c < MIN_CLASS_EXAMPLES]
+    if judge_rare and len(present) >= 2 and 2 * len(rare_classes) > len(present):
+        word = "class" if task == "classification" else "label"
+        ck.add("error", "too_few_examples",
+               f"{path}: {len(rare_classes):,} of {len(present):,} {word}s "
+               f"({100 * len(rare_classes) / len(present):.0f}%) have fewer than {MIN_CLASS_EXAMPLES} "
+               f"training examples ({len(train):,} usable rows, {len(train) / len(present):.1f} per "
+               f"{word} on average; e.g. {', '.join(map(repr, rare_classes[:5]))}), so most {word}s cannot "
+               f"be learned: at most half of the {word}s may have fewer than {MIN_CLASS_EXAMPLES} examples. "
+               f"Check that data.label_column ({label_column!r}) holds labels and not ids or free text; "
+               f"else merge rare {word}s into broader ones (or an 'other' {word}) or add examples",
+               path, (), len(rare_classes))
         return False
     if absent:
         ck.add("warning", "too_few_examples",
@@ -785,7 +874,8 @@ def _check_classes(ck: _Checker, cfg: DataConfig, train: pd.DataFrame, task: Tas
     return True
 
 
-def _check_split_size(ck: _Checker, cfg: DataConfig, n: int, need_val: bool, need_test: bool) -> None:
+def _check_split_size(ck: _Checker, cfg: DataConfig, n: int, need_val: bool, need_test: bool) -> bool:
+    """An error when too few rows remain to train after the split; returns whether they suffice."""
     n_test = math.ceil(cfg.test_fraction * n) if need_test else 0
     n_val = math.ceil(cfg.validation_fraction * n) if need_val else 0
     if n - n_test - n_val < 1 or n < 2:
@@ -793,22 +883,40 @@ def _check_split_size(ck: _Checker, cfg: DataConfig, n: int, need_val: bool, nee
                f"{cfg.train}: only {_plural(n, 'usable row')}, too few to split off validation/test "
                f"sets and still train; add rows or give data.validation and data.test files",
                cfg.train, (), n)
+        return False
+    return True
 
 
 def _check_truncation(ck: _Checker, cfg: DataConfig, path: str, frame: pd.DataFrame, tokenizer,
                       summary: dict) -> None:
     if frame.empty:
         return
-    pairs = frame["text_pair"].tolist() if "text_pair" in frame else None
-    lengths = _token_lengths(tokenizer, frame["text"].tolist(), pairs)
+    limit = cfg.max_length * TRUNCATION_CHARS_PER_TOKEN
+    texts, cut = _heads(frame["text"], limit)
+    pairs = None
+    if "text_pair" in frame:
+        pairs, pair_cut = _heads(frame["text_pair"], limit)
+        cut |= pair_cut
+    lengths = _token_lengths(tokenizer, texts, pairs)
     summary.setdefault("token_lengths", {})[path] = {
         "p50": int(np.percentile(lengths, 50)), "p95": int(np.percentile(lengths, 95)),
-        "max": int(lengths.max())}
+        "max": int(lengths.max()), "counted_chars": limit}
     over = lengths > cfg.max_length
     if over.any():
         rows = frame["row"].to_numpy()[over]
+        longest = int(lengths.argmax())
+        count = (f"at least {int(lengths[longest])} tokens (counted on its first {limit:,} characters)"
+                 if cut[longest] else f"{int(lengths[longest])} tokens")
         ck.add("warning", "truncation",
                f"{path}: {_plural(len(rows), 'text')} ({100 * len(rows) / len(frame):.1f}%) are longer "
                f"than data.max_length = {cfg.max_length} tokens and will be truncated, at "
-               f"{_rows_text(rows)}; the longest has {int(lengths.max())} tokens: raise "
+               f"{_rows_text(rows)}; the longest has {count}: raise "
                f"data.max_length if the end of a text matters", path, rows, len(rows))
+
+
+def _heads(texts: pd.Series, limit: int) -> tuple[list[str], np.ndarray]:
+    """Each text's first `limit` characters, and which texts were cut."""
+    cut = (texts.str.len() > limit).to_numpy()
+    if not cut.any():
+        return texts.tolist(), cut
+    return texts.str.slice(0, limit).tolist(), cut

@@ -37,6 +37,12 @@ _LOWER_IS_BETTER = ("loss", "mse", "rmse", "mae", "hamming_loss", "ece", "error"
 
 THRESHOLD_GRID = tuple(round(0.05 * i, 2) for i in range(1, 20))  # 0.05 .. 0.95
 
+# The full confusion matrix grows with the square of the classes (3,000 classes: 9 million cells,
+# hundreds of MB of JSON). Up to this many classes it is kept; beyond, `top_confusions` lists the
+# most frequent (true, predicted) mistakes instead.
+CONFUSION_MATRIX_MAX_CLASSES = 50
+TOP_CONFUSIONS = 50
+
 
 # ---------------------------------------------------------------------------------------------
 # helpers
@@ -101,6 +107,29 @@ def _binary_auc(y: np.ndarray, s: np.ndarray) -> tuple[float | None, float | Non
     return float(roc_auc_score(y, s)), float(average_precision_score(y, s))
 
 
+def _ovr_aucs(y: np.ndarray, P: np.ndarray, classes: np.ndarray, cells: int = 1 << 20) -> np.ndarray:
+    """One-vs-rest ROC AUC of each class in `classes` that has positives and negatives.
+
+    AUC = Mann-Whitney U / (n_pos * n_neg), from the ranks (ties averaged) of the class's scores:
+    the same value as sklearn's roc_auc_score, computed for a block of columns at once (about
+    `cells` cells per block) instead of one call per class, which is what 3,000 classes need.
+    """
+    from scipy.stats import rankdata
+
+    n = len(y)
+    out = []
+    block = max(1, cells // max(n, 1))
+    for start in range(0, len(classes), block):
+        cols = classes[start:start + block]
+        pos = y[:, None] == cols[None, :]
+        n_pos = pos.sum(axis=0)
+        ranks = rankdata(P[:, cols], axis=0)
+        rank_sum = np.where(pos, ranks, 0.0).sum(axis=0)
+        ok = (n_pos > 0) & (n_pos < n)
+        out.append((rank_sum[ok] - n_pos[ok] * (n_pos[ok] + 1) / 2) / (n_pos[ok] * (n - n_pos[ok])))
+    return np.concatenate(out) if out else np.zeros(0)
+
+
 # ---------------------------------------------------------------------------------------------
 # calibration
 
@@ -150,6 +179,8 @@ def classification_metrics(
     `roc_auc`: binary AUC of probs[:, 1]; multi-class: macro one-vs-rest AUC over the classes that
     occur in `y_true` (equal to sklearn's `multi_class="ovr"` when all classes occur); None when
     fewer than two classes occur. `pr_auc` (average precision) is reported for binary tasks only.
+    `confusion_matrix` (rows true, columns predicted) is given up to CONFUSION_MATRIX_MAX_CLASSES
+    classes; beyond, `top_confusions` (see `top_confusions`) keeps the result O(classes) in size.
     """
     y = np.asarray(y_true).astype(int).reshape(-1)
     P = np.asarray(probs, dtype=float)
@@ -159,12 +190,12 @@ def classification_metrics(
     if len(y) and (y.min() < 0 or y.max() >= n_classes):
         raise ValueError(f"y_true holds class ids outside 0..{n_classes - 1}")
     pred = P.argmax(axis=1)
-    cm = np.zeros((n_classes, n_classes), dtype=np.int64)
-    np.add.at(cm, (y, pred), 1)  # rows = true, columns = predicted
-    tp = np.diag(cm).astype(float)
-    fp = cm.sum(axis=0) - tp
-    fn = cm.sum(axis=1) - tp
-    support = cm.sum(axis=1)
+    # counts per class without the C x C matrix: memory O(N + C) whatever the number of classes
+    support = np.bincount(y, minlength=n_classes)
+    predicted = np.bincount(pred, minlength=n_classes)
+    tp = np.bincount(y[y == pred], minlength=n_classes).astype(float)
+    fp = predicted - tp
+    fn = support - tp
     p, r, f = _prf(tp, fp, fn)
     n = len(y)
     present = support > 0
@@ -172,7 +203,7 @@ def classification_metrics(
         "n": n,
         "accuracy": float(tp.sum() / n) if n else None,
         # macro over classes present in y_true or predicted (sklearn averages over the union too)
-        "macro_f1": float(f[present | (cm.sum(axis=0) > 0)].mean()) if n else None,
+        "macro_f1": float(f[present | (predicted > 0)].mean()) if n else None,
         "micro_f1": _micro_f1(tp.sum(), fp.sum(), fn.sum()),
         "weighted_f1": float((f * support).sum() / n) if n else None,
     }
@@ -181,13 +212,30 @@ def classification_metrics(
     if n_classes == 2:
         out["roc_auc"], out["pr_auc"] = _binary_auc((y == 1).astype(int), P[:, 1])
     else:
-        aucs = [_binary_auc((y == c).astype(int), P[:, c])[0] for c in range(n_classes)]
-        aucs = [a for a in aucs if a is not None]
-        out["roc_auc"] = float(np.mean(aucs)) if aucs else None
+        aucs = _ovr_aucs(y, P, np.flatnonzero(present))
+        out["roc_auc"] = float(np.mean(aucs)) if len(aucs) else None
     out.update(reliability(P.max(axis=1), pred == y, bins=calibration_bins))
     out["per_class"] = _per_class(label_names, p, r, f, support)
-    out["confusion_matrix"] = cm.tolist()
+    if n_classes <= CONFUSION_MATRIX_MAX_CLASSES:
+        cm = np.zeros((n_classes, n_classes), dtype=np.int64)
+        np.add.at(cm, (y, pred), 1)  # rows = true, columns = predicted
+        out["confusion_matrix"] = cm.tolist()
+    else:
+        out["top_confusions"] = top_confusions(y, pred, label_names)
     return _jsonable(out)
+
+
+def top_confusions(y_true, y_pred, label_names: list[str], *, k: int = TOP_CONFUSIONS) -> list[dict]:
+    """The `k` most frequent mistakes as {"true", "predicted", "count"}, most frequent first (ties
+    by true then predicted class index). Memory O(N), however many classes there are."""
+    y = np.asarray(y_true).astype(np.int64).reshape(-1)
+    pred = np.asarray(y_pred).astype(np.int64).reshape(-1)
+    wrong = y != pred
+    pairs, counts = np.unique(y[wrong] * len(label_names) + pred[wrong], return_counts=True)
+    order = np.lexsort((pairs, -counts))[:k]  # by count descending, then by pair
+    return [{"true": label_names[int(pairs[i]) // len(label_names)],
+             "predicted": label_names[int(pairs[i]) % len(label_names)], "count": int(counts[i])}
+            for i in order]
 
 
 def _binarize(probs: np.ndarray, threshold) -> np.ndarray:

@@ -37,6 +37,9 @@ td.text{max-width:560px;white-space:pre-wrap;word-break:break-word}
 .muted{color:#777;font-size:.88rem}
 """
 _SPLIT_ORDER = ("train", "validation", "test")
+# Per-class tables and the per-label figure show at most this many classes (those with the most
+# examples); metrics.json keeps every class's figures.
+MAX_CLASS_ROWS = 50
 
 
 # ---------------------------------------------------------------------------------------------
@@ -191,7 +194,24 @@ def _scatter_fig(y: np.ndarray, p: np.ndarray, m: dict):
     return fig
 
 
+def _shown_classes(label_names: list[str], per_class: dict) -> list[str]:
+    """All labels, or the MAX_CLASS_ROWS with the most support (in label order) when there are more."""
+    if len(label_names) <= MAX_CLASS_ROWS:
+        return list(label_names)
+    support = {n: (per_class.get(n) or {}).get("support") or 0 for n in label_names}
+    top = set(sorted(label_names, key=lambda n: -support[n])[:MAX_CLASS_ROWS])
+    return [n for n in label_names if n in top]
+
+
+def _shown_note(shown: int, total: int, what: str) -> str:
+    if shown == total:
+        return ""
+    return (f'<p class="muted">Showing the {shown:,} of {total:,} {what} with the most examples; '
+            f"metrics.json holds the figures of all.</p>")
+
+
 def _label_f1_fig(label_names: list[str], model: dict, base: dict | None):
+    label_names = _shown_classes(label_names, model)
     c = len(label_names)
     fig = _figure(8, min(max(2.5, 0.28 * c + 1.2), 40))
     ax = fig.add_subplot()
@@ -302,8 +322,9 @@ def _metrics_table(task: str, model: dict, base: dict | None) -> str:
 
 def _per_class_table(model: dict, base: dict | None, label_names: list[str]) -> str:
     pc, bpc = model.get("per_class") or {}, (base or {}).get("per_class")
+    shown = _shown_classes(label_names, pc)
     rows = []
-    for name in label_names:
+    for name in shown:
         r = pc.get(name)
         if r is None:
             continue
@@ -315,7 +336,22 @@ def _per_class_table(model: dict, base: dict | None, label_names: list[str]) -> 
     if not rows:
         return ""
     headers = ["label", "precision", "recall", "F1", "support"] + (["baseline F1"] if bpc else [])
-    return _table(headers, rows)
+    return _table(headers, rows) + _shown_note(len(shown), len(label_names), "labels")
+
+
+def _top_confusions_table(confusions: list[dict], per_class: dict) -> str:
+    """The most frequent mistakes, for runs with too many classes for a confusion matrix."""
+    if not confusions:
+        return '<p class="muted">No mistakes.</p>'
+    rows = []
+    for c in confusions:
+        support = (per_class.get(c["true"]) or {}).get("support") or 0
+        share = c["count"] / support if support else None
+        rows.append([_td(c["true"]), _td(c["predicted"]), _td(c["count"]), _td(share)])
+    return ("<h3>Most frequent confusions</h3>"
+            f'<p class="muted">{len(per_class):,} classes are too many for a confusion matrix; these '
+            f"are the {len(confusions)} most frequent (true, predicted) mistakes.</p>"
+            + _table(["true", "predicted", "count", "share of true class"], rows))
 
 
 def _mistakes_html(task: str, mistakes: list[dict]) -> str:
@@ -374,8 +410,11 @@ def _split_section(
         m = compute_metrics(task, y, scores, label_names, threshold=threshold,
                             calibration_bins=calibration_bins)
         if task == "classification":
-            figs.append(_img(_confusion_fig(np.asarray(m["confusion_matrix"]), label_names),
-                             f"confusion matrix, {split}"))
+            if "confusion_matrix" in m:
+                figs.append(_img(_confusion_fig(np.asarray(m["confusion_matrix"]), label_names),
+                                 f"confusion matrix, {split}"))
+            else:
+                parts.append(_top_confusions_table(m.get("top_confusions") or [], m["per_class"]))
             figs.append(_img(_reliability_fig(m["reliability"], m["ece"]), f"reliability, {split}"))
             if len(label_names) == 2 and m.get("roc_auc") is not None:
                 figs.append(_img(_roc_pr_fig((y == 1).astype(int), scores[:, 1], m),
