@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import logging
 import shutil
 import tempfile
 from datetime import datetime
@@ -16,21 +17,75 @@ from typing import Any
 import numpy as np
 
 from tunery.config import config_from_dict
+from tunery.errors import DataError
+
+log = logging.getLogger(__name__)
 
 
-def _as_file(data: Any, folder: Path, stem: str) -> str:
-    """A path for `data`: a path as is, a DataFrame written to parquet (kept, so the run's
-    config stays re-runnable)."""
+def _check_data(data: Any, what: str, columns: tuple[str | None, ...] = ()) -> None:
+    """Refuse, before anything is written, data that is neither a DataFrame nor a path, and a
+    DataFrame without the named columns."""
     if isinstance(data, (str, Path)):
-        return str(Path(data).resolve())
+        if not str(data).strip():
+            raise DataError(f"{what} is an empty path: give a DataFrame or the path of a csv, tsv, jsonl or parquet file")
+        return
     import pandas as pd
 
     if not isinstance(data, pd.DataFrame):
-        raise TypeError(f"data must be a pandas DataFrame or a file path, not {type(data).__name__}")
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{stem}.parquet"
-    data.to_parquet(path, index=False)
-    return str(path.resolve())
+        raise DataError(f"{what} must be a pandas DataFrame or a file path, not {type(data).__name__}")
+    have = [str(c) for c in data.columns]
+    for col in filter(None, columns):
+        if col not in have:
+            raise DataError(f"{what} has no column {col!r} (columns: {', '.join(have) or 'none'}); "
+                            "name the column with text=, label= or text_pair=")
+
+
+def _file_path(data: Any, folder: Path, stem: str) -> str:
+    """Where `data` is read from: a path as is, a DataFrame's parquet copy (written by `_write`)."""
+    if isinstance(data, (str, Path)):
+        return str(Path(data).resolve())
+    return str((folder / f"{stem}.parquet").resolve())
+
+
+def _write(data: Any, path: str) -> None:
+    """Write a DataFrame to `path` as parquet (kept, so the run's config stays re-runnable).
+
+    Object columns that mix strings with numbers (labels 1, 2 and "other") are stored as text, as
+    a CSV of the same rows would be read; pyarrow refuses them as they are."""
+    import pandas as pd
+
+    if not isinstance(data, pd.DataFrame):
+        return
+    data = _mixed_as_text(data)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    try:
+        data.to_parquet(path, index=False)
+    except Exception as err:  # noqa: BLE001 - pyarrow's ArrowTypeError/ArrowInvalid name no column
+        Path(path).unlink(missing_ok=True)
+        raise DataError(f"cannot store this DataFrame as parquet ({type(err).__name__}: {err}); give each column "
+                        "one type (texts as str, labels as str or numbers, multi-labels as lists of str)") from err
+
+
+def _mixed_as_text(df):
+    """`df` with object columns that mix str and number scalars turned into str (missing stay missing)."""
+    import numbers
+
+    import pandas as pd
+
+    out = df
+    for col in df.columns:
+        values = df[col]
+        if values.dtype != object:
+            continue
+        present = values[values.notna()]
+        kinds = {type(v) for v in present}
+        scalar = all(issubclass(k, (str, numbers.Number)) for k in kinds)
+        if scalar and any(issubclass(k, str) for k in kinds) and any(issubclass(k, numbers.Number) for k in kinds):
+            if out is df:
+                out = df.copy()
+            out[col] = values.map(lambda v: v if v is None or (not isinstance(v, str) and pd.isna(v)) else str(v))
+            log.info("column %r mixes text and numbers: stored as text", col)
+    return out
 
 
 class TextClassifier:
@@ -78,11 +133,17 @@ class TextClassifier:
         from tunery.predict import load
 
         self.name_ = self.name or f"classifier-{datetime.now().strftime('%Y%m%d-%H%M%S-%f')}"
+        # Everything that can be checked is checked before the data copy is written: the
+        # config (run name, options), the data types and the columns named.
+        splits = {"train": data, "validation": validation, "test": test}
+        for split, value in splits.items():
+            if value is not None or split == "train":
+                _check_data(value, "data" if split == "train" else split, (text, label, text_pair))
         folder = Path(self.output_dir) / ".data" / self.name_
-        files = {"train": _as_file(data, folder, "train"),
-                 "validation": None if validation is None else _as_file(validation, folder, "validation"),
-                 "test": None if test is None else _as_file(test, folder, "test")}
+        files = {k: None if v is None else _file_path(v, folder, k) for k, v in splits.items()}
         cfg = self._config(files, text, label, text_pair)
+        for split, value in splits.items():
+            _write(value, files[split])
         self.run_dir_ = pipeline.train(cfg, callbacks=callbacks)
         self.predictor_ = load(self.run_dir_)
         return self
@@ -99,13 +160,13 @@ class TextClassifier:
     def predict(self, texts, pairs=None) -> list:
         """Labels (classification), lists of labels (multi-label) or values (regression)."""
         self._check_fitted()
-        out = self.predictor_.predict(list(texts), pairs)
+        out = self.predictor_.predict([texts] if isinstance(texts, str) else texts, pairs)
         key = {"classification": "label", "multilabel": "labels", "regression": "value"}[self.predictor_.meta["task"]]
         return [o[key] for o in out]
 
     def predict_proba(self, texts, pairs=None) -> np.ndarray:
         self._check_fitted()
-        return self.predictor_.predict_scores(list(texts), pairs)
+        return self.predictor_.predict_scores(texts, pairs)
 
     def evaluate(self, data=None) -> dict:
         """Metrics on `data` (a DataFrame or file with the training column names), or on the
@@ -115,8 +176,11 @@ class TextClassifier:
         self._check_fitted()
         if data is None:
             return evaluate_run(self.run_dir_)
+        _check_data(data, "data")
         with tempfile.TemporaryDirectory() as tmp:
-            return evaluate_run(self.run_dir_, data=_as_file(data, Path(tmp), "evaluation"))
+            path = _file_path(data, Path(tmp), "evaluation")
+            _write(data, path)
+            return evaluate_run(self.run_dir_, data=path)
 
     def save(self, path: str | Path) -> Path:
         """Copy the run directory (model, config, metrics, report) to `path`."""

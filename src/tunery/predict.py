@@ -3,17 +3,59 @@ of any size (streamed in chunks, so a million-row file never fills memory)."""
 
 from __future__ import annotations
 
+import json
 import logging
+import math
+import numbers
+import os
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import numpy as np
 
-from tunery.errors import DataError
-from tunery.rundir import find_run, read_meta
+from tunery.errors import DataError, RunError
+from tunery.rundir import META, find_run, read_meta
 from tunery.tasks import Task, get_task
 from tunery.train.batching import encode
 
 log = logging.getLogger(__name__)
+
+# keys of tunery.json a Predictor reads; a file without them is damaged, whatever else it holds
+_META_KEYS = ("task", "label_names", "max_length", "text_column")
+_TASKS = ("classification", "multilabel", "regression")
+
+
+class PredictInputError(DataError, ValueError):
+    """Texts or pairs given to a Predictor cannot be scored (also a ValueError, as before)."""
+
+
+def _text_list(values, what: str, call: str) -> list[str]:
+    """`values` as a list of strings: one string is one text; numbers become their text; None,
+    NaN, bytes and nested values are refused with their positions."""
+    if isinstance(values, str):
+        return [values]
+    if values is None or isinstance(values, (bytes, Mapping)) or not isinstance(values, Iterable):
+        shown = "None" if values is None else type(values).__name__
+        raise PredictInputError(f"{what} is {shown}: pass a list of strings, e.g. {call}")
+    out: list[str] = []
+    bad: list[tuple[int, str]] = []
+    for i, v in enumerate(values):
+        if isinstance(v, str):
+            out.append(v)
+        elif isinstance(v, numbers.Number) and not isinstance(v, bool) and not (
+                isinstance(v, numbers.Real) and math.isnan(v)):
+            out.append(str(v))
+        else:
+            missing = (v is None or (isinstance(v, numbers.Real) and math.isnan(v))
+                       or type(v).__name__ in ("NAType", "NaTType"))
+            bad.append((i, "missing" if missing else type(v).__name__))
+    if bad:
+        where = ", ".join(f"{what}[{i}] is {kind}" for i, kind in bad[:5]) + (f" (and {len(bad) - 5} more)"
+                                                                             if len(bad) > 5 else "")
+        fix = ("give '' for a missing text (pandas: series.fillna(''))" if any(k == "missing" for _, k in bad)
+               else "give each text as a string (decode bytes, join lists)")
+        raise PredictInputError(f"{where}: {fix}")
+    return out
 
 
 class Predictor:
@@ -49,31 +91,42 @@ class Predictor:
         """Scores as `predict_scores`, and the number of tokens the model read for each text (N,)."""
         from tunery.train.loop import predict_scores
 
-        texts = [str(t) for t in texts]
-        if pairs is not None:
-            if len(pairs) != len(texts):
-                raise ValueError(f"{len(texts)} texts but {len(pairs)} text pairs; give one pair per text")
-            pairs = [str(t) for t in pairs]
-        elif self.meta.get("text_pair_column"):
-            raise ValueError(f"this model reads text pairs ({self.meta['text_column']}, "
-                             f"{self.meta['text_pair_column']}); pass pairs=[...]")
+        texts, pairs = self._check_inputs(texts, pairs)
+        if not texts:  # the tokenizer cannot take an empty batch
+            n = len(self.label_names)
+            empty = np.zeros((0, n)) if self.meta["task"] != "regression" else np.zeros((0,))
+            return empty, np.zeros((0,), dtype=np.int64)
         data = encode(self.tokenizer, texts, pairs, [None] * len(texts), max_length=self.meta["max_length"])
         tokens = data.lengths
-        if not len(data):
-            n = len(self.label_names)
-            return (np.zeros((0, n)) if self.meta["task"] != "regression" else np.zeros((0,))), tokens
         with _autocast(self.model, self.precision):
             scores = predict_scores(self.model, self.task, data, batch_size=self.batch_size,
                                     pad_id=self.tokenizer.pad_token_id or 0)
         return scores, tokens
 
+    def _check_inputs(self, texts, pairs) -> tuple[list[str], list[str] | None]:
+        """Texts and pairs as lists of strings that fit this model: the same rules as the server,
+        which answers 422 where this raises PredictInputError."""
+        texts = _text_list(texts, "texts", "predict(['great film'])")
+        pair_column = self.meta.get("text_pair_column")
+        if pairs is None:
+            if pair_column:
+                raise PredictInputError(
+                    f"this model reads text pairs (columns {self.meta['text_column']!r} and {pair_column!r}): "
+                    f"pass pairs=[...], one second text per text")
+            return texts, None
+        if not pair_column:
+            raise PredictInputError(
+                f"this model reads single texts (column {self.meta['text_column']!r}), but pairs were given: "
+                "leave out pairs=")
+        pairs = _text_list(pairs, "pairs", "predict(['a question'], pairs=['its answer'])")
+        if len(pairs) != len(texts):
+            raise PredictInputError(f"{len(texts)} texts but {len(pairs)} pairs: give one pair per text")
+        return texts, pairs
+
     def predict(self, texts: list[str] | str, pairs: list[str] | None = None) -> list[dict]:
         """One dict per text: label, score and per-class probabilities (labels for multi-label,
         value for regression)."""
         single = isinstance(texts, str)
-        texts = [texts] if single else list(texts)
-        if single and isinstance(pairs, str):
-            pairs = [pairs]
         out = self.task.decode(self.predict_scores(texts, pairs), self.label_names, threshold=self.threshold)
         return out[0] if single else out
 
@@ -99,30 +152,82 @@ class Predictor:
     def predict_file(self, input_path: str | Path, output_path: str | Path, *, text_column: str | None = None,
                      text_pair_column: str | None = None, batch_rows: int = 10_000, on_chunk=None) -> int:
         """Stream `input_path` in chunks, write input columns plus predictions to `output_path`
-        (csv, tsv, jsonl or parquet by suffix; written atomically). Returns the row count."""
+        (csv, tsv, jsonl or parquet by suffix; written atomically: on any failure nothing is left
+        at `output_path`, nor a partial file beside it). Returns the row count; an input without
+        rows gives an output with the columns only."""
         from tunery.data.load import TableWriter, iter_table
 
         text_column = text_column or self.meta["text_column"]
         text_pair_column = text_pair_column or self.meta.get("text_pair_column")
-        rows = 0
-        with TableWriter(output_path) as writer:
+        rows, chunks = 0, 0
+        writer = TableWriter(output_path)
+        try:
             for chunk in iter_table(input_path, batch_rows=batch_rows):
                 for col in filter(None, (text_column, text_pair_column)):
                     if col not in chunk.columns:
                         cols = ", ".join(str(c) for c in chunk.columns)
                         raise DataError(f"{input_path}: no column {col!r} (columns: {cols}); "
                                         "name the text column with --text-column")
-                texts = chunk[text_column].fillna("").astype(str).tolist()
-                pairs = chunk[text_pair_column].fillna("").astype(str).tolist() if text_pair_column else None
-                scores = self.predict_scores(texts, pairs)
-                out = chunk.copy()
-                for name, values in self.prediction_columns(scores).items():
-                    out[name] = values
-                writer.write(out)
-                rows += len(chunk)
+                self._write_predictions(writer, output_path, chunk, text_column, text_pair_column)
+                rows, chunks = rows + len(chunk), chunks + 1
                 if on_chunk:
                     on_chunk(rows)
+            if not chunks:  # no chunk at all (an empty parquet or jsonl file): columns only
+                self._write_predictions(writer, output_path, _empty_frame(input_path, text_column, text_pair_column),
+                                        text_column, text_pair_column)
+            _writing(output_path, writer.close)
+        except BaseException:
+            _discard(writer)
+            raise
         return rows
+
+    def _write_predictions(self, writer, output_path, chunk, text_column: str, text_pair_column: str | None) -> None:
+        texts = chunk[text_column].fillna("").astype(str).tolist()
+        pairs = chunk[text_pair_column].fillna("").astype(str).tolist() if text_pair_column else None
+        scores = self.predict_scores(texts, pairs)
+        out = chunk.copy()
+        for name, values in self.prediction_columns(scores).items():
+            out[name] = values
+        _writing(output_path, writer.write, out)
+
+
+def _empty_frame(input_path, text_column: str, text_pair_column: str | None):
+    """The input's columns with no rows: the file's schema where it has one (parquet), else the
+    text columns the model reads."""
+    import pandas as pd
+
+    if str(input_path).endswith(".parquet"):
+        try:
+            import pyarrow.parquet as pq
+
+            return pq.read_schema(input_path).empty_table().to_pandas()
+        except Exception:  # noqa: BLE001 - iter_table read the file; fall back to the known columns
+            pass
+    return pd.DataFrame({c: pd.Series([], dtype=object) for c in filter(None, (text_column, text_pair_column))})
+
+
+def _writing(output_path, fn, *args):
+    """Run a write to the output table; an OSError (a full disk, a lost mount) becomes a DataError
+    naming the file, the cause and the fix."""
+    try:
+        return fn(*args)
+    except OSError as err:
+        reason = os.strerror(err.errno) if err.errno else str(err)
+        raise DataError(f"could not write the predictions to {output_path}: {reason}; nothing was kept there. "
+                        "Free space (or fix the cause) and run again, or write elsewhere with -o") from err
+
+
+def _discard(writer) -> None:
+    """Remove everything a failed TableWriter wrote: abort() can itself fail to flush on a full
+    disk before it unlinks its temporary file, so the file is removed here whatever happens."""
+    try:
+        writer.abort()
+    except OSError:
+        pass
+    finally:
+        tmp = getattr(writer, "_tmp", None)
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
 
 
 def _autocast(model, precision: str):
@@ -139,17 +244,32 @@ def load(run: str | Path, *, batch_size: int = 64, precision: str = "fp32") -> P
     """Load a completed run by path, run name or registry name (`sentiment@2`).
 
     ``precision``: "fp32"; "bf16" (autocast: faster on CPUs with AVX512-BF16/AMX and on GPUs, with
-    probabilities that differ in the third decimal); "auto" picks bf16 where it is fast."""
+    probabilities that differ in the third decimal); "auto" picks bf16 where it is fast.
+
+    Raises RunError (a TuneryError) naming the run and the fix when it is missing, unfinished or damaged."""
     from tunery.train.loop import resolve_precision
 
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     from tunery.pipeline import _quiet_transformers
 
-    run_dir = find_run(run)
-    meta = read_meta(run_dir)
+    if not isinstance(run, (str, os.PathLike)) or not str(run).strip():
+        raise RunError(f"run {run!r}: give a run directory, run name or registry name, e.g. "
+                       "tunery.load('runs/my-run') or tunery.load('sentiment@2') (`tunery runs list` shows them)")
+    try:
+        run_dir = find_run(run)
+    except (OSError, ValueError) as err:  # a path the filesystem refuses (too long, a NUL byte, ...)
+        raise RunError(f"run {str(run)!r} cannot be looked up ({err}); give a run directory, run name or "
+                       "registry name (`tunery runs list` shows them)") from None
+    meta = _read_run_meta(run_dir)
     _quiet_transformers()
-    model = AutoModelForSequenceClassification.from_pretrained(run_dir / "model")
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(run_dir / "model")
+        tokenizer = AutoTokenizer.from_pretrained(run_dir / "model")
+    except Exception as err:  # noqa: BLE001 - OSError, ValueError, SafetensorError...: all a damaged model/
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise RunError(f"{run_dir / 'model'}: no loadable model ({type(err).__name__}: {first[:300]}); the run "
+                       "directory is damaged or incomplete: restore it from a copy or train the run again") from err
     model.eval()
     precision = resolve_precision(precision)
     if precision == "bf16":
@@ -158,5 +278,22 @@ def load(run: str | Path, *, batch_size: int = 64, precision: str = "fp32") -> P
         import torch
 
         model.to(torch.bfloat16)
-    tokenizer = AutoTokenizer.from_pretrained(run_dir / "model")
     return Predictor(model, tokenizer, meta, run_dir=run_dir, batch_size=batch_size, precision=precision)
+
+
+def _read_run_meta(run_dir: Path) -> dict:
+    """tunery.json of a run, checked for what a Predictor reads; RunError naming the file if not."""
+    path = run_dir / META
+    fix = "the run directory is damaged: restore it from a copy or train the run again"
+    try:
+        meta = read_meta(run_dir)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise RunError(f"{path}: cannot be read ({err}); {fix}") from None
+    if not isinstance(meta, dict):
+        raise RunError(f"{path}: holds a JSON {type(meta).__name__}, not the run's metadata object; {fix}")
+    missing = [k for k in _META_KEYS if k not in meta]
+    if missing:
+        raise RunError(f"{path}: missing {', '.join(map(repr, missing))}; {fix}")
+    if meta["task"] not in _TASKS:
+        raise RunError(f"{path}: unknown task {meta['task']!r} (expected one of {', '.join(_TASKS)}); {fix}")
+    return meta
