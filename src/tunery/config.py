@@ -12,15 +12,25 @@ from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from tunery.errors import ConfigError
 
 TaskType = Literal["auto", "classification", "multilabel", "regression"]
 
 
+# Seeds go to random, numpy, torch and scikit-learn; numpy and scikit-learn take 0 .. 2**32 - 1.
+SEED_MAX = 2**32 - 1
+# torch.set_num_threads far beyond any machine crashes the process (100,000 segfaults); the config
+# stays portable between machines, so the bound is fixed and the run warns beyond the cores it finds.
+THREADS_MAX = 1024
+# A run name becomes a directory name (plus ".partial"); file systems take 255 bytes.
+NAME_MAX_BYTES = 200
+
+
 class _Part(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # inf and nan are never meaningful settings (lr=.inf trains on NaN losses)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class DataConfig(_Part):
@@ -37,8 +47,11 @@ class DataConfig(_Part):
     )
     labels: list[str] | None = Field(None, description="label names in order; inferred if absent")
     validation_fraction: float = Field(0.1, gt=0, lt=0.5)
-    test_fraction: float = Field(0.1, ge=0, lt=0.5)
-    split_seed: int = 42
+    test_fraction: float = Field(
+        0.1, ge=0, lt=0.5, description="share held out as the test split when there is no test file; 0: no "
+        "test split (the run reports validation only; `tunery evaluate RUN --data FILE` tests it later)"
+    )
+    split_seed: int = Field(42, ge=0, le=SEED_MAX)
     max_length: int = Field(128, ge=8, le=8192, description="tokens per text (pair) after truncation")
     drop_invalid_rows: bool = Field(
         False, description="drop rows with empty texts or missing labels (reported as warnings)"
@@ -56,7 +69,7 @@ class TaskConfig(_Part):
 
 
 class LoraConfig(_Part):
-    r: int = Field(8, ge=1)
+    r: int = Field(8, ge=1, le=4096)
     alpha: int = Field(16, ge=1)
     dropout: float = Field(0.1, ge=0, lt=1)
     target_modules: list[str] = Field(default_factory=lambda: ["query", "key", "value", "dense"])
@@ -113,20 +126,20 @@ class TrainConfig(_Part):
         "auto", description="auto: bf16 autocast where the hardware runs it fast (AVX512-BF16/AMX, CUDA)"
     )
     group_by_length: bool = True
-    seed: int = 42
+    seed: int = Field(42, ge=0, le=SEED_MAX)
     eval_every_steps: int | None = Field(None, ge=1, description="default: once per epoch")
     checkpoint_every_steps: int | None = Field(None, ge=1, description="default: at each eval")
     early_stopping_patience: int | None = Field(3, ge=1, description="evals without improvement")
     metric: str | None = Field(None, description="validation metric to select on; task default")
     log_every_steps: int = Field(20, ge=1)
-    num_threads: int | None = Field(None, ge=1, description="torch threads; default all cores")
+    num_threads: int | None = Field(None, ge=1, le=THREADS_MAX, description="torch threads; default all cores")
     progress: bool = True
 
 
 class EvaluateConfig(_Part):
     baseline: bool = True
     n_errors: int = Field(20, ge=0, description="most confident mistakes listed in the report")
-    calibration_bins: int = Field(10, ge=2)
+    calibration_bins: int = Field(10, ge=2, le=1000)
 
 
 class RunConfig(_Part):
@@ -138,14 +151,32 @@ class RunConfig(_Part):
     train: TrainConfig = Field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
 
-    @model_validator(mode="after")
-    def _check(self) -> RunConfig:
-        if self.name is not None and (not self.name or "/" in self.name or self.name.startswith(".")):
-            raise ValueError(f"name {self.name!r} must be a plain directory name")
-        return self
+    @field_validator("name")
+    @classmethod
+    def _check_name(cls, name: str | None) -> str | None:
+        return None if name is None else check_run_name(name)
+
+    @field_validator("output_dir")
+    @classmethod
+    def _check_output_dir(cls, output_dir: str) -> str:
+        if not output_dir or "\0" in output_dir:
+            raise ValueError("output_dir must be a directory path, e.g. runs")
+        return output_dir
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
+
+
+def check_run_name(name: str) -> str:
+    """A run name must be usable as one directory name on any file system."""
+    if not name or "/" in name or "\\" in name or name.startswith(".") or any(ord(c) < 32 for c in name):
+        raise ValueError("a run name must be a plain directory name: no '/', '\\' or control characters, "
+                         "not starting with '.'")
+    size = len(name.encode("utf-8"))
+    if size > NAME_MAX_BYTES:
+        raise ValueError(f"a run name becomes a directory name: this one is {size} bytes (UTF-8), "
+                         f"use at most {NAME_MAX_BYTES}")
+    return name
 
 
 def _model_at(path: tuple[Any, ...], root: type[BaseModel] = RunConfig) -> type[BaseModel] | None:
@@ -168,6 +199,19 @@ def _model_at(path: tuple[Any, ...], root: type[BaseModel] = RunConfig) -> type[
     return model
 
 
+_HINTS = {  # the fix, where the bound alone does not say it
+    "train.num_threads": "; leave it unset to use every core",
+    "train.seed": f"; use a seed from 0 to {SEED_MAX}",
+    "data.split_seed": f"; use a seed from 0 to {SEED_MAX}",
+    "train.lr": "; leave it unset for the backbone's recommended rate",
+}
+
+
+def _shown(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(str(value))} characters)"
+
+
 def format_errors(err: ValidationError, source: str, *, root: type[BaseModel] = RunConfig) -> str:
     """One line per problem: the file, the dotted key, what is wrong, and the closest valid key."""
     lines = []
@@ -182,7 +226,9 @@ def format_errors(err: ValidationError, source: str, *, root: type[BaseModel] = 
         elif e["type"] == "missing":
             lines.append(f"{source}: missing required key {loc!r}")
         else:
-            lines.append(f"{source}: {loc}: {e['msg']} (got {e.get('input')!r})")
+            msg = e["msg"].removeprefix("Value error, ")
+            hint = _HINTS.get(loc, "")
+            lines.append(f"{source}: {loc}: {msg} (got {_shown(e.get('input'))}){hint}")
     return "\n".join(lines)
 
 
@@ -203,7 +249,13 @@ def apply_overrides(tree: dict[str, Any], overrides: list[str] | None) -> dict[s
         if "=" not in item:
             raise ConfigError(f"override {item!r} must look like key=value, e.g. train.lr=3e-5")
         key, raw = item.split("=", 1)
-        value = yaml.safe_load(raw) if raw != "" else None
+        try:
+            value = yaml.safe_load(raw) if raw != "" else None
+        except yaml.YAMLError as err:
+            where = getattr(err, "problem", None) or str(err).splitlines()[0]
+            raise ConfigError(f"override {item!r}: the value {raw!r} is not valid YAML ({where}); "
+                              f"quote it or write it as YAML, e.g. {key.strip()}=3e-5 or "
+                              f"{key.strip()}=[a, b]") from None
         if isinstance(value, str) and raw.strip().lower() in ("none", "null"):
             value = None
         _set_path(tree, key.strip(), value)
