@@ -832,15 +832,15 @@ def _check_classes(ck: _Checker, cfg: DataConfig, train: pd.DataFrame, task: Tas
         return False
     rare_classes = [n for n, c in present.items() if c < MIN_CLASS_EXAMPLES]
     if judge_rare and len(present) >= 2 and 2 * len(rare_classes) > len(present):
-        word = "class" if task == "classification" else "label"
+        word, words = ("class", "classes") if task == "classification" else ("label", "labels")
         ck.add("error", "too_few_examples",
-               f"{path}: {len(rare_classes):,} of {len(present):,} {word}s "
+               f"{path}: {len(rare_classes):,} of {len(present):,} {words} "
                f"({100 * len(rare_classes) / len(present):.0f}%) have fewer than {MIN_CLASS_EXAMPLES} "
                f"training examples ({len(train):,} usable rows, {len(train) / len(present):.1f} per "
-               f"{word} on average; e.g. {', '.join(map(repr, rare_classes[:5]))}), so most {word}s cannot "
-               f"be learned: at most half of the {word}s may have fewer than {MIN_CLASS_EXAMPLES} examples. "
+               f"{word} on average; e.g. {', '.join(map(repr, rare_classes[:5]))}), so most {words} cannot "
+               f"be learned: at most half of the {words} may have fewer than {MIN_CLASS_EXAMPLES} examples. "
                f"Check that data.label_column ({label_column!r}) holds labels and not ids or free text; "
-               f"else merge rare {word}s into broader ones (or an 'other' {word}) or add examples",
+               f"else merge rare {words} into broader ones (or an 'other' {word}) or add examples",
                path, (), len(rare_classes))
         return False
     if absent:
