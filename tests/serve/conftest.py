@@ -80,11 +80,14 @@ class Server:
 
 
 def start_server(models: list[str], *, cwd: Path, config: dict | None = None, workers: int = 1,
-                 env: dict | None = None, port: int | None = None, db_url: str | None = None) -> Server:
-    """`tunery serve` in a subprocess, on its own store (``db_url``, default a SQLite file in ``cwd``)."""
+                 env: dict | None = None, port: int | None = None, db_url: str | None = None,
+                 launcher: list[str] | None = None) -> Server:
+    """`tunery serve` in a subprocess, on its own store (``db_url``, default a SQLite file in ``cwd``).
+    ``launcher`` replaces ``-m tunery`` (e.g. a script that installs a test hook, then runs the CLI)."""
     port = port or free_port()
     db_url = db_url or f"sqlite:///{cwd / 'serve.db'}"
-    args = [sys.executable, "-m", "tunery", "serve", *models, "--port", str(port), "--workers", str(workers)]
+    args = [sys.executable, *(launcher or ["-m", "tunery"]), "serve", *models, "--port", str(port),
+            "--workers", str(workers)]
     if config is not None:
         path = cwd / f"serve-{port}.yaml"
         path.write_text(yaml.safe_dump(config), encoding="utf-8")

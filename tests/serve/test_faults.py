@@ -115,7 +115,8 @@ def test_several_workers_share_one_store_exactly(tiny_run, tmp_path, workers):
         assert codes[40:].count(200) == 25 and codes[40:].count(429) == 35
         assert len(usage_rows(server, tenant="acme")) == 40
         assert len(usage_rows(server, tenant="small")) == 25
-        metrics = httpx.get(server.url + "/metrics").text  # summed over the workers
+        admin = new_key(server, "ops", admin=True)  # the per-tenant series need an admin key
+        metrics = httpx.get(server.url + "/metrics", headers={"Authorization": f"Bearer {admin}"}).text  # all workers
         assert re.search(r'tunery_usage_requests_total\{model="sentiment",tenant="acme"\} 40\.0', metrics), metrics[:2000]
     finally:
         server.stop()

@@ -303,7 +303,8 @@ def test_metrics_expose_requests_batches_queue_and_usage(server):
     name = tenant()
     with server.client(new_key(server, name)) as c:
         predict(c, ["a", "b"])
-    text = httpx.get(server.url + "/metrics").text
+    admin = new_key(server, tenant(), admin=True)
+    text = httpx.get(server.url + "/metrics", headers={"Authorization": f"Bearer {admin}"}).text  # tenants: admin only
     assert re.search(r'tunery_requests_total\{endpoint="/v1/models/\{name\}/predict",model="sentiment",status="200"\} \d', text)
     assert 'tunery_request_seconds_bucket{' in text
     assert 'tunery_batch_size_count{model="sentiment"}' in text

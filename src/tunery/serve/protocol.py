@@ -38,6 +38,10 @@ from tunery.serve.settings import ServeConfig
 
 log = logging.getLogger(__name__)
 
+# After answering an error before the request was read to its end: how long, and how many more
+# bytes, to read and drop before closing (see Protocol._close_after_error)
+LINGER_SECONDS, LINGER_BYTES = 2.0, 1024 * 1024
+
 
 def error_response(status: int, code: str, message: str) -> bytes:
     """A complete HTTP/1.1 response with the JSON error body, closing the connection."""
@@ -74,6 +78,7 @@ class Protocol(H11Protocol):
         self.max_header_bytes = max_header_bytes
         self._head_timer = None
         self._waiting_since = self.loop.time()
+        self._discard: int | None = None  # bytes still to drop after an error answer; None: not lingering
 
     # -- waiting for a request head -------------------------------------------------------------
 
@@ -96,10 +101,27 @@ class Protocol(H11Protocol):
         if self.conn.trailing_data[0]:  # part of a head arrived, too slowly
             log.debug("closing a connection from %s: no complete request head within %g s",
                       self.client, self.header_timeout)
-            self.transport.write(error_response(408, "header_timeout", (
+            self._close_after_error(error_response(408, "header_timeout", (
                 f"the request headers did not arrive within connections.header_timeout_seconds="
                 f"{self.header_timeout:g}; send the whole request head at once")))
-        self.transport.close()
+        else:
+            self.transport.close()
+
+    def _close_after_error(self, response: bytes) -> None:
+        """Send ``response``, then close without destroying it: a socket closed with unread input
+        sends a TCP reset, and a client still sending (the rest of a huge header) may lose the
+        answer to it. So: write, half-close (FIN), drop what still arrives for a moment (at most
+        LINGER_BYTES, nothing kept), then close, as nginx's lingering close does."""
+        self._disarm()
+        if self.transport.is_closing():
+            return
+        self.transport.write(response)
+        if not self.transport.can_write_eof():
+            self.transport.close()
+            return
+        self.transport.write_eof()
+        self._discard = LINGER_BYTES
+        self.loop.call_later(LINGER_SECONDS, self.transport.close)
 
     def connection_made(self, transport) -> None:
         super().connection_made(transport)
@@ -122,6 +144,11 @@ class Protocol(H11Protocol):
         self.connections.discard(victim)
 
     def data_received(self, data: bytes) -> None:
+        if self._discard is not None:  # lingering after an error answer: drop it
+            self._discard -= len(data)
+            if self._discard <= 0:
+                self.transport.close()
+            return
         if self._awaiting_head():
             self._arm()
         super().data_received(data)
@@ -151,10 +178,14 @@ class Protocol(H11Protocol):
                 f"the request is not valid HTTP/1.1 ({detail}); check the request line and the header "
                 "names and values (printable ASCII, no control bytes)")
         log.debug("rejected a request from %s: %s %s", self.client, status, code)
-        self._disarm()
-        if self.conn.our_state in (h11.IDLE, h11.SEND_RESPONSE) and not self.transport.is_closing():
-            self.transport.write(error_response(status, code, message))
-        self.transport.close()
+        if self.cycle is not None and not self.cycle.response_complete:  # the app sees a disconnect
+            self.cycle.disconnected = True
+            self.cycle.message_event.set()
+        if self.conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):  # no part of another response was sent
+            self._close_after_error(error_response(status, code, message))
+        else:
+            self._disarm()
+            self.transport.close()
 
 
 def protocol_for(config: ServeConfig) -> functools.partial:
