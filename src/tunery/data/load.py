@@ -224,16 +224,13 @@ def _check_encoding(path: Path, compression: str | None, head: bytes) -> None:
     if found is None:
         return
     name, iconv, how = found
-    if compression in (None, "zip"):
-        stem = path.name[: -len(compression) - 1] if compression else path.name
-        out = Path(stem).with_suffix(".utf8" + Path(stem).suffix).name
-        tool = "unzip -p" if compression else "cat"
+    plain = Path(path.name[: -len(compression) - 1] if compression else path.name)
+    out = plain.with_suffix(".utf8" + plain.suffix).name  # d.csv.gz -> d.utf8.csv
+    if compression is None:
+        cmd = f"iconv -f {iconv} -t UTF-8 {path} > {out}"
     else:
-        stem = path.name[: -len(compression) - 1]
-        out = Path(stem).with_suffix(".utf8" + Path(stem).suffix).name
-        tool = {"gz": "gzip -dc", "bz2": "bzip2 -dc", "xz": "xz -dc"}[compression]
-    cmd = (f"iconv -f {iconv} -t UTF-8 {path} > {out}" if compression is None
-           else f"{tool} {path} | iconv -f {iconv} -t UTF-8 > {out}")
+        unpack = {"gz": "gzip -dc", "bz2": "bzip2 -dc", "xz": "xz -dc", "zip": "unzip -p"}[compression]
+        cmd = f"{unpack} {path} | iconv -f {iconv} -t UTF-8 > {out}"
     raise DataError(f"{path}: not UTF-8: the text is encoded as {name} (seen from {how}); tunery reads "
                     f"UTF-8. Convert it, e.g. `{cmd}`, or re-save it as UTF-8 (in Excel: \"CSV UTF-8\")")
 
@@ -525,7 +522,7 @@ def normalize_frame(df: pd.DataFrame, source: str = "DataFrame") -> pd.DataFrame
     """`df` made storable as Parquet the way a CSV of it would read back.
 
     pandas keeps a column of mixed Python values (labels 1, "pos", 2) as objects; Arrow refuses
-    them (ArrowInvalid/ArrowTypeError). Such a column of plain values is turned into text, as
+    them (ArrowInvalid/ArrowTypeError). Such a column of plain values is turned into text (str(v)), as
     writing a CSV and reading it back would ("1", "pos", "2"); missing values stay missing. A
     column mixing lists or dicts with single values cannot be stored: DataError naming the column,
     the kinds and their rows (row N is position N, counting from 1). Columns Arrow takes as they
@@ -547,7 +544,7 @@ def normalize_frame(df: pd.DataFrame, source: str = "DataFrame") -> pd.DataFrame
             arrow_error = err
         kinds = values.map(value_kind)
         present = [k for k in pd.unique(kinds.dropna())]
-        if set(present) <= {"text", "number"}:
+        if not set(present) & {"list", "dict", "bytes"}:  # plain values: as a CSV would hold them
             fixed = values.map(lambda v: v if isinstance(v, str) or value_kind(v) is None else str(v))
             if out is df:
                 out = df.copy()

@@ -137,7 +137,7 @@ class LabelEncoding:
 
     encoded: pd.Series
     missing: pd.Series  # empty cell / null
-    bad: pd.Series  # cannot be read for the task ("abc" in regression)
+    bad: pd.Series  # cannot be read for the task ("abc" in regression; a list, dict or bytes anywhere)
     unseen: pd.Series  # a label not in label_names
     unseen_values: list[str]  # those labels, most frequent first
 
