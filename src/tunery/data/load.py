@@ -550,10 +550,9 @@ def normalize_frame(df: pd.DataFrame, source: str = "DataFrame") -> pd.DataFrame
                 out = df.copy()
             out[col] = fixed.astype(object)
             continue
-        shown = "; ".join(
-            f"{_KIND_WORDS.get(k, k)} at rows {', '.join(str(i + 1) for i in np.flatnonzero((kinds == k).to_numpy())[:5])}"
-            + (" ..." if int((kinds == k).sum()) > 5 else "")
-            for k in present)
+        where = {k: np.flatnonzero((kinds == k).to_numpy()) + 1 for k in present}
+        shown = "; ".join(f"{_KIND_WORDS.get(k, k)} at rows {', '.join(map(str, rows[:5]))}"
+                          + (" ..." if len(rows) > 5 else "") for k, rows in where.items())
         raise DataError(f"{source}: column {col!r} mixes kinds of values that cannot be stored together "
                         f"({shown}); give every row of this column the same kind, e.g. a list of labels "
                         f"in every row of a multi-label column, or plain strings (Arrow: {arrow_error})")
