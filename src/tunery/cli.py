@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
+import os
 import signal
 import sys
+import traceback
 from pathlib import Path
 from typing import Optional
 
@@ -35,24 +38,74 @@ def _fail(error: Exception, code: int = 1):
     raise typer.Exit(code)
 
 
+_OS_FIXES = {
+    errno.ENOSPC: "free some space and try again",
+    errno.EDQUOT: "free some space (disk quota) and try again",
+    errno.EACCES: "check the permissions of that path, or choose another",
+    errno.EPERM: "check the permissions of that path, or choose another",
+    errno.EROFS: "that file system is read-only: choose another path",
+    errno.ENAMETOOLONG: "use a shorter name or path",
+    errno.ELOOP: "a symbolic link there points back to itself: fix or remove it",
+    errno.ENOENT: "check the path",
+    errno.ENOTDIR: "a part of that path is a file, not a directory",
+    errno.EISDIR: "give a file, not a directory",
+}
+
+
+def _short(path) -> str:
+    text = str(path)
+    return text if len(text) <= 120 else f"{text[:117]}..."
+
+
+def os_error_message(e: OSError) -> str:
+    """One line for an OSError: the path, what the system said, and the usual fix."""
+    paths = " -> ".join(_short(p) for p in (e.filename, e.filename2) if p is not None)
+    what = e.strerror or str(e)
+    fix = _OS_FIXES.get(e.errno or -1)
+    return f"{paths + ': ' if paths else ''}{what}{'; ' + fix if fix else ''}"
+
+
 def _guard(fn):
-    """Run a command body; user errors become a message and a non-zero exit, never a traceback."""
+    """Run a command body; user errors become a message and a non-zero exit, never a traceback.
+
+    Predictable failures (TuneryError, OSError such as a full disk or a permission, YAML and value
+    errors) print one line and exit 1. Anything else is a bug in tunery: its traceback is printed
+    as Python would, with a line saying so, and the exit is 1. TUNERY_DEBUG=1 shows the traceback
+    of every failure (to trace a value error back to its cause)."""
     import functools
+
+    import click
+    import yaml
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except TuneryError as e:
-            _fail(e)
-        except ValueError as e:  # also pydantic's ValidationError: a bad option value
-            _fail(e)
+        except (typer.Exit, typer.Abort, click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+            raise  # typer's own exits and usage errors
         except Terminated:
             err.print("[yellow]terminated: the run can be resumed with tunery train --resume[/]")
             raise typer.Exit(143)
         except KeyboardInterrupt:
             err.print("[yellow]interrupted[/]")
             raise typer.Exit(130)
+        except Exception as e:
+            if os.environ.get("TUNERY_DEBUG"):
+                traceback.print_exc()
+            if isinstance(e, TuneryError):
+                _fail(e)
+            if isinstance(e, OSError):
+                _fail(os_error_message(e))
+            if isinstance(e, yaml.YAMLError):
+                _fail(TuneryError(f"not valid YAML: {' '.join(str(e).split())}"))
+            if isinstance(e, ValueError):  # also pydantic's ValidationError: a bad option value
+                _fail(e)
+            if not os.environ.get("TUNERY_DEBUG"):
+                traceback.print_exc()
+            err.print(f"[bold red]error:[/] unexpected {escape(type(e).__name__)}: {escape(str(e))}. This is a bug "
+                      "in tunery, not a problem with your input: please report it with the traceback above.",
+                      highlight=False, soft_wrap=True)
+            raise typer.Exit(1)
 
     return wrapper
 
@@ -83,12 +136,18 @@ def init(data: Path = typer.Argument(..., help="a labelled data file"),
          backbone: str = typer.Option("minilm-l6", help="backbone alias, directory or hub id"),
          force: bool = typer.Option(False, help="overwrite an existing config")):
     """Write a starter config for DATA, with inferred columns and task."""
+    from tunery.rundir import write_text_atomic
     from tunery.starter import starter_config
 
     if output.exists() and not force:
         _fail(TuneryError(f"{output} exists; pass --force to overwrite or --output another path"))
+    if output.is_dir():
+        _fail(TuneryError(f"--output {output} is a directory; give a file path such as {output / 'tunery.yaml'}"))
+    if not output.parent.is_dir():
+        _fail(TuneryError(f"cannot write {output}: directory {output.parent} does not exist; create it or choose "
+                          "another --output"))
     text = starter_config(data, backbone=backbone, config_dir=output.resolve().parent)
-    output.write_text(text, encoding="utf-8")
+    write_text_atomic(output, text)
     out.print(f"wrote {output}\nnext: tunery validate {data}  then  tunery train {output}")
 
 

@@ -284,8 +284,15 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConf
     """Read a YAML config, apply overrides, validate. Data paths are resolved against the config's
     directory, so a config can travel with its data."""
     path = Path(path)
+    try:
+        path.stat()
+    except FileNotFoundError:
+        raise ConfigError(f"config file {str(path)!r} not found; `tunery init DATA` writes a starter") from None
+    except OSError as err:  # a symlink loop, a name too long, no permission
+        raise ConfigError(f"config file {str(path)[:120]!r}: {err.strerror}; give the path of a YAML file "
+                          "(`tunery init DATA` writes a starter)") from None
     if not path.is_file():
-        raise ConfigError(f"config file {str(path)!r} not found; `tunery init DATA` writes a starter")
+        raise ConfigError(f"config file {str(path)!r} is not a file; give the path of a YAML file")
     tree = apply_overrides(read_yaml_mapping(path, "data, train, ..."), overrides)
     data = tree.get("data")
     if isinstance(data, dict):

@@ -4,10 +4,12 @@ run directory atomically, record it in the store.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
 import shutil
+import tempfile
 import time
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
@@ -17,7 +19,7 @@ import numpy as np
 
 from tunery import __version__
 from tunery.backbones import resolve_backbone
-from tunery.config import RunConfig, load_config, save_config
+from tunery.config import NAME_MAX_BYTES, RunConfig, load_config, save_config
 from tunery.errors import ConfigError, RunError
 from tunery.pooling import add_mean_pooling_layer, model_pooling, resolve_pooling
 from tunery.rundir import META, final_dir, find_resumable, partial_dir, write_json
@@ -105,6 +107,7 @@ class Prepared:
     data: object  # tunery.data.validate.PreparedData
     report: object  # tunery.data.validate.ValidationReport
     task: Task
+    encoded: dict[str, Encoded] | None = None  # the tokenised splits, filled by preflight
 
 
 def prepare_run(cfg: RunConfig) -> Prepared:
@@ -127,8 +130,8 @@ def prepare_run(cfg: RunConfig) -> Prepared:
 
 def preflight(p: Prepared):
     """Every check that can fail before training, done before anything is written: the selection
-    metric exists for the task, max_length fits the backbone, the model (and LoRA) builds.
-    Returns the model."""
+    metric exists for the task, max_length fits the backbone, the model (and LoRA) builds, the
+    splits tokenise (into `p.encoded`). Returns the model."""
     import difflib
 
     from tunery.evaluate.metrics import metric_names
@@ -148,6 +151,8 @@ def preflight(p: Prepared):
     if limit and p.cfg.data.max_length > limit:
         raise ConfigError(f"data.max_length {p.cfg.data.max_length} is more than backbone "
                           f"{p.cfg.model.backbone!r} takes ({limit} tokens); set data.max_length <= {limit}")
+    p.encoded = {split: _encode_split(p.tokenizer, getattr(p.data, split), p.cfg.data.max_length)
+                 for split in ("train", "validation", "test")}
     return model
 
 
@@ -162,45 +167,142 @@ def resolve_defaults(cfg: RunConfig) -> RunConfig:
 
 def _default_name(cfg: RunConfig) -> str:
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    return f"{Path(cfg.data.train).name.split('.')[0]}-{stamp}"
+    # room for the stamp and a "-NN" that tells apart runs started in the same second
+    room = NAME_MAX_BYTES - len(stamp) - 4
+    stem = Path(cfg.data.train).name.split(".")[0].encode("utf-8")[:room].decode("utf-8", errors="ignore")
+    stem = "".join(c for c in stem if c.isprintable() and c != "\\") or "run"
+    return f"{stem}-{stamp}"
+
+
+def _check_output_dir(out: Path) -> None:
+    """Fail at once, before the data is read, when runs cannot be written under `out` (a file, a
+    read-only or virtual file system such as /proc, no permission). Leaves nothing behind."""
+    missing = []
+    existing = out
+    while not existing.exists() and existing != existing.parent:
+        missing.append(existing)
+        existing = existing.parent
+    fix = "set output_dir to a directory you can write (--set output_dir=runs)"
+    if not existing.is_dir():
+        raise ConfigError(f"output_dir {str(out)!r}: {str(existing)!r} is a file, not a directory; {fix}")
+    made: list[Path] = []
+    try:
+        for d in reversed(missing):
+            d.mkdir()
+            made.append(d)
+        tempfile.TemporaryDirectory(dir=out, prefix=".tunery-probe-").cleanup()
+    except OSError as err:
+        raise ConfigError(f"output_dir {str(out)!r}: cannot create runs there ({err.strerror}: "
+                          f"{err.filename or out}); {fix}") from None
+    finally:
+        for d in reversed(made):
+            d.rmdir()
+
+
+def _name_in_use(store, name: str, final: Path) -> str | None:
+    """Why `name` cannot be used for a new run, or None."""
+    if final.exists():
+        return (f"run directory {final} already exists; choose another name (name: ... or --set name=...) "
+                "or remove it")
+    try:
+        record = store.get_run(name)
+    except RunError:
+        record = None
+    if record is not None and record.status == "running":
+        return (f"run {name!r} is being trained by another process (pid {record.pid} on {record.host}, "
+                f"{record.path}); wait for it or choose another name (--set name=...)")
+    if partial_dir(final).exists():
+        return (f"an interrupted run {name!r} exists at {partial_dir(final)}, or another `tunery train` is "
+                f"starting it; continue it with `tunery train --resume {partial_dir(final)}`, remove that "
+                "directory, or choose another name (--set name=...)")
+    if record is not None:
+        return (f"a run named {name!r} is already recorded ({record.status}, {record.path}); "
+                "choose another name (name: ... or --set name=...)")
+    return None
+
+
+def _claim(store, cfg: RunConfig, *, fresh_name: bool) -> tuple[RunConfig, Path, list[Path]]:
+    """Create the run's .partial directory; mkdir is atomic, so of two runs started with one name
+    only one gets it. A default name takes a "-2", "-3"... suffix instead. Returns the config
+    (with the name used), the directory and the output directories created for it."""
+    out = Path(cfg.output_dir)
+    made = [d for d in (out, *out.parents) if not d.exists()]
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ConfigError(f"output_dir {str(out)!r}: cannot create it ({err.strerror}); set output_dir to a "
+                          "directory you can write (--set output_dir=runs)") from None
+    for attempt in range(1, 100 if fresh_name else 2):
+        name = cfg.name if attempt == 1 else f"{cfg.name}-{attempt}"
+        final = out / name
+        why = _name_in_use(store, name, final)
+        if why is None:
+            try:
+                partial_dir(final).mkdir()
+                return cfg.model_copy(update={"name": name}), partial_dir(final), made
+            except FileExistsError:
+                why = _name_in_use(store, name, final) or f"{partial_dir(final)} was just created by another run"
+        if not fresh_name:
+            _remove_created(made)
+            raise RunError(why)
+    _remove_created(made)
+    raise RunError(f"no free run name from {cfg.name!r} in {out}; set one with --set name=...")
+
+
+def _remove_created(dirs: list[Path]) -> None:
+    for d in sorted(dirs, key=lambda d: len(d.parts), reverse=True):
+        try:
+            d.rmdir()
+        except OSError:  # not empty: another run uses it now
+            pass
 
 
 def train(cfg: RunConfig, *, callbacks: list[Callback] | None = None, store=None) -> Path:
-    """Train a new run from `cfg`; returns the completed run directory."""
-    name = cfg.name or _default_name(cfg)
-    cfg = resolve_defaults(cfg.model_copy(update={"name": name}))
-    final = Path(cfg.output_dir) / name
-    if final.exists():
-        raise RunError(f"run directory {final} already exists; choose another name (name: ... or "
-                       f"--set name=...) or remove it")
-    if partial_dir(final).exists():
-        raise RunError(f"an interrupted run {name!r} exists at {partial_dir(final)}; continue it with "
-                       f"`tunery train --resume {partial_dir(final)}` or remove that directory")
+    """Train a new run from `cfg`; returns the completed run directory.
+
+    Everything that can be checked is checked before anything is written; a run that fails before
+    its first checkpoint leaves nothing behind (no directory, no record); one that fails later
+    keeps its .partial directory for `resume`."""
+    fresh_name = cfg.name is None
+    cfg = resolve_defaults(cfg.model_copy(update={"name": cfg.name or _default_name(cfg)}))
+    final = Path(cfg.output_dir) / cfg.name
     from tunery.store import Store
 
     store = store or Store()
-    _refuse_recorded_name(store, name)
+    if not fresh_name and (why := _name_in_use(store, cfg.name, final)):
+        raise RunError(why)
+    _check_output_dir(Path(cfg.output_dir))
     prepared = prepare_run(cfg)  # nothing is written before the data passed validation
     model = preflight(prepared)
     # Record the pooling `auto` chose (it may depend on the hub cache): a resume rebuilds this model.
     cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"pooling": model_pooling(model)})})
+    cfg, work, made = _claim(store, cfg, fresh_name=fresh_name)
     prepared = replace(prepared, cfg=cfg)
-    work = partial_dir(final)
-    work.mkdir(parents=True)
-    save_config(cfg, work / "config.yaml")
-    write_json(work / "data_report.json", prepared.report.to_dict())
-    write_json(work / "data_digest.json", {k: _file_digest(getattr(cfg.data, k))
-                                           for k in ("train", "validation", "test")})
-    return _run(prepared, model, work, resume=False, callbacks=callbacks, store=store)
-
-
-def _refuse_recorded_name(store, name: str) -> None:
     try:
-        record = store.get_run(name)
-    except RunError:
-        return
-    raise RunError(f"a run named {name!r} is already recorded ({record.status}, {record.path}); "
-                   "choose another name (name: ... or --set name=...)")
+        save_config(cfg, work / "config.yaml")
+        write_json(work / "data_report.json", prepared.report.to_dict())
+        write_json(work / "data_digest.json", {k: _file_digest(getattr(cfg.data, k))
+                                               for k in ("train", "validation", "test")})
+        store.start_run(name=cfg.name, path=str(work.resolve()), config=cfg.to_dict(), task=prepared.data.task,
+                        backbone=cfg.model.backbone, new=True)
+    except BaseException as err:
+        shutil.rmtree(work, ignore_errors=True)
+        _remove_created(made)
+        if isinstance(err, OSError):
+            raise RunError(f"cannot write run {cfg.name!r} in {work.parent}: {_os_reason(err)}; nothing was "
+                           "kept") from err
+        raise
+    return _run(prepared, model, work, resume=False, callbacks=callbacks, store=store, made=made)
+
+
+def _os_reason(err: OSError) -> str:
+    """What went wrong and what to do, for an OSError raised while writing a run."""
+    where = f" ({err.filename})" if err.filename else ""
+    if err.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"no space left on the device{where}; free some space"
+    if err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"{err.strerror}{where}; make the directory writable or set output_dir elsewhere"
+    return f"{err.strerror or err}{where}"
 
 
 def _changed_data(run_dir: Path, cfg: RunConfig) -> list[str]:
@@ -216,30 +318,52 @@ def _changed_data(run_dir: Path, cfg: RunConfig) -> list[str]:
 def resume(ref: str | Path, *, callbacks: list[Callback] | None = None, store=None) -> Path:
     """Continue an interrupted run from its last checkpoint, with its saved config."""
     work = find_resumable(ref)
-    cfg = load_config(work / "config.yaml")
+    try:
+        cfg = load_config(work / "config.yaml")
+    except ConfigError as err:  # e.g. a value an older tunery accepted (train.num_threads: 100000)
+        raise ConfigError(f"{err}\nthe saved config of this run is not valid: correct it in "
+                          f"{work / 'config.yaml'} (changing only what is named), then resume again") from None
     changed = _changed_data(work, cfg)
     if changed:
         raise ConfigError(f"{', '.join(changed)} changed since the run started; a resumed run must see the "
                           "same data. Restore the file or start a new run.")
     prepared = prepare_run(cfg)
     model = preflight(prepared)
-    return _run(prepared, model, work, resume=True, callbacks=callbacks, store=store)
-
-
-def _run(p: Prepared, model, work: Path, *, resume: bool, callbacks, store) -> Path:
     from tunery.store import Store
 
     store = store or Store()
-    cfg = p.cfg
-    store.start_run(name=cfg.name, path=str(work.resolve()), config=cfg.to_dict(), task=p.data.task,
+    store.start_run(name=cfg.name, path=str(work.resolve()), config=cfg.to_dict(), task=prepared.data.task,
                     backbone=cfg.model.backbone)
+    return _run(prepared, model, work, resume=True, callbacks=callbacks, store=store)
+
+
+def _run(p: Prepared, model, work: Path, *, resume: bool, callbacks, store, made: list[Path] = ()) -> Path:
+    """Train and write a recorded run. On failure: a fresh run with no checkpoint yet is removed
+    with its record (there is nothing to continue from); otherwise the record says why it stopped
+    and the directory stays for `resume`."""
+    cfg = p.cfg
     try:
         final, metrics = _train_and_write(p, model, work, resume=resume,
                                           callbacks=callbacks or [LoggingCallback()])
     except BaseException as err:
         interrupted = isinstance(err, (KeyboardInterrupt, SystemExit))
-        store.finish_run(cfg.name, status="interrupted" if interrupted else "failed",
-                         error=f"{type(err).__name__}: {err}")
+        keep = resume or interrupted or (work / "checkpoints" / "last").is_dir()
+        try:
+            if keep:
+                store.finish_run(cfg.name, status="interrupted" if interrupted else "failed",
+                                 error=f"{type(err).__name__}: {err}")
+            else:
+                shutil.rmtree(work, ignore_errors=True)
+                _remove_created(list(made))
+                store.delete_run(cfg.name)
+        except Exception as store_err:  # noqa: BLE001 - the store may sit on the same full disk
+            log.warning("could not record how run %r ended: %s", cfg.name, store_err)
+        if isinstance(err, OSError):
+            if keep:
+                raise RunError(f"run {cfg.name!r} stopped: {_os_reason(err)}, then continue it with "
+                               f"`tunery train --resume {work}`") from err
+            raise RunError(f"run {cfg.name!r} stopped before its first checkpoint: {_os_reason(err)}, then "
+                           "run it again (nothing was kept)") from err
         raise
     store.update_run(cfg.name, path=str(final.resolve()))
     store.finish_run(cfg.name, status="completed", metrics=metrics)
@@ -252,6 +376,9 @@ def _train_and_write(p: Prepared, model, work: Path, *, resume: bool, callbacks)
 
     from tunery.evaluate.metrics import (compute_metrics, default_metric, greater_is_better, metric_value,
                                          tune_threshold)
+    from safetensors import SafetensorError
+
+    from tunery.train.checkpoint import as_os_error
     from tunery.train.loop import Trainer, predict_scores, resolve_precision
 
     cfg, data, task = p.cfg, p.data, p.task
@@ -259,8 +386,8 @@ def _train_and_write(p: Prepared, model, work: Path, *, resume: bool, callbacks)
     label_names = list(data.label_names)
     n_labels = len(label_names)
     max_length = cfg.data.max_length
-    enc = {split: _encode_split(p.tokenizer, getattr(data, split), max_length)
-           for split in ("train", "validation", "test")}
+    enc = p.encoded or {split: _encode_split(p.tokenizer, getattr(data, split), max_length)
+                        for split in ("train", "validation", "test")}
     y_val = task.y_true(enc["validation"].labels, n_labels)
     metric = cfg.train.metric or default_metric(data.task)
     threshold = cfg.task.problem_threshold
@@ -310,7 +437,10 @@ def _train_and_write(p: Prepared, model, work: Path, *, resume: bool, callbacks)
     to_save = to_save.to(torch.float32)
     if data.task == "regression":  # predictions in the target's units, even for plain transformers
         _fold_scaling(to_save, task.mean, task.scale)
-    to_save.save_pretrained(model_dir)
+    try:
+        to_save.save_pretrained(model_dir)
+    except SafetensorError as err:  # a full disk: as the OSError it is
+        raise as_os_error(err, model_dir) from err
     p.tokenizer.save_pretrained(model_dir)
 
     meta = {

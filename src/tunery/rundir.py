@@ -28,11 +28,21 @@ def is_complete(path: Path) -> bool:
     return not path.name.endswith(PARTIAL) and (path / META).is_file() and (path / "model").is_dir()
 
 
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write a text file atomically (temporary sibling, then rename); on failure (a full disk)
+    neither a torn file nor the temporary one is left."""
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def write_json(path: Path, obj) -> None:
     """Write JSON atomically (temporary sibling, then rename)."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(obj, indent=2, default=str) + "\n")
 
 
 def read_meta(run: Path) -> dict:

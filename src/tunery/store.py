@@ -465,12 +465,14 @@ class Store:
         task: str | None = None,
         backbone: str | None = None,
         pid: int | None = None,
+        new: bool = False,
     ) -> RunRecord:
         """Record run ``name`` as running in this process (or ``pid``, e.g. a launched child).
 
         A name that exists and is not running is resumed: status back to running, the new pid and
         host, ``attempts`` + 1, ``started_at`` kept; path and config are replaced, task and backbone
-        only when given. Raises RunError if the name is running in a live process.
+        only when given. Raises RunError if the name is running in a live process, or, with
+        ``new=True`` (a fresh run, never a resume), if the name is recorded at all.
         """
         if not name:
             raise RunError("run name is empty: give the run a name")
@@ -492,6 +494,11 @@ class Store:
                         s.add(row)
                         s.flush()
                         return RunRecord._from_row(row)
+                    if new:
+                        raise RunError(
+                            f"a run named {name!r} is already recorded ({row.status}, {row.path}, in "
+                            f"{self._where}); choose another name (name: ... or --set name=...)"
+                        )
                     if row.status == "running" and not self._is_stale(row):
                         raise RunError(
                             f"run {name!r} is already running (pid {row.pid} on host {row.host}, "
@@ -531,6 +538,11 @@ class Store:
             row.error = error
             if metrics is not None:
                 row.metrics = dict(metrics)
+
+    def delete_run(self, name: str) -> None:
+        """Forget run ``name`` (a fresh run that failed before it had anything to resume from)."""
+        with self._session(write=True) as s:
+            s.delete(self._run_row(s, name, lock=True))
 
     _UPDATABLE = ("path", "config", "metrics", "error", "task", "backbone", "progress")
     _READ_ONLY = ("name", "status", "started_at", "finished_at", "host", "pid", "attempts")

@@ -34,6 +34,8 @@ class Encoded:
 def encode(tokenizer, texts: list[str], pairs: list[str] | None, labels: list[Any], *, max_length: int) -> Encoded:
     # segment ids only where the model takes them (BERT does, DistilBERT and RoBERTa do not)
     with_types = pairs is not None and "token_type_ids" in getattr(tokenizer, "model_input_names", [])
+    if not texts:  # an empty split (test_fraction: 0); fast tokenizers fail on an empty batch
+        return Encoded([], [] if with_types else None, list(labels))
     enc = tokenizer(
         texts,
         pairs,

@@ -1,13 +1,71 @@
-"""Checkpoints written atomically: a crash mid-write leaves the previous checkpoint intact."""
+"""Checkpoints written atomically: a crash mid-write leaves the previous checkpoint intact.
+
+A failed write (a full disk) removes what it had written, so the space is free again, and raises
+an OSError with its errno and file: safetensors and torch report it as their own exceptions.
+"""
 
 from __future__ import annotations
 
+import io
 import os
+import re
 import shutil
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+
+_OS_ERROR = re.compile(r"os error (\d+)")
+
+
+def save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    """safetensors' save_file; a failed write raises OSError (ENOSPC, EACCES, ...) naming `path`."""
+    try:
+        save_file(tensors, str(path))
+    except SafetensorError as err:
+        raise as_os_error(err, path) from err
+
+
+def as_os_error(err: Exception, path: Path) -> Exception:
+    """The OSError inside a safetensors error ("... (os error 28)"), else `err` itself."""
+    found = _OS_ERROR.search(str(err))
+    if found is None:
+        return err
+    code = int(found.group(1))
+    return OSError(code, os.strerror(code), str(path))
+
+
+class _RecordingWriter(io.RawIOBase):
+    """A file wrapper that keeps the OSError of a failed write: torch.save reports it only as
+    'RuntimeError: ... unexpected pos'."""
+
+    def __init__(self, f) -> None:
+        self.f = f
+        self.error: OSError | None = None
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, b) -> int:
+        try:
+            return self.f.write(b)
+        except OSError as err:
+            self.error = err
+            raise
+
+
+def _torch_save(obj, path: Path) -> None:
+    with open(path, "wb") as f:
+        writer = _RecordingWriter(f)
+        try:
+            torch.save(obj, writer)
+        except RuntimeError as err:
+            if writer.error is None:
+                raise
+            raise OSError(writer.error.errno, writer.error.strerror, str(path)) from err
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def _state_dict(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -27,12 +85,21 @@ def _replace_dir(tmp: Path, final: Path) -> None:
         shutil.rmtree(old)
 
 
-def save_weights(path: Path, model: torch.nn.Module) -> None:
+def _fresh_tmp(path: Path) -> Path:
     tmp = path.with_name(path.name + ".tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
-    save_file(_state_dict(model), str(tmp / "model.safetensors"))
+    return tmp
+
+
+def save_weights(path: Path, model: torch.nn.Module) -> None:
+    tmp = _fresh_tmp(path)
+    try:
+        save_tensors(_state_dict(model), tmp / "model.safetensors")
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     _replace_dir(tmp, path)
 
 
@@ -41,15 +108,14 @@ def load_weights(path: Path, model: torch.nn.Module) -> None:
 
 
 def save_checkpoint(path: Path, model, optimizer, scheduler, extra: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    save_file(_state_dict(model), str(tmp / "model.safetensors"))
-    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), **extra},
-               tmp / "trainer.pt")
-    with open(tmp / "trainer.pt", "rb") as f:
-        os.fsync(f.fileno())
+    tmp = _fresh_tmp(path)
+    try:
+        save_tensors(_state_dict(model), tmp / "model.safetensors")
+        _torch_save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), **extra},
+                    tmp / "trainer.pt")
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # free the space; the previous checkpoint stays
+        raise
     _replace_dir(tmp, path)
 
 

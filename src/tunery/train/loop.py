@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import random
 import re
 import time
@@ -23,6 +24,7 @@ import torch
 
 from tunery.config import TrainConfig
 from tunery.pooling import model_pooling
+from tunery.rundir import write_text_atomic
 from tunery.tasks import Task
 from tunery.train.adversarial import EmbeddingAdversary
 from tunery.train.batching import Encoded, batch_order, collate, eval_order
@@ -228,7 +230,7 @@ class Trainer:
                     keep.append(line)
             except json.JSONDecodeError:  # a line torn by the kill
                 continue
-        path.write_text("".join(line + "\n" for line in keep), encoding="utf-8")
+        write_text_atomic(path, "".join(line + "\n" for line in keep))  # a full disk loses nothing
 
     def _improved(self, value: float, best: float | None) -> bool:
         if best is None or math.isnan(best):
@@ -245,6 +247,10 @@ class Trainer:
         # suite, an HF Trainer before us) may ask for another precision, so start from a clean one.
         AcceleratorState._reset_state(reset_partial_state=True)
         if cfg.num_threads:
+            cores = os.cpu_count() or 1
+            if cfg.num_threads > cores:
+                log.warning("train.num_threads %d is more than the %d CPU cores here: training will be slower; "
+                            "leave it unset to use every core", cfg.num_threads, cores)
             torch.set_num_threads(cfg.num_threads)
         accelerator = Accelerator(
             mixed_precision="bf16" if resolve_precision(cfg.precision) == "bf16" else "no",
