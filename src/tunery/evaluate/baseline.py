@@ -7,7 +7,9 @@ texts, so the whole baseline stays well under 30 s on 67k short texts on 2 cores
 about 10 s).
 
 Models: LogisticRegression (classification; multinomial for more than two classes), one binary
-LogisticRegression per label (multilabel), Ridge (regression).
+LogisticRegression per label (multilabel), Ridge (regression). With many classes the n-grams are
+capped (the most frequent kept) so that classes x features stays under _WEIGHT_BUDGET: memory
+stays bounded (3,000 classes took 3.9 GB uncapped).
 """
 
 from __future__ import annotations
@@ -22,10 +24,18 @@ log = logging.getLogger(__name__)
 
 # Fit char n-grams while (texts x models fitted) stays under this; above it, word n-grams only.
 _CHAR_BUDGET = 300_000
+# The linear models hold (classes x features) weights, and lbfgs keeps about 20 arrays of that size:
+# 3,000 classes x 8,000 features took 3.9 GB. Features are capped (the most frequent n-grams kept)
+# so that classes x features stays under this, about 40 MB an array. With a few classes the cap
+# (1.25 million n-grams per view for two) is above any vocabulary the vectorizers keep.
+_WEIGHT_BUDGET = 5_000_000
+_MIN_FEATURES = 1_000
 _C = 2.0  # inverse L2 strength; 1-4 are within half a point of each other on SST-2
 
 
-def _features(train_texts: list[str], eval_texts: dict[str, list[str]], *, chars: bool):
+def _features(train_texts: list[str], eval_texts: dict[str, list[str]], *, chars: bool,
+              max_features: int | None = None):
+    """TF-IDF views of the texts; each view keeps at most `max_features` n-grams (None: no cap)."""
     from scipy.sparse import hstack
     from sklearn.feature_extraction.text import TfidfVectorizer
 
@@ -33,10 +43,11 @@ def _features(train_texts: list[str], eval_texts: dict[str, list[str]], *, chars
     # min_df=2 drops hapaxes (noise, and most of the vocabulary) once there is data to spare
     min_df = 2 if n >= 1000 else 1
     vecs = [TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True, min_df=min_df,
-                            dtype=np.float32, token_pattern=r"(?u)\b\w+\b")]
+                            dtype=np.float32, token_pattern=r"(?u)\b\w+\b", max_features=max_features)]
     if chars:
         vecs.append(TfidfVectorizer(analyzer="char_wb", ngram_range=(2, 5), sublinear_tf=True,
-                                    min_df=3 if n >= 1000 else 1, max_features=200_000,
+                                    min_df=3 if n >= 1000 else 1,
+                                    max_features=min(200_000, max_features or 200_000),
                                     dtype=np.float32))
     train_parts, eval_parts = [], {k: [] for k in eval_texts}
     for vec in vecs:
@@ -72,8 +83,10 @@ def baseline_scores(
     # multinomial LR costs grow with the class count too, roughly a third as fast as one-vs-rest
     n_models = {"multilabel": n_labels, "classification": -(-n_labels // 3)}.get(task, 1)
     chars = len(train_texts) * n_models <= _CHAR_BUDGET
-    X, Z = _features(list(train_texts), eval_texts, chars=chars)
-    log.info("baseline: %s on %d texts, %d features", task, X.shape[0], X.shape[1])
+    cap = None if task == "regression" else max(_MIN_FEATURES, _WEIGHT_BUDGET // max(n_labels, 1) // (1 + chars))
+    X, Z = _features(list(train_texts), eval_texts, chars=chars, max_features=cap)
+    log.info("baseline: %s on %d texts, %d features (at most %s per view)", task, X.shape[0], X.shape[1],
+             f"{cap:,}" if cap else "all")
 
     if task == "classification":
         from sklearn.linear_model import LogisticRegression
