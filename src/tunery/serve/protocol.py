@@ -21,6 +21,10 @@ What this class adds to uvicorn's ``H11Protocol``:
 - a bound on open connections per process, ``connections.max_connections``: a new connection past
   it closes the connection that has waited longest for its request head (a slow or idle client),
   else itself, so slow clients cannot keep well-behaved ones out or exhaust file descriptors.
+  (uvicorn's ``limit_concurrency`` is not used: it answers 503 to a request arriving past the limit
+  and counts slow connections as much as busy ones, so a few hundred slow clients would turn every
+  well-behaved request away, and idle sockets that never send a request would still hold their
+  file descriptors.)
 
 Body read timeouts and the header count are checked in the app's ASGI edge (see app.py).
 """
