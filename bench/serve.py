@@ -6,6 +6,7 @@
     python bench/serve.py --precision fp32         # tunery's inference precision (default: auto)
     python bench/serve.py --run RUN_DIR            # serve an existing run instead of training one
     python bench/serve.py --out my.json
+    python bench/serve.py --smoke                  # seconds: does the benchmark still run? (figures mean nothing)
 
 Prints one JSON object on stdout (everything else goes to stderr) and writes it to
 bench/results/serve-<timestamp>.json unless --out is given. See bench/README.md for every figure.
@@ -342,7 +343,7 @@ def worker(kind: str, spec_file: str, out_file: str) -> None:
     Path(out_file).write_text(json.dumps(res))
 
 
-def make_run(args, tmp: Path) -> dict:
+def make_run(args, tmp: Path, *, backbone: str | None = None) -> dict:
     from sst2 import read_tsv, write_tsv  # bench/ is on sys.path when this file runs as a script
 
     df = read_tsv(Path(args.data_dir) / "train.tsv")
@@ -356,7 +357,9 @@ def make_run(args, tmp: Path) -> dict:
         "train": {"max_steps": args.train_steps, "progress": False},
         "evaluate": {"baseline": False},
     }
-    eprint(f"[setup] fine-tuning MiniLM with tunery on {args.train_rows} SST-2 rows, {args.train_steps} steps ...")
+    if backbone is not None:  # --smoke: the tiny test backbone (else tunery's default, MiniLM)
+        config["model"] = {"backbone": backbone}
+    eprint(f"[setup] fine-tuning {'the tiny test backbone' if backbone else 'MiniLM'} with tunery on {args.train_rows} SST-2 rows, {args.train_steps} steps ...")
     return run_worker("train", {"config": config}, tmp) | {"rows": args.train_rows, "max_steps": args.train_steps}
 
 
@@ -474,9 +477,12 @@ def compare(naive: dict, tunery: dict, levels: list[int]) -> dict:
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--levels", default="1,8,32", help="concurrency levels, comma-separated (default 1,8,32)")
-    ap.add_argument("--requests", type=int, default=1500, help="measured requests per level and server (default 1500)")
-    ap.add_argument("--seconds", type=float, default=30.0, help="cap on each level's measured time (default 30)")
+    ap.add_argument("--levels", default=None,
+                    help="concurrency levels, comma-separated (default 1,8,32; 1,2 with --smoke)")
+    ap.add_argument("--requests", type=int, default=None,
+                    help="measured requests per level and server (default 1500; 6 with --smoke)")
+    ap.add_argument("--seconds", type=float, default=None,
+                    help="cap on each level's measured time (default 30; 10 with --smoke)")
     ap.add_argument("--warmup", type=int, default=0,
                     help="warm-up requests per level (default: max(10, 2 x concurrency)), not measured")
     ap.add_argument("--max-batch-size", type=int, default=None,
@@ -488,12 +494,24 @@ def main(argv: list[str] | None = None) -> dict:
                     help="tunery's inference precision (default: tunery's; the naive server is always fp32)")
     ap.add_argument("--servers", default="naive,tunery", help="which servers, in this order (default naive,tunery)")
     ap.add_argument("--run", default=None, help="serve this tunery run directory instead of training one")
-    ap.add_argument("--train-rows", type=int, default=1000,
-                    help="SST-2 train rows of the setup fine-tune (default 1000)")
-    ap.add_argument("--train-steps", type=int, default=30, help="optimizer steps of the setup fine-tune (default 30)")
+    ap.add_argument("--train-rows", type=int, default=None,
+                    help="SST-2 train rows of the setup fine-tune (default 1000; 32 with --smoke)")
+    ap.add_argument("--train-steps", type=int, default=None,
+                    help="optimizer steps of the setup fine-tune (default 30; 2 with --smoke)")
     ap.add_argument("--data-dir", default=str(DEFAULT_DATA), help=f"SST-2 directory (default {DEFAULT_DATA})")
-    ap.add_argument("--out", default=None, help="JSON file to write (default bench/results/serve-<time>.json)")
+    ap.add_argument("--out", default=None,
+                    help="JSON file to write (default bench/results/serve-<time>.json; none with --smoke)")
+    ap.add_argument("--smoke", action="store_true",
+                    help="a check that the benchmark still runs, in seconds: both servers on a run of the tiny "
+                         "random test backbone trained on generated SST-2-shaped rows, a few requests per level, "
+                         "all in a temporary directory; the figures mean nothing")
     args = ap.parse_args(argv)
+    for name, full, smoke in (("levels", "1,8,32", "1,2"), ("requests", 1500, 6), ("seconds", 30.0, 10.0),
+                              ("train_rows", 1000, 32), ("train_steps", 30, 2)):
+        if getattr(args, name) is None:
+            setattr(args, name, smoke if args.smoke else full)
+    if args.train_rows < 2 or args.train_steps < 1:
+        ap.error("--train-rows must be at least 2 and --train-steps at least 1")
     try:
         args.levels = [int(x) for x in args.levels.split(",") if x.strip()]
     except ValueError:
@@ -507,10 +525,11 @@ def main(argv: list[str] | None = None) -> dict:
         ap.error("--requests and --seconds must be positive")
 
     started = time.time()
-    out = Path(args.out) if args.out else RESULTS / f"serve-{datetime.now().strftime('%Y%m%d-%H%M%S')}.json"
+    out = (Path(args.out) if args.out else None if args.smoke
+           else RESULTS / f"serve-{datetime.now().strftime('%Y%m%d-%H%M%S')}.json")
     from sst2 import machine_info, read_tsv
 
-    result: dict = {"benchmark": "serve", "started": datetime.now().isoformat(timespec="seconds"),
+    result: dict = {"benchmark": "serve", "smoke": args.smoke, "started": datetime.now().isoformat(timespec="seconds"),
                     "argv": sys.argv[1:] if argv is None else argv, "machine": machine_info(),
                     "loadavg_start": loadavg(),
                     "settings": {"levels": args.levels, "requests_per_level": args.requests,
@@ -524,11 +543,17 @@ def main(argv: list[str] | None = None) -> dict:
         for var in ("TUNERY_DB_URL", "TUNERY_SERVE_CONFIG"):
             os.environ.pop(var, None)
 
+        backbone = None
+        if args.smoke:
+            from sst2 import smoke_backbone, write_smoke_data
+
+            backbone = smoke_backbone(tmp)
+            args.data_dir = str(write_smoke_data(tmp / "data", train_rows=args.train_rows, dev_rows=16))
         if args.run:
             run_dir = Path(args.run).resolve()
             result["run"] = {"run_dir": str(run_dir), "trained_here": False}
         else:
-            result["run"] = make_run(args, tmp) | {"trained_here": True}
+            result["run"] = make_run(args, tmp, backbone=backbone) | {"trained_here": True}
             run_dir = Path(result["run"]["run_dir"])
 
         batching = {k: v for k, v in (("max_batch_size", args.max_batch_size), ("max_wait_ms", args.max_wait_ms),
@@ -550,7 +575,9 @@ def main(argv: list[str] | None = None) -> dict:
             from tunery.train.loop import resolve_precision  # what the server's "auto" becomes on this machine
 
             result["settings"]["tunery_serve_config"]["precision_resolved"] = resolve_precision(cfg.precision)
-        plan = cfg.plan(PLAN)
+        plan = cfg.plans.get(PLAN)  # as the app looks a key's plan up
+        if plan is None:
+            raise SystemExit(f"plan {PLAN!r} is not defined in the serve config; plans: {', '.join(sorted(cfg.plans))}")
         if plan.rate_limit is not None or plan.monthly_quota is not None:
             raise SystemExit(f"plan {PLAN!r} has a rate limit or quota; the benchmark needs one without")
         key, _info = create_key(Store(), tenant=TENANT, plan=PLAN, known_plans=list(cfg.plans))

@@ -5,6 +5,7 @@
     python bench/sst2.py --full                # slice anchor, then a full SST-2 run with tunery
     python bench/sst2.py --full --skip-slice   # the full run only
     python bench/sst2.py --out my.json         # also choose where the JSON goes
+    python bench/sst2.py --smoke               # seconds: does the benchmark still run? (figures mean nothing)
 
 Prints one JSON object on stdout (everything else goes to stderr) and writes it to
 bench/results/sst2-<timestamp>.json unless --out is given. See bench/README.md for what each
@@ -133,6 +134,34 @@ def take_slice(train_path: Path, rows: int, seed: int):
     return df.sample(n=rows, random_state=seed).reset_index(drop=True)
 
 
+SMOKE_WORDS = {1: ["great", "wonderful", "superb", "lovely"], 0: ["awful", "boring", "dreadful", "bad"]}
+SMOKE_FILL = ["the", "film", "was", "plot", "acting", "really", "quite", "story"]
+
+
+def write_smoke_data(folder: Path, *, train_rows: int, dev_rows: int) -> Path:
+    """A seeded, SST-2-shaped stand-in (train.tsv, dev.tsv: sentence, label 0/1) for --smoke:
+    no shared data needed, and a word decides the label, so even a tiny model learns something."""
+    import random
+
+    import pandas as pd
+
+    rng = random.Random(0)
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, rows in (("train", train_rows), ("dev", dev_rows)):
+        labels = [i % 2 for i in range(rows)]
+        sentences = [" ".join([rng.choice(SMOKE_WORDS[y])] + rng.sample(SMOKE_FILL, 4)) + f" {i}"
+                     for i, y in enumerate(labels)]
+        write_tsv(pd.DataFrame({"sentence": sentences, "label": labels}), folder / f"{name}.tsv")
+    return folder
+
+
+def smoke_backbone(folder: Path) -> str:
+    """The tiny random BERT the tests use (tunery.testing): loads and trains in about a second."""
+    from tunery.testing import tiny_backbone
+
+    return tiny_backbone(folder / "tiny-bert")
+
+
 def write_tsv(df, path: Path) -> None:
     if df["sentence"].astype(str).str.contains("\t").any():
         raise SystemExit("a sentence contains a tab; cannot write an unquoted TSV")
@@ -248,9 +277,9 @@ def run_tunery(cfg) -> tuple[Path, float]:
 
 
 def slice_tunery_config(train_file: Path, dev_file: Path, runs_dir: Path, name: str, *,
-                        validation_fraction: float) -> dict:
+                        validation_fraction: float, backbone: str | None = None) -> dict:
     # tunery's own TrainConfig() defaults; only what a 1-epoch slice run needs is set here.
-    return {
+    config = {
         "name": name,
         "output_dir": str(runs_dir),
         "data": {"train": str(train_file), "test": str(dev_file), "text_column": "sentence",
@@ -258,6 +287,9 @@ def slice_tunery_config(train_file: Path, dev_file: Path, runs_dir: Path, name: 
         "train": {"epochs": 1, "progress": False},
         "evaluate": {"baseline": False},
     }
+    if backbone is not None:  # --smoke: the tiny test backbone (else tunery's default, MiniLM)
+        config["model"] = {"backbone": backbone}
+    return config
 
 
 # -- isolation: every training runs in its own fresh interpreter -----------------------------------
@@ -322,7 +354,8 @@ def bench_slice(args, backbone: str, tmp: Path) -> dict:
 
     eprint(f"[slice] (b) tunery on the same {len(slice_df)} rows (validation held out from them), 1 epoch ...")
     cfg = slice_tunery_config(slice_file, data_dir / "dev.tsv", tmp / "runs", f"slice-{args.slice_rows}",
-                              validation_fraction=args.slice_validation_fraction)
+                              validation_fraction=args.slice_validation_fraction,
+                              backbone=backbone if args.smoke else None)
     result["tunery"] = run_part("tunery", {"config": cfg, "source": "bench/sst2.py slice config"}, tmp)
     result["loadavg_after"] = loadavg()
 
@@ -337,11 +370,16 @@ def bench_slice(args, backbone: str, tmp: Path) -> dict:
     return result
 
 
-def bench_full(args, runs_dir: Path, tmp: Path) -> dict:
+def bench_full(args, runs_dir: Path, tmp: Path, *, backbone: str | None = None) -> dict:
     from tunery.config import load_config
 
     name = f"sst2-full-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
-    overrides = [f"name={name}", f"output_dir={runs_dir}", *args.set]
+    smoke = []
+    if args.smoke:  # the same config file, on the generated data with the tiny backbone, 1 epoch
+        data_dir = Path(args.data_dir)
+        smoke = [f"data.train={data_dir / 'train.tsv'}", f"data.test={data_dir / 'dev.tsv'}",
+                 f"model.backbone={backbone}", "data.validation_fraction=0.2", "train.epochs=1"]
+    overrides = [f"name={name}", f"output_dir={runs_dir}", *smoke, *args.set]
     cfg = load_config(Path(args.config).resolve(), overrides)  # validated here: errors before any work
     eprint(f"[full] tunery on {cfg.data.train} (config {args.config}) -> {runs_dir / name} ...")
     result: dict = {"config": str(args.config), "overrides": overrides, "loadavg_before": loadavg()}
@@ -353,7 +391,7 @@ def bench_full(args, runs_dir: Path, tmp: Path) -> dict:
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--slice-rows", type=int, default=3000, help="rows in the fixed slice (default 3000)")
+    ap.add_argument("--slice-rows", type=int, default=None, help="rows in the fixed slice (default 3000; 64 with --smoke)")
     ap.add_argument("--slice-seed", type=int, default=42, help="seed of the slice sample (default 42)")
     ap.add_argument("--slice-validation-fraction", type=float, default=0.05,
                     help="tunery's validation hold-out from the slice (default 0.05)")
@@ -365,36 +403,55 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--data-dir", default=str(DEFAULT_DATA), help=f"SST-2 directory (default {DEFAULT_DATA})")
     ap.add_argument("--runs-dir", default=str(RESULTS / "runs"),
                     help="where the full run's directory goes (default bench/results/runs)")
-    ap.add_argument("--out", default=None, help="JSON file to write (default bench/results/sst2-<time>.json)")
+    ap.add_argument("--out", default=None,
+                    help="JSON file to write (default bench/results/sst2-<time>.json; none with --smoke)")
+    ap.add_argument("--smoke", action="store_true",
+                    help="a check that the benchmark still runs, in seconds: every part (slice and --full) on "
+                         "generated SST-2-shaped rows with the tiny random test backbone, all in a temporary "
+                         "directory; the figures mean nothing")
     args = ap.parse_args(argv)
-    if args.skip_slice and not args.full:
+    if args.skip_slice and not args.full and not args.smoke:
         ap.error("--skip-slice only makes sense with --full")
+    if args.slice_rows is None:
+        args.slice_rows = 64 if args.smoke else 3000
+    if args.slice_rows < 2:
+        ap.error("--slice-rows must be at least 2")
 
     started = time.time()
-    out = Path(args.out) if args.out else RESULTS / f"sst2-{datetime.now().strftime('%Y%m%d-%H%M%S')}.json"
-    from tunery.backbones import resolve_backbone
-
-    backbone = resolve_backbone("minilm-l6")
-    result: dict = {"benchmark": "sst2", "started": datetime.now().isoformat(timespec="seconds"),
-                    "argv": sys.argv[1:] if argv is None else argv, "backbone": {"alias": "minilm-l6", "path": backbone},
-                    "machine": machine_info()}
+    out = (Path(args.out) if args.out else None if args.smoke
+           else RESULTS / f"sst2-{datetime.now().strftime('%Y%m%d-%H%M%S')}.json")
+    result: dict = {"benchmark": "sst2", "smoke": args.smoke, "started": datetime.now().isoformat(timespec="seconds"),
+                    "argv": sys.argv[1:] if argv is None else argv, "machine": machine_info()}
     with tempfile.TemporaryDirectory(prefix="tunery-bench-") as tmp_s:
         tmp = Path(tmp_s)
         # The tunery store (runs table) goes to a throwaway home, not the repository's .tunery/.
         os.environ.setdefault("TUNERY_HOME", str(tmp / "home"))
+        if args.smoke:
+            backbone = smoke_backbone(tmp)
+            result["backbone"] = {"alias": "tiny random BERT (tunery.testing, --smoke)", "path": backbone}
+            args.data_dir = str(write_smoke_data(tmp / "data", train_rows=args.slice_rows, dev_rows=32))
+            args.runs_dir = str(tmp / "full-runs")
+            args.full = True
+        else:
+            from tunery.backbones import resolve_backbone
+
+            backbone = resolve_backbone("minilm-l6")
+            result["backbone"] = {"alias": "minilm-l6", "path": backbone}
         if not args.skip_slice:
             result["slice"] = bench_slice(args, backbone, tmp)
         if args.full:
-            result["full"] = bench_full(args, Path(args.runs_dir).resolve(), tmp)
+            result["full"] = bench_full(args, Path(args.runs_dir).resolve(), tmp, backbone=backbone)
     return write_result(result, out, started)
 
 
-def write_result(result: dict, out: Path, started: float) -> dict:
-    """Stamp the wall time, write the JSON to `out` and print it on stdout (the benchmarks' contract)."""
+def write_result(result: dict, out: Path | None, started: float) -> dict:
+    """Stamp the wall time, write the JSON to `out` (unless None) and print it on stdout (the
+    benchmarks' contract)."""
     result["total_wall_s"] = round(time.time() - started, 1)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    eprint(f"wrote {out}")
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+        eprint(f"wrote {out}")
     print(json.dumps(result, indent=2))
     return result
 

@@ -1,0 +1,90 @@
+"""Every script in bench/ still runs: each in its smoke mode (the tiny test backbone, generated
+SST-2-shaped rows, a few steps or requests, a temporary directory), as a subprocess, exit 0 and its
+JSON result on stdout. A benchmark that no longer runs fails here, not on the day someone needs
+its figures. Speed is never asserted: the figures of a smoke run mean nothing."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO
+
+BENCH = REPO / "bench"
+
+
+def run_bench(script: str, *args: str, tmp_path: Path, timeout: float = 400) -> dict:
+    """Run `bench/<script> --smoke ARGS` and return the JSON object it printed (and wrote to --out)."""
+    out = tmp_path / f"{Path(script).stem}.json"
+    results_before = sorted((BENCH / "results").rglob("*"))
+    # one thread per process: a tiny model gains nothing from more, and the test machine is shared
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false", "NO_COLOR": "1"}
+    proc = subprocess.run([sys.executable, str(BENCH / script), "--smoke", "--out", str(out), *args],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, f"bench/{script} --smoke exited {proc.returncode}:\n{proc.stderr[-6000:]}"
+    printed = json.loads(proc.stdout)  # stdout holds the JSON object only; logs go to stderr
+    assert json.loads(out.read_text()) == printed
+    assert printed["smoke"] is True and isinstance(printed["total_wall_s"], float)
+    assert sorted((BENCH / "results").rglob("*")) == results_before, "a smoke run wrote into bench/results/"
+    return printed
+
+
+def test_every_bench_script_has_a_smoke_test():
+    scripts = sorted(p.name for p in BENCH.glob("*.py"))
+    assert scripts == ["naive_server.py", "serve.py", "sst2.py"], \
+        f"bench/ has new scripts {scripts}: give each a --smoke mode and a test here"
+
+
+def test_sst2_bench_smoke(tmp_path):
+    result = run_bench("sst2.py", tmp_path=tmp_path)
+    assert result["benchmark"] == "sst2"
+    assert {"cpu_count", "torch", "transformers", "cpu_flags"} <= set(result["machine"])
+    part = result["slice"]
+    for key in ("samples_per_s", "wall_s", "dev_accuracy", "settings"):
+        assert key in part["hf_trainer"] and key in part["tunery"], key
+    assert part["hf_trainer"]["n_train"] == 64 and part["tunery"]["n_train"] + part["tunery"]["n_validation"] == 64
+    for key in ("ratio_samples_per_s", "ratio_wall", "dev_accuracy_delta", "note"):
+        assert key in part, key
+    full = result["full"]
+    assert full["config"].endswith("sst2_full.yaml") and "train.epochs=1" in full["overrides"]
+    for key in ("dev_accuracy", "validation_accuracy", "samples_per_s", "steps", "best_step", "pooling"):
+        assert key in full["tunery"], key
+    assert full["tunery"]["settings"]["epochs"] == 1
+
+
+def test_serve_bench_smoke(tmp_path):
+    result = run_bench("serve.py", tmp_path=tmp_path)
+    assert result["benchmark"] == "serve" and result["run"]["trained_here"]
+    assert result["settings"]["levels"] == [1, 2]
+    for kind in ("naive", "tunery"):
+        levels = result[kind]["levels"]
+        assert [lv["concurrency"] for lv in levels] == [1, 2]
+        for lv in levels:
+            assert lv["ok"] == lv["requests"] > 0 and not lv["errors"], lv
+            assert lv["latency_ms"]["p99"] is not None and lv["requests_per_s"] > 0
+        # stopped by SIGTERM: uvicorn drains, then re-raises the signal, so -15 is a clean stop too
+        assert result[kind]["exit_code"] in (0, -15), result[kind]["exit_code"]
+    assert result["usage_check"]["match"] is True, result["usage_check"]
+    assert set(result["comparison"]) == {"1", "2"}
+    assert {"throughput_ratio", "p99_ratio", "met"} <= set(result["target"])
+
+
+def test_naive_server_smoke(tmp_path):
+    result = run_bench("naive_server.py", "--requests", "3", tmp_path=tmp_path)
+    assert result["benchmark"] == "naive_server" and result["ready"] is True
+    assert result["ok"] == result["requests"] == 3
+    assert set(result["labels_seen"]) <= {"negative", "positive"}
+
+
+@pytest.mark.parametrize("config", ["sst2_full.yaml", "rotten_tomatoes.yaml"])
+def test_bench_configs_still_validate(config):
+    """The YAML configs in bench/ are not scripts, but they rot the same way when a key is renamed."""
+    from tunery.config import load_config
+
+    cfg = load_config(BENCH / config)
+    assert cfg.data.train and cfg.data.text_column
