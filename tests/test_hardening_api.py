@@ -156,6 +156,14 @@ def test_pairs_for_a_single_text_model_are_refused(predictor):
         predictor.predict("a", pairs="b")
 
 
+def test_predict_file_with_a_pair_column_for_a_single_text_model_is_refused(predictor, tmp_path):
+    src = tmp_path / "in.csv"
+    src.write_text("review,other\ngreat,film\n")
+    with pytest.raises(DataError, match=r"text pair column 'other': this model reads single texts"):
+        predictor.predict_file(src, tmp_path / "out.csv", text_pair_column="other")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.csv"]
+
+
 def test_pair_model_needs_one_pair_per_text(predictor):
     pair_model = tunery.Predictor(predictor.model, predictor.tokenizer,
                                   predictor.meta | {"text_column": "question", "text_pair_column": "answer"})

@@ -157,6 +157,9 @@ class Predictor:
         rows gives an output with the columns only."""
         from tunery.data.load import TableWriter, iter_table
 
+        if text_pair_column and not self.meta.get("text_pair_column"):
+            raise DataError(f"text pair column {text_pair_column!r}: this model reads single texts (column "
+                            f"{self.meta['text_column']!r}); leave out --text-pair-column")
         text_column = text_column or self.meta["text_column"]
         text_pair_column = text_pair_column or self.meta.get("text_pair_column")
         rows, chunks = 0, 0
