@@ -196,6 +196,16 @@ def test_fit_checks_its_arguments_before_writing_anything(tiny_backbone, tmp_pat
     assert [p.name for p in tmp_path.iterdir()] == []  # not even beside output_dir (../x)
 
 
+def test_fit_takes_back_its_data_copies_when_a_later_split_cannot_be_stored(tiny_backbone, tmp_path):
+    test = make_dataset("binary", n=10)
+    test["review"] = [{"nested": i} for i in range(10)]  # a struct column pyarrow cannot mix with str
+    test.loc[0, "review"] = "text"
+    clf = tunery.TextClassifier(backbone=tiny_backbone, output_dir=tmp_path / "out", name="ok")
+    with pytest.raises(DataError, match=r"cannot store this DataFrame as parquet"):
+        clf.fit(make_dataset("binary", n=20), text="review", label="label", test=test)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_fit_with_mixed_int_and_str_labels_trains_as_the_csv_would(tiny_backbone, tmp_path):
     df = make_dataset("binary", n=60)
     df["label"] = [i % 2 if i % 3 else "other" for i in range(len(df))]  # 0, 1 and "other" in one column

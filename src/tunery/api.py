@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
 import tempfile
@@ -47,15 +48,16 @@ def _file_path(data: Any, folder: Path, stem: str) -> str:
     return str((folder / f"{stem}.parquet").resolve())
 
 
-def _write(data: Any, path: str) -> None:
-    """Write a DataFrame to `path` as parquet (kept, so the run's config stays re-runnable).
+def _write(data: Any, path: str) -> bool:
+    """Write a DataFrame to `path` as parquet (kept, so the run's config stays re-runnable); False
+    for a path, which is read where it is.
 
     Object columns that mix strings with numbers (labels 1, 2 and "other") are stored as text, as
     a CSV of the same rows would be read; pyarrow refuses them as they are."""
     import pandas as pd
 
     if not isinstance(data, pd.DataFrame):
-        return
+        return False
     data = _mixed_as_text(data)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -64,6 +66,7 @@ def _write(data: Any, path: str) -> None:
         Path(path).unlink(missing_ok=True)
         raise DataError(f"cannot store this DataFrame as parquet ({type(err).__name__}: {err}); give each column "
                         "one type (texts as str, labels as str or numbers, multi-labels as lists of str)") from err
+    return True
 
 
 def _mixed_as_text(df):
@@ -142,8 +145,19 @@ class TextClassifier:
         folder = Path(self.output_dir) / ".data" / self.name_
         files = {k: None if v is None else _file_path(v, folder, k) for k, v in splits.items()}
         cfg = self._config(files, text, label, text_pair)
-        for split, value in splits.items():
-            _write(value, files[split])
+        written: list[Path] = []
+        created = [d for d in (folder, *folder.parents) if not d.exists()]  # deepest first
+        try:
+            for split, value in splits.items():
+                if _write(value, files[split]):
+                    written.append(Path(files[split]))
+        except BaseException:  # a later split cannot be stored: take back the earlier copies
+            for path in written:
+                path.unlink(missing_ok=True)
+            for d in created:
+                with contextlib.suppress(OSError):
+                    d.rmdir()
+            raise
         self.run_dir_ = pipeline.train(cfg, callbacks=callbacks)
         self.predictor_ = load(self.run_dir_)
         return self
