@@ -168,6 +168,18 @@ def test_truncation_check_reads_a_bounded_head_of_a_20_mb_text(tmp_path):
     assert f.rows == (4,) and "at least" in f.message and "first 2,048 characters" in f.message
 
 
+def test_truncation_check_bounds_pair_texts_too(tmp_path):
+    path = tmp_path / "train.csv"
+    rows = [(f"t {i}", f"p {i}", "pos" if i % 2 else "neg") for i in range(20)]
+    rows[7] = ("short", "word " * 10_000, "pos")  # only the pair text is long
+    write_table(pd.DataFrame(rows, columns=["sentence1", "sentence2", "label"]), path)
+    spy = _SpyTokenizer()
+    data, report = _prepare(path, tokenizer=spy, max_length=64)
+    assert data is not None and spy.longest <= 64 * 32
+    [f] = [f for f in report.findings if f.code == "truncation"]
+    assert f.rows == (8,) and "at least" in f.message
+
+
 def test_truncation_exact_for_short_texts(tmp_path):
     path = tmp_path / "train.csv"
     rows = [(f"t {i}", "pos" if i % 2 else "neg") for i in range(20)]

@@ -896,7 +896,7 @@ def _check_truncation(ck: _Checker, cfg: DataConfig, path: str, frame: pd.DataFr
     pairs = None
     if "text_pair" in frame:
         pairs, pair_cut = _heads(frame["text_pair"], limit)
-        cut |= pair_cut
+        cut = cut | pair_cut  # a new array: _heads may return pandas' read-only view
     lengths = _token_lengths(tokenizer, texts, pairs)
     summary.setdefault("token_lengths", {})[path] = {
         "p50": int(np.percentile(lengths, 50)), "p95": int(np.percentile(lengths, 95)),
