@@ -51,6 +51,15 @@ def test_predict_on_no_texts_gives_an_empty_result(predictor):
     assert tunery.TextClassifier.load(predictor.run_dir).predict([]) == []
 
 
+@pytest.mark.parametrize("task, labels, shape", [("classification", ["a", "b", "c"], (0, 3)),
+                                                 ("multilabel", ["a", "b", "c"], (0, 3)), ("regression", [], (0,))])
+def test_every_task_answers_no_texts_with_nothing(task, labels, shape):
+    # no model is needed: nothing reaches it
+    p = tunery.Predictor(None, None, {"task": task, "label_names": labels, "max_length": 8, "text_column": "x"})
+    assert p.predict([]) == [] and p.predict_scores([]).shape == shape
+    assert all(v == [] for v in p.prediction_columns(p.predict_scores([])).values())
+
+
 @pytest.mark.parametrize("suffix", ["csv", "parquet", "jsonl"])
 def test_predict_file_with_a_header_only_gives_the_columns_only(predictor, tmp_path, suffix):
     src = tmp_path / "header_only.csv"
