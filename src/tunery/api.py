@@ -8,7 +8,6 @@
 from __future__ import annotations
 
 import contextlib
-import logging
 import shutil
 import tempfile
 from datetime import datetime
@@ -19,8 +18,6 @@ import numpy as np
 
 from tunery.config import config_from_dict
 from tunery.errors import DataError
-
-log = logging.getLogger(__name__)
 
 
 def _check_data(data: Any, what: str, columns: tuple[str | None, ...] = ()) -> None:
@@ -48,47 +45,28 @@ def _file_path(data: Any, folder: Path, stem: str) -> str:
     return str((folder / f"{stem}.parquet").resolve())
 
 
-def _write(data: Any, path: str) -> bool:
+def _write(data: Any, path: str, what: str) -> bool:
     """Write a DataFrame to `path` as parquet (kept, so the run's config stays re-runnable); False
     for a path, which is read where it is.
 
-    Object columns that mix strings with numbers (labels 1, 2 and "other") are stored as text, as
-    a CSV of the same rows would be read; pyarrow refuses them as they are."""
+    Columns are stored as a CSV of the same rows would read (`normalize_frame`): labels 1, 2 and
+    "other" in one column become text, which pyarrow would refuse as they are."""
     import pandas as pd
+    import pyarrow as pa
+
+    from tunery.data.load import normalize_frame
 
     if not isinstance(data, pd.DataFrame):
         return False
-    data = _mixed_as_text(data)
+    data = normalize_frame(data, source=what)  # DataError naming the column where it cannot be stored
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     try:
         data.to_parquet(path, index=False)
-    except Exception as err:  # noqa: BLE001 - pyarrow's ArrowTypeError/ArrowInvalid name no column
+    except (pa.ArrowException, TypeError, ValueError) as err:
         Path(path).unlink(missing_ok=True)
-        raise DataError(f"cannot store this DataFrame as parquet ({type(err).__name__}: {err}); give each column "
-                        "one type (texts as str, labels as str or numbers, multi-labels as lists of str)") from err
+        raise DataError(f"{what}: cannot store this DataFrame as parquet ({type(err).__name__}: {err}); give each "
+                        "column one type (texts as str, labels as str or numbers, multi-labels as lists of str)") from err
     return True
-
-
-def _mixed_as_text(df):
-    """`df` with object columns that mix str and number scalars turned into str (missing stay missing)."""
-    import numbers
-
-    import pandas as pd
-
-    out = df
-    for col in df.columns:
-        values = df[col]
-        if values.dtype != object:
-            continue
-        present = values[values.notna()]
-        kinds = {type(v) for v in present}
-        scalar = all(issubclass(k, (str, numbers.Number)) for k in kinds)
-        if scalar and any(issubclass(k, str) for k in kinds) and any(issubclass(k, numbers.Number) for k in kinds):
-            if out is df:
-                out = df.copy()
-            out[col] = values.map(lambda v: v if v is None or (not isinstance(v, str) and pd.isna(v)) else str(v))
-            log.info("column %r mixes text and numbers: stored as text", col)
-    return out
 
 
 class TextClassifier:
@@ -149,7 +127,7 @@ class TextClassifier:
         created = [d for d in (folder, *folder.parents) if not d.exists()]  # deepest first
         try:
             for split, value in splits.items():
-                if _write(value, files[split]):
+                if _write(value, files[split], "data" if split == "train" else split):
                     written.append(Path(files[split]))
         except BaseException:  # a later split cannot be stored: take back the earlier copies
             for path in written:
@@ -193,7 +171,7 @@ class TextClassifier:
         _check_data(data, "data")
         with tempfile.TemporaryDirectory() as tmp:
             path = _file_path(data, Path(tmp), "evaluation")
-            _write(data, path)
+            _write(data, path, "data")
             return evaluate_run(self.run_dir_, data=path)
 
     def save(self, path: str | Path) -> Path:
