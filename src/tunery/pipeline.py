@@ -373,11 +373,10 @@ def _run(p: Prepared, model, work: Path, *, resume: bool, callbacks, store, made
 def _train_and_write(p: Prepared, model, work: Path, *, resume: bool, callbacks) -> tuple[Path, dict]:
     """Train, evaluate, write the run directory; returns it and the model's metrics per split."""
     import torch
+    from safetensors import SafetensorError
 
     from tunery.evaluate.metrics import (compute_metrics, default_metric, greater_is_better, metric_value,
                                          tune_threshold)
-    from safetensors import SafetensorError
-
     from tunery.train.checkpoint import as_os_error
     from tunery.train.loop import Trainer, predict_scores, resolve_precision
 
