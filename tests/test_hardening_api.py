@@ -273,15 +273,22 @@ def test_predict_on_an_injected_full_disk_leaves_nothing(run_dir, tmp_path, monk
 
     real_write = data_load.TableWriter.write
 
+    class _FullFile:
+        """The open output file, whose final flush on close fails again."""
+
+        def __init__(self, file):
+            self.file = file
+
+        def close(self):
+            self.file.close()
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
     def full_disk_write(self, df):
         real_write(self, df.head(1))
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-
-    def failing_close(self):
+        self._file = _FullFile(self._file)
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr(data_load.TableWriter, "write", full_disk_write)
-    monkeypatch.setattr(data_load.TableWriter, "abort", failing_close)
     src = _big_input(tmp_path / "big.csv", rows=50)
     out_dir = tmp_path / "out"
     out_dir.mkdir()

@@ -180,7 +180,7 @@ class Predictor:
                                         text_column, text_pair_column)
             _writing(output_path, writer.close)
         except BaseException:
-            _discard(writer)
+            writer.abort()  # removes the partial file even when its close fails (full disk)
             raise
         return rows
 
@@ -218,19 +218,6 @@ def _writing(output_path, fn, *args):
         reason = os.strerror(err.errno) if err.errno else str(err)
         raise DataError(f"could not write the predictions to {output_path}: {reason}; nothing was kept there. "
                         "Free space (or fix the cause) and run again, or write elsewhere with -o") from err
-
-
-def _discard(writer) -> None:
-    """Remove everything a failed TableWriter wrote: abort() can itself fail to flush on a full
-    disk before it unlinks its temporary file, so the file is removed here whatever happens."""
-    try:
-        writer.abort()
-    except OSError:
-        pass
-    finally:
-        tmp = getattr(writer, "_tmp", None)
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
 
 
 def _autocast(model, precision: str):

@@ -634,16 +634,26 @@ class TableWriter:
         if self._columns is None:  # nothing written: still produce a valid empty file
             self._columns = []
             self._open(pd.DataFrame())
-        if self._parquet is not None:
-            self._parquet.close()
-        if self._file is not None:
-            self._file.close()
-        os.replace(self._tmp, self.path)
+        try:
+            if self._parquet is not None:
+                self._parquet.close()
+            if self._file is not None:
+                self._file.close()
+            os.replace(self._tmp, self.path)
+        except BaseException:
+            self.abort()
+            raise
 
     def abort(self) -> None:
+        """Remove the temporary file, whatever closing it says: on a full disk the close's final
+        flush fails again, and that must not keep the partial file on the disk."""
         for h in (self._parquet, self._file):
             if h is not None:
-                h.close()
+                try:
+                    h.close()
+                except Exception:  # noqa: BLE001 - the file is being thrown away
+                    pass
+        self._parquet = self._file = None
         self._tmp.unlink(missing_ok=True)
 
     def __enter__(self) -> TableWriter:
