@@ -327,3 +327,18 @@ def test_module_exports_the_input_error():
     from tunery.predict import PredictInputError
 
     assert issubclass(PredictInputError, TuneryError) and issubclass(PredictInputError, ValueError)
+
+
+def test_predict_file_refuses_nested_texts_with_their_rows(predictor, tmp_path):
+    src = tmp_path / "nested.jsonl"
+    src.write_text('{"review": "fine"}\n{"review": ["a", "list"]}\n{"review": {"x": 1}}\n{"review": "ok"}\n')
+    out = tmp_path / "preds.csv"
+    with pytest.raises(tunery.errors.DataError, match=r"column 'review', row 2, 3: a list value, not a text"):
+        predictor.predict_file(src, out)
+    assert _files(tmp_path) == ["nested.jsonl"]
+
+    src = tmp_path / "bytes.parquet"
+    pd.DataFrame({"review": [b"horrible film", b"fine"]}).to_parquet(src)
+    with pytest.raises(tunery.errors.DataError, match=r"row 1, 2: a bytes value"):
+        predictor.predict_file(src, out)
+    assert not out.exists()

@@ -185,13 +185,28 @@ class Predictor:
         return rows
 
     def _write_predictions(self, writer, output_path, chunk, text_column: str, text_pair_column: str | None) -> None:
-        texts = chunk[text_column].fillna("").astype(str).tolist()
-        pairs = chunk[text_pair_column].fillna("").astype(str).tolist() if text_pair_column else None
+        texts = _file_texts(chunk, text_column, output_path)
+        pairs = _file_texts(chunk, text_pair_column, output_path) if text_pair_column else None
         scores = self.predict_scores(texts, pairs)
         out = chunk.copy()
         for name, values in self.prediction_columns(scores).items():
             out[name] = values
         _writing(output_path, writer.write, out)
+
+
+def _file_texts(chunk, column: str, output_path) -> list[str]:
+    """A chunk's column as texts: missing values are '', numbers their text; bytes, lists and
+    structs (Parquet/JSONL) are refused with their rows, never scored as their Python repr."""
+    values = chunk[column]
+    nested = values.map(lambda v: isinstance(v, (bytes, bytearray, list, tuple, dict, np.ndarray))).to_numpy()
+    if nested.any():
+        rows = (values.index[nested] + 1).tolist()  # iter_table: a chunk's index + 1 is the row number
+        shown = ", ".join(map(str, rows[:5])) + (f" (and {len(rows) - 5} more)" if len(rows) > 5 else "")
+        kind = type(values[nested].iloc[0]).__name__
+        raise DataError(f"column {column!r}, row {shown}: a {kind} value, not a text; predictions for "
+                        f"{output_path} need plain text in that column (decode bytes, join lists, or "
+                        "choose another column with --text-column)")
+    return values.fillna("").astype(str).tolist()
 
 
 def _empty_frame(input_path, text_column: str, text_pair_column: str | None):
