@@ -310,3 +310,18 @@ def test_a_bug_keeps_its_traceback(monkeypatch):
     result = CliRunner().invoke(app, ["runs", "list"])
     assert result.exit_code == 1
     assert "Traceback" in result.output and "IndexError" in result.output and "bug in tunery" in result.output
+
+
+def test_a_fresh_run_never_takes_over_a_recorded_name(tmp_path):
+    """Two runs with one name in two output directories: the second must not overwrite the
+    first one's record (a resume may, a new run may not)."""
+    from tunery.store import Store
+
+    store = Store()
+    store.start_run(name="shared", path=str(tmp_path / "a" / "shared.partial"), config={}, new=True)
+    store.finish_run("shared", status="completed")
+    with pytest.raises(RunError, match="'shared' is already recorded .*choose another name"):
+        store.start_run(name="shared", path=str(tmp_path / "b" / "shared.partial"), config={}, new=True)
+    assert store.get_run("shared").path == str(tmp_path / "a" / "shared.partial")
+    store.delete_run("shared")
+    assert store.list_runs() == []
