@@ -120,6 +120,16 @@ def test_load_with_a_corrupt_tunery_json_names_the_file_and_the_fix(run_dir, tmp
     assert str(copy) in str(err.value) and "train the run again" in str(err.value)
 
 
+def test_load_with_an_unknown_task_names_the_file_and_the_tasks(run_dir, tmp_path):
+    import json
+
+    copy = _copy_run(run_dir, tmp_path)
+    meta = json.loads((copy / "tunery.json").read_text(encoding="utf-8"))
+    (copy / "tunery.json").write_text(json.dumps({**meta, "task": "ner"}), encoding="utf-8")
+    with pytest.raises(RunError, match=r"tunery\.json: unknown task 'ner'; expected classification, multilabel"):
+        tunery.load(copy)
+
+
 def test_load_with_an_empty_model_dir_names_the_dir_and_the_fix(run_dir, tmp_path):
     copy = _copy_run(run_dir, tmp_path)
     shutil.rmtree(copy / "model")

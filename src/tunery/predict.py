@@ -22,7 +22,6 @@ log = logging.getLogger(__name__)
 
 # keys of tunery.json a Predictor reads; a file without them is damaged, whatever else it holds
 _META_KEYS = ("task", "label_names", "max_length", "text_column")
-_TASKS = ("classification", "multilabel", "regression")
 
 
 class PredictInputError(DataError, ValueError):
@@ -197,8 +196,10 @@ class Predictor:
 def _file_texts(chunk, column: str, output_path) -> list[str]:
     """A chunk's column as texts: missing values are '', numbers their text; bytes, lists and
     structs (Parquet/JSONL) are refused with their rows, never scored as their Python repr."""
+    from tunery.data.load import value_kind
+
     values = chunk[column]
-    nested = values.map(lambda v: isinstance(v, (bytes, bytearray, list, tuple, dict, np.ndarray))).to_numpy()
+    nested = values.map(lambda v: value_kind(v) in ("bytes", "list", "dict")).to_numpy(dtype=bool)
     if nested.any():
         rows = (values.index[nested] + 1).tolist()  # iter_table: a chunk's index + 1 is the row number
         shown = ", ".join(map(str, rows[:5])) + (f" (and {len(rows) - 5} more)" if len(rows) > 5 else "")
@@ -299,6 +300,8 @@ def _read_run_meta(run_dir: Path) -> dict:
     missing = [k for k in _META_KEYS if k not in meta]
     if missing:
         raise RunError(f"{path}: missing {', '.join(map(repr, missing))}; {fix}")
-    if meta["task"] not in _TASKS:
-        raise RunError(f"{path}: unknown task {meta['task']!r} (expected one of {', '.join(_TASKS)}); {fix}")
+    try:
+        get_task(meta["task"])
+    except ValueError as err:
+        raise RunError(f"{path}: {err}; {fix}") from None
     return meta
