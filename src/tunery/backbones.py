@@ -58,6 +58,25 @@ SYNONYMS = {
 }
 
 
+def _hub_reachable(timeout: float = 2.0) -> bool:
+    """Whether the Hugging Face hub (HF_ENDPOINT) can be reached now: not offline by HF_HUB_OFFLINE,
+    and its host resolves and accepts a TCP connection within `timeout` seconds."""
+    import os
+    import socket
+    from urllib.parse import urlsplit
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").upper() in {"1", "ON", "YES", "TRUE"}:
+        return False
+    url = urlsplit(constants.ENDPOINT)
+    try:
+        with socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout):
+            return True
+    except OSError:
+        return False
+
+
 def _is_hf_dir(path: Path) -> bool:
     return path.is_dir() and (path / "config.json").is_file()
 
@@ -81,7 +100,9 @@ def resolve_backbone(name: str) -> str:
         try:
             from transformers import AutoConfig
 
-            AutoConfig.from_pretrained(name)  # succeeds when online or cached
+            # the cache first; the hub only when it answers: offline, huggingface_hub retries a
+            # failed lookup 5 times with backoff (about 25 s) before it gives up
+            AutoConfig.from_pretrained(name, local_files_only=not _hub_reachable())
             return name
         except Exception as err:  # noqa: BLE001 - hub errors come in many types
             first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
