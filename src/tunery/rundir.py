@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from pathlib import Path
 
 from tunery.errors import RunError
@@ -28,15 +29,59 @@ def is_complete(path: Path) -> bool:
     return not path.name.endswith(PARTIAL) and (path / META).is_file() and (path / "model").is_dir()
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write a text file atomically (temporary sibling, then rename); on failure (a full disk)
-    neither a torn file nor the temporary one is left."""
-    tmp = path.with_name(path.name + ".tmp")
+def current_umask() -> int:
+    """The process's umask, read without changing it where Linux shows it (/proc/self/status)."""
     try:
-        tmp.write_text(text, encoding="utf-8")
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)  # elsewhere: the only portable way to read it is to set it back at once
+    os.umask(mask)
+    return mask
+
+
+def file_mode() -> int:
+    """The permissions a plain open() gives a new file: 0644 under umask 022, 0640 under 027."""
+    return 0o666 & ~current_umask()
+
+
+def follow_umask(path: Path) -> None:
+    """Give `path` (a file, or a directory and everything in it) the permissions that open() and
+    mkdir() would have given it. Some writers create private files whatever the umask
+    (tempfile.mkstemp, safetensors: 0600), which a web server or another user then cannot read."""
+    path = Path(path)
+    umask = current_umask()
+    todo = [path]
+    while todo:
+        p = todo.pop()
+        if p.is_symlink():
+            continue
+        if p.is_dir():
+            os.chmod(p, 0o777 & ~umask)
+            todo.extend(p.iterdir())
+        elif p.is_file():
+            os.chmod(p, 0o666 & ~umask)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write a text file atomically (a temporary sibling, then rename), with the permissions open()
+    would give it (the umask's); on failure (a full disk) neither a torn file nor the temporary one
+    is left."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.chmod(tmp, file_mode())  # mkstemp makes it 0600
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            fd = -1
+            f.write(text)
         os.replace(tmp, path)
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        if fd != -1:
+            os.close(fd)
+        Path(tmp).unlink(missing_ok=True)
         raise
 
 

@@ -11,8 +11,6 @@ from __future__ import annotations
 import base64
 import datetime as _dt
 import io
-import os
-import tempfile
 from html import escape
 from pathlib import Path
 from typing import Any
@@ -21,6 +19,7 @@ import numpy as np
 
 from tunery.evaluate.errors import most_confident_mistakes
 from tunery.evaluate.metrics import compute_metrics, greater_is_better, metric_names
+from tunery.rundir import write_text_atomic
 
 _CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:2rem auto;
@@ -496,11 +495,4 @@ def write_report(
         threshold=threshold, calibration_bins=calibration_bins)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(html)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_text_atomic(path, html)  # readable as the umask says, like any other output (not mkstemp's 0600)

@@ -16,15 +16,19 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from tunery.rundir import file_mode
+
 _OS_ERROR = re.compile(r"os error (\d+)")
 
 
 def save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
-    """safetensors' save_file; a failed write raises OSError (ENOSPC, EACCES, ...) naming `path`."""
+    """safetensors' save_file, with the permissions the umask gives (safetensors writes 0600); a
+    failed write raises OSError (ENOSPC, EACCES, ...) naming `path`."""
     try:
         save_file(tensors, str(path))
     except SafetensorError as err:
         raise as_os_error(err, path) from err
+    os.chmod(path, file_mode())
 
 
 def as_os_error(err: Exception, path: Path) -> Exception:
