@@ -228,6 +228,18 @@ def train(config: Optional[Path] = typer.Argument(None, help="run config (YAML)"
     _print_summary(run)
 
 
+def _print_verdict(verdict: Optional[dict]) -> None:
+    """The verdict against the baseline, in plain words (red when the model loses)."""
+    if not verdict:
+        return
+    from tunery.evaluate.verdict import verdict_line
+
+    colour = {"worse": "bold red", "tie": "yellow"}.get(verdict.get("outcome") or "", "green")
+    if not verdict.get("beats_baseline"):
+        colour = "bold red"
+    out.print(f"[{colour}]{escape(verdict_line(verdict))}[/]", highlight=False, soft_wrap=True)
+
+
 def _print_summary(run: Path) -> None:
     metrics = json.loads((run / "metrics.json").read_text())
     table = Table(title=f"run {run.name}")
@@ -238,6 +250,7 @@ def _print_summary(run: Path) -> None:
         base = (metrics.get("baseline") or {}).get(split, {}).get(metrics["metric"])
         table.add_row(split, f"{m.get(metrics['metric']):.4f}", "-" if base is None else f"{base:.4f}")
     out.print(table)
+    _print_verdict(metrics.get("verdict"))
     out.print(f"run:     {run}\nreport:  {run / 'report.html'}\n"
               f"predict: tunery predict {run} --input FILE --output predictions.csv\n"
               f"python:  tunery.load({str(run)!r}).predict([\"some text\"])", highlight=False)
@@ -264,6 +277,7 @@ def evaluate(run: str = typer.Argument(..., help="run directory, run name or reg
             b = (result.get("baseline") or {}).get(k)
             table.add_row(k, f"{v:.4f}", "-" if not isinstance(b, float) else f"{b:.4f}")
     out.print(table)
+    _print_verdict(result.get("verdict"))
     out.print(f"report: {result['report']}", highlight=False)
 
 
@@ -311,7 +325,10 @@ def runs_list(status: Optional[str] = typer.Option(None), limit: int = typer.Opt
     """List runs, newest first."""
     from tunery.store import Store
 
-    records = Store().list_runs(status=status, limit=limit)
+    store = Store()
+    records = store.list_runs(status=status, limit=limit)
+    err.print(f"store: {store.location} (set TUNERY_HOME or TUNERY_DB_URL for another)", markup=False,
+              highlight=False, soft_wrap=True)
     if as_json:
         out.print_json(json.dumps([r.to_dict() for r in records], default=str))
         return

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tunery.errors import ConfigError
 
@@ -59,6 +59,49 @@ class DataConfig(_Part):
     imbalance_ratio_warning: float = Field(
         10.0, gt=1, description="warn when the largest class is this many times the smallest"
     )
+    label_names: dict[str, str] | None = Field(
+        None, description="names for label values, e.g. {0: negative, 1: positive}: every output shows the "
+        "names; classification only"
+    )
+    allow_vocabulary_mismatch: bool = Field(
+        False, description="train even when the backbone's vocabulary misses much of the text ([UNK] "
+        "tokens): the vocabulary error becomes a warning"
+    )
+
+    @field_validator("label_names", mode="before")
+    @classmethod
+    def _label_name_keys(cls, names: Any) -> Any:
+        """YAML keys arrive as int, float, bool or str: each becomes the label value as text
+        (0, 0.0 and "0" are all "0", as the data's labels are read)."""
+        if not isinstance(names, dict):
+            return names
+        out: dict[str, Any] = {}
+        for key, name in names.items():
+            if isinstance(key, float) and key.is_integer():
+                key = int(key)
+            text = str(key).strip()
+            if text in out:
+                raise ValueError(f"label value {key!r} is named twice; give each value one name")
+            if not isinstance(name, str) or not name.strip():
+                raise ValueError(f"the name of label value {key!r} must be non-empty text, e.g. "
+                                 f"{{{text}: positive}}")
+            out[text] = name.strip()
+        seen: dict[str, str] = {}
+        for key, name in out.items():
+            if name in seen:
+                raise ValueError(f"label values {seen[name]!r} and {key!r} have the same name {name!r}; "
+                                 f"give each value its own name")
+            seen[name] = key
+        return out
+
+    @model_validator(mode="after")
+    def _labels_have_names(self) -> DataConfig:
+        if self.label_names is not None and self.labels is not None:
+            unnamed = [v for v in self.labels if str(v).strip() not in self.label_names]
+            if unnamed:
+                raise ValueError(f"label_names: data.labels lists {', '.join(map(repr, unnamed))} with no "
+                                 f"name in data.label_names; add a name for each value")
+        return self
 
 
 class TaskConfig(_Part):
@@ -134,6 +177,10 @@ class TrainConfig(_Part):
     log_every_steps: int = Field(20, ge=1)
     num_threads: int | None = Field(None, ge=1, le=THREADS_MAX, description="torch threads; default all cores")
     progress: bool = True
+    keep_checkpoints: bool = Field(
+        False, description="keep checkpoints/ (the last and best training state) when the run completes; "
+        "by default only model/ (the best weights) is kept"
+    )
 
 
 class EvaluateConfig(_Part):

@@ -22,7 +22,7 @@ from tunery.backbones import resolve_backbone
 from tunery.config import NAME_MAX_BYTES, RunConfig, load_config, save_config
 from tunery.errors import ConfigError, RunError
 from tunery.pooling import add_mean_pooling_layer, model_pooling, resolve_pooling
-from tunery.rundir import META, final_dir, find_resumable, partial_dir, write_json
+from tunery.rundir import META, final_dir, find_resumable, follow_umask, partial_dir, write_json
 from tunery.tasks import Task, get_task
 from tunery.train.batching import Encoded, encode
 from tunery.train.callbacks import Callback, LoggingCallback
@@ -413,6 +413,7 @@ def _train_and_write(p: Prepared, model, work: Path, *, resume: bool, callbacks)
                for split, s in scores.items()}
     baseline = None
     baseline_seconds = None
+    verdict = None
     if cfg.evaluate.baseline:
         from tunery.evaluate.baseline import baseline_scores
 
@@ -427,6 +428,7 @@ def _train_and_write(p: Prepared, model, work: Path, *, resume: bool, callbacks)
                                            calibration_bins=cfg.evaluate.calibration_bins)
                     for split, s in b_scores.items()}
         baseline_seconds = time.time() - t0
+        verdict = _verdict(p, work, metric, metrics, scores, b_scores, y, threshold, b_threshold)
 
     # The model directory loads with plain transformers: LoRA adapters are merged in.
     model_dir = work / "model"
@@ -441,6 +443,7 @@ def _train_and_write(p: Prepared, model, work: Path, *, resume: bool, callbacks)
     except SafetensorError as err:  # a full disk: as the OSError it is
         raise as_os_error(err, model_dir) from err
     p.tokenizer.save_pretrained(model_dir)
+    follow_umask(model_dir)  # safetensors writes model.safetensors 0600
 
     meta = {
         "tunery_version": __version__,
@@ -471,12 +474,43 @@ def _train_and_write(p: Prepared, model, work: Path, *, resume: bool, callbacks)
                 "n_train": len(enc["train"]), "n_validation": len(enc["validation"]), "n_test": len(enc["test"]),
                 "split": data.split_note}
     write_json(work / "metrics.json", {"task": data.task, "metric": metric, "threshold": threshold,
-                                       "model": metrics, "baseline": baseline, "training": training})
+                                       "model": metrics, "baseline": baseline, "training": training,
+                                       **({"verdict": verdict} if verdict else {})})
     _write_report(work, p, meta, metrics, baseline, scores, y, training, threshold)
     write_json(work / META, meta)  # written last: its presence marks a complete run
     final = final_dir(work)
     work.rename(final)
+    if not cfg.train.keep_checkpoints:
+        _drop_checkpoints(final)
     return final, metrics
+
+
+def _drop_checkpoints(run: Path) -> None:
+    """Remove the training state of a completed run: model/ holds the best weights, and nothing is
+    left to resume. Done after the rename, so a crash here leaves a complete run (with some of its
+    checkpoints), never a partial one that cannot be resumed."""
+    ckpt = run / "checkpoints"
+    if ckpt.exists():
+        size = sum(f.stat().st_size for f in ckpt.rglob("*") if f.is_file())
+        shutil.rmtree(ckpt, ignore_errors=True)
+        log.info("removed the training checkpoints of the completed run (%.0f MB); set train.keep_checkpoints: "
+                 "true to keep them", size / 1e6)
+
+
+def _verdict(p: Prepared, work: Path, metric: str, metrics: dict, scores: dict, b_scores: dict, y: dict,
+             threshold, b_threshold) -> dict | None:
+    """Whether the model beats the baseline on test (else validation), with the likely causes."""
+    from tunery.evaluate.verdict import compare, likely_causes, make_verdict, read_history
+
+    split = next((s for s in ("test", "validation") if s in scores and s in b_scores and len(y[s])), None)
+    if split is None:
+        return None
+    label_names = list(p.data.label_names)
+    comparison = compare(p.data.task, metric, y[split], scores[split], b_scores[split], label_names=label_names,
+                         model_threshold=threshold, baseline_threshold=b_threshold, seed=p.cfg.train.seed)
+    causes = likely_causes(data_report=p.report.to_dict(), history=read_history(work), metric=metric,
+                           model_metrics=metrics[split], label_names=label_names)
+    return make_verdict(split, comparison, causes)
 
 
 def _fold_scaling(model, mean: float, scale: float) -> None:
@@ -513,6 +547,25 @@ def _write_report(work: Path, p: Prepared, meta: dict, metrics: dict, baseline, 
                  label_names=meta["label_names"], metrics=metrics, baseline=baseline, predictions=predictions,
                  history=history, n_errors=p.cfg.evaluate.n_errors, threshold=threshold,
                  calibration_bins=p.cfg.evaluate.calibration_bins)
+
+
+def _evaluation_verdict(run_dir: Path, prepared: Prepared | None, meta: dict, split: str, y, scores, b_scores,
+                        metrics: dict, threshold, *, seed: int) -> dict | None:
+    """The verdict of an evaluation: the model against the baseline on the evaluated rows."""
+    from tunery.evaluate.verdict import compare, likely_causes, make_verdict, read_history
+
+    if not len(y):
+        return None
+    label_names = list(meta["label_names"])
+    from tunery.evaluate.metrics import default_metric
+
+    metric = meta.get("metric") or default_metric(meta["task"])
+    comparison = compare(meta["task"], metric, y, scores, b_scores, label_names=label_names,
+                         model_threshold=threshold, baseline_threshold=threshold, seed=seed)
+    report = prepared.report.to_dict() if prepared is not None else None
+    causes = likely_causes(data_report=report, history=read_history(run_dir), metric=metric,
+                           model_metrics=metrics, label_names=label_names)
+    return make_verdict(split, comparison, causes)
 
 
 def evaluate_run(ref: str | Path, *, data: str | Path | None = None) -> dict:
@@ -575,15 +628,19 @@ def evaluate_run(ref: str | Path, *, data: str | Path | None = None) -> dict:
                               calibration_bins=cfg.evaluate.calibration_bins)
     shown = texts if pairs is None else [f"{a} [SEP] {b}" for a, b in zip(texts, pairs)]
     baseline = None
+    verdict = None
     if train_frame is not None and cfg.evaluate.baseline:
         b = baseline_scores(meta["task"], _texts(train_frame), task.y_true(train_frame["label"].tolist(), n_labels),
                             {name: shown}, n_labels=n_labels, seed=cfg.train.seed)
         baseline = compute_metrics(meta["task"], y, b[name], label_names, threshold=threshold,
                                    calibration_bins=cfg.evaluate.calibration_bins)
+        verdict = _evaluation_verdict(run_dir, prepared, meta, name, y, scores, b[name], metrics, threshold,
+                                      seed=cfg.train.seed)
     out_dir = run_dir / "evaluations" / name
     out_dir.mkdir(parents=True, exist_ok=True)
     result = {"run": str(run_dir), "data": str(data) if data else "test split", "n": len(texts),
-              "model": metrics, "baseline": baseline, "report": str(out_dir / "report.html")}
+              "model": metrics, "baseline": baseline, "report": str(out_dir / "report.html"),
+              **({"verdict": verdict} if verdict else {})}
     write_json(out_dir / "metrics.json", result)
     from tunery.evaluate.report import write_report
 

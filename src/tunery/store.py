@@ -1,8 +1,9 @@
 """The record store: runs, model versions, and for serving: tenants, API keys and usage events.
 
 One SQLAlchemy ``Base`` holds every table. The engine is created on first use from a URL:
-``sqlite:///<TUNERY_HOME>/tunery.db`` by default, any SQLAlchemy URL (PostgreSQL) through
-``TUNERY_DB_URL`` or ``Store(url)``. Callers get plain frozen dataclasses, never live ORM rows.
+``sqlite:///<TUNERY_HOME>/tunery.db`` by default (TUNERY_HOME: the per-user data directory), any
+SQLAlchemy URL (PostgreSQL) through ``TUNERY_DB_URL`` or ``Store(url)``. Callers get plain frozen
+dataclasses, never live ORM rows.
 
 SQLite notes. Several processes (training runs, the server, a tuning study) may write one file, so
 each connection turns on WAL and a busy timeout, and every write transaction starts with
@@ -40,6 +41,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     create_engine,
+    delete,
     event,
     func,
     select,
@@ -54,7 +56,7 @@ from sqlalchemy.types import TypeDecorator
 
 from tunery.errors import RunError
 
-__all__ = ["Base", "ModelVersion", "RunRecord", "RunStatus", "Store", "default_db_url"]
+__all__ = ["Base", "ModelVersion", "RunRecord", "RunStatus", "Store", "default_db_url", "tunery_home", "user_home"]
 
 RunStatus = Literal["running", "completed", "failed", "interrupted"]
 RUN_STATUSES: tuple[str, ...] = get_args(RunStatus)
@@ -70,16 +72,51 @@ SQLITE_BUSY_TIMEOUT_MS = 30_000
 _REGISTER_RETRIES = 20
 
 
+def user_home() -> Path:
+    """The per-user default store directory: the platform's user data directory for "tunery"
+    (~/.local/share/tunery on Linux, following XDG_DATA_HOME), the same from every directory."""
+    try:
+        from platformdirs import user_data_path
+    except ImportError:  # platformdirs is a dependency; this keeps XDG's rule where it is missing
+        base = os.environ.get("XDG_DATA_HOME", "").strip()
+        return (Path(base) if base and Path(base).is_absolute() else Path.home() / ".local" / "share") / "tunery"
+    return user_data_path("tunery", appauthor=False)
+
+
+def tunery_home() -> Path:
+    """The store directory: ``TUNERY_HOME`` if set, else `user_home()`. Absolute."""
+    home = os.environ.get("TUNERY_HOME")
+    if home:
+        return Path(home).expanduser().resolve()
+    home_dir = user_home().expanduser().resolve()
+    _warn_about_local_store(home_dir)
+    return home_dir
+
+
+_warned_local: set[Path] = set()
+
+
+def _warn_about_local_store(home: Path) -> None:
+    """Before, the default store was ./.tunery of the working directory: say so, once, where such
+    a store exists, rather than show an empty list of runs without a word."""
+    local = Path(".tunery").resolve()
+    if (local / "tunery.db").is_file() and local != home and local not in _warned_local:
+        _warned_local.add(local)
+        log.warning("a tunery store exists in this directory (%s), but the store used is %s (the default since "
+                    "tunery keeps one store per user); to keep using the one here, set TUNERY_HOME=%s",
+                    local, home, local)
+
+
 def default_db_url() -> str:
-    """``TUNERY_DB_URL`` if set; else ``sqlite:///<TUNERY_HOME>/tunery.db`` (TUNERY_HOME: ./.tunery).
+    """``TUNERY_DB_URL`` if set; else ``sqlite:///<TUNERY_HOME>/tunery.db``, TUNERY_HOME defaulting to
+    the per-user data directory (`user_home()`), so every directory sees the same runs.
 
     Nothing is created here; the directory appears when a Store first connects.
     """
     url = os.environ.get("TUNERY_DB_URL")
     if url:
         return url
-    home = Path(os.environ.get("TUNERY_HOME") or ".tunery").expanduser().resolve()
-    return f"sqlite:///{home / 'tunery.db'}"
+    return f"sqlite:///{tunery_home() / 'tunery.db'}"
 
 
 def _now() -> datetime:
@@ -410,6 +447,16 @@ class Store:
     def _where(self) -> str:
         return make_url(self.url).render_as_string(hide_password=True)
 
+    @property
+    def location(self) -> str:
+        """Where this store keeps its records, for people: a SQLite file's path, else the database
+        URL with its password hidden."""
+        url = make_url(self.url)
+        if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:" \
+                and not url.database.startswith("file:"):
+            return str(Path(url.database).expanduser().resolve())
+        return self._where
+
     # -- engine and sessions ------------------------------------------------------------------
 
     def _setup(self) -> None:
@@ -656,14 +703,27 @@ class Store:
         run_name: str | None = None,
         alias: str | None = None,
         metrics: dict[str, Any] | None = None,
+        refuse_duplicate: bool = False,
     ) -> ModelVersion:
-        """Add the next version of model ``name`` (1 for a new name), optionally aliased."""
+        """Add the next version of model ``name`` (1 for a new name), optionally aliased.
+
+        ``refuse_duplicate=True``: raise RunError when this run (same path, or same run name) is
+        already a version of ``name``, instead of registering it again as a new version."""
         _check_name(name, "model name")
         if alias is not None:
             _check_name(alias, "alias")
         for attempt in range(_REGISTER_RETRIES):
             try:
                 with self._session(write=True) as s:
+                    if refuse_duplicate:
+                        same = self._same_run(s, name, str(run_path), run_name)
+                        if same:
+                            refs = ", ".join(f"{name}@{v}" for v in same)
+                            raise RunError(
+                                f"run {run_name or run_path} is already registered as {refs}; use that "
+                                f"version (tunery models alias {name} ALIAS {same[-1]}), or pass --force to "
+                                "register it again as a new version"
+                            )
                     latest = s.scalar(
                         select(func.max(ModelVersionRow.version)).where(ModelVersionRow.name == name)
                     )
@@ -683,6 +743,91 @@ class Store:
             f"could not register a new version of model {name!r} in {self._where} after "
             f"{_REGISTER_RETRIES} attempts: too many concurrent registrations, try again"
         )
+
+    @staticmethod
+    def _same_run(s: Session, name: str, run_path: str, run_name: str | None) -> list[int]:
+        """Versions of ``name`` that hold this run (same path, or same run name)."""
+        same = ModelVersionRow.run_path == run_path
+        if run_name:
+            same = same | (ModelVersionRow.run_name == run_name)
+        return list(
+            s.scalars(
+                select(ModelVersionRow.version)
+                .where(ModelVersionRow.name == name, same)
+                .order_by(ModelVersionRow.version)
+            )
+        )
+
+    def versions_of_run(self, run_path: str, run_name: str | None = None) -> list[ModelVersion]:
+        """Every registered version (of any model) that holds this run."""
+        same = ModelVersionRow.run_path == str(run_path)
+        if run_name:
+            same = same | (ModelVersionRow.run_name == run_name)
+        query = select(ModelVersionRow).where(same).order_by(ModelVersionRow.name, ModelVersionRow.version)
+        with self._session() as s:
+            rows = s.scalars(query).all()
+            aliases = self._aliases(s, sorted({r.name for r in rows}))
+            return [ModelVersion._from_row(r, aliases.get(r.name, {}).get(r.version, [])) for r in rows]
+
+    def delete_model(self, ref: str) -> list[ModelVersion]:
+        """Remove ``name@N`` (that version) or ``name`` (every version), with the aliases that
+        point at what is removed; returns the removed versions. The run directories stay."""
+        if ":" in ref:
+            name, _, alias = ref.partition(":")
+            raise RunError(
+                f"{ref!r} is an alias: delete the version it points to ({name}@N, see tunery models list "
+                f"{name}), or move the alias with tunery models alias {name} {alias} VERSION"
+            )
+        name, _, text = ref.partition("@")
+        with self._session(write=True) as s:
+            versions = self._versions(s, name)
+            if text:
+                if not text.isdigit() or int(text) not in versions:
+                    raise RunError(
+                        f"model {name!r} has no version {text} in {self._where}; versions: "
+                        f"{_listing([str(v) for v in versions])}"
+                    )
+                versions = [int(text)]
+            aliases = self._aliases(s, [name]).get(name, {})
+            rows = s.scalars(
+                select(ModelVersionRow).where(
+                    ModelVersionRow.name == name, ModelVersionRow.version.in_(versions)
+                )
+            ).all()
+            removed = [ModelVersion._from_row(r, aliases.get(r.version, [])) for r in rows]
+            s.execute(
+                delete(ModelAliasRow).where(
+                    ModelAliasRow.name == name, ModelAliasRow.version.in_(versions)
+                )
+            )
+            s.flush()  # the aliases reference the versions
+            s.execute(
+                delete(ModelVersionRow).where(
+                    ModelVersionRow.name == name, ModelVersionRow.version.in_(versions)
+                )
+            )
+        return sorted(removed, key=lambda v: v.version)
+
+    def relocate_model(
+        self, ref: str, run_path: str, *, run_name: str | None = None
+    ) -> ModelVersion:
+        """Point the version ``ref`` resolves to at ``run_path`` (its run was moved there); the
+        aliases and metrics stay. Checking the directory is the caller's part."""
+        version = self.resolve_model(ref)
+        with self._session(write=True) as s:
+            row = s.scalars(
+                select(ModelVersionRow)
+                .where(
+                    ModelVersionRow.name == version.name, ModelVersionRow.version == version.version
+                )
+                .with_for_update()
+            ).one_or_none()
+            if row is None:
+                raise RunError(f"{version.ref} was deleted meanwhile; register the run again")
+            row.run_path = str(run_path)
+            if run_name is not None:
+                row.run_name = run_name
+            return ModelVersion._from_row(row, version.aliases)
 
     def set_alias(self, name: str, alias: str, version: int) -> None:
         """Point ``name:alias`` at ``version``, moving the alias if it pointed elsewhere."""
