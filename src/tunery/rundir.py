@@ -97,14 +97,17 @@ def read_meta(run: Path) -> dict:
 def _store_lookup(ref: str):
     from tunery.store import Store
 
+    from tunery.store import registered_run
+
     store = Store()
     try:
-        return Path(store.resolve_model(ref).run_path)
+        version = store.resolve_model(ref)
     except RunError as model_err:
         try:
             return Path(store.get_run(ref).path)
         except RunError:
             raise model_err from None
+    return registered_run(version)  # says where a moved run was and how to re-point it
 
 
 def find_run(ref: str | Path) -> Path:

@@ -385,6 +385,26 @@ class ModelVersion:
         )
 
 
+def registered_run(version: ModelVersion) -> Path:
+    """The run directory of a registered version. When it is gone (moved or deleted), a RunError
+    that says where it was and how to re-point or remove the entry."""
+    from tunery.rundir import is_complete
+
+    path = Path(version.run_path)
+    if is_complete(path):
+        return path
+    what = (
+        "no longer exists"
+        if not path.exists()
+        else "is no longer a complete run directory (it needs tunery.json and model/)"
+    )
+    raise RunError(
+        f"model {version.ref} is registered at {path}, which {what}: the run was moved or deleted. "
+        f"If it was moved, re-point the entry with `tunery models relocate {version.ref} NEW_DIR`; "
+        f"if it is gone, remove the entry with `tunery models delete {version.ref}`"
+    )
+
+
 # ----------------------------------------------------------------------------------------------
 # Helpers
 # ----------------------------------------------------------------------------------------------
