@@ -161,7 +161,9 @@ def validate(file: Path = typer.Argument(..., help="training data file"),
              text_pair_column: Optional[str] = typer.Option(None),
              task: Optional[str] = typer.Option(None, help="classification, multilabel or regression"),
              max_length: Optional[int] = typer.Option(None, help="token limit for the truncation check"),
-             backbone: str = typer.Option("minilm-l6", help="tokenizer used for the truncation check"),
+             backbone: Optional[str] = typer.Option(
+                 None, help="backbone whose tokenizer the truncation and vocabulary checks use (default: the "
+                 "config's model.backbone, else minilm-l6)"),
              as_json: bool = typer.Option(False, "--json", help="print the report as JSON")):
     """Check a data file (and eval files) for problems; exit 1 if any error is found."""
     from tunery.backbones import resolve_backbone
@@ -178,8 +180,9 @@ def validate(file: Path = typer.Argument(..., help="training data file"),
     task_cfg = load_config(config).task if config else TaskConfig()
     if task:
         task_cfg = TaskConfig(type=task)
+    backbone = backbone or (load_config(config).model.backbone if config else "minilm-l6")
     tokenizer = load_tokenizer(resolve_backbone(backbone))
-    _, report = prepare(data_cfg, task_cfg, tokenizer=tokenizer)
+    _, report = prepare(data_cfg, task_cfg, tokenizer=tokenizer, backbone=backbone)
     if as_json:
         out.print_json(json.dumps(report.to_dict(), default=str))
     else:
@@ -188,11 +191,48 @@ def validate(file: Path = typer.Argument(..., help="training data file"),
         raise typer.Exit(1)
 
 
+def _counts_text(counts: dict, limit: int = 12, *, by_size: bool = True) -> str:
+    items = sorted(counts.items(), key=lambda kv: -kv[1]) if by_size else list(counts.items())
+    text = " · ".join(f"{escape(str(k))} {v:,}" for k, v in items[:limit])
+    return text + (f" · ... ({len(items) - limit} more)" if len(items) > limit else "")
+
+
+def _summary_lines(s: dict) -> list[str]:
+    """The data in a few lines: files and rows, task and columns, splits, classes, text lengths and
+    vocabulary coverage (what validate measured; parts it could not reach are left out)."""
+    from tunery.data.coverage import describe_scripts
+
+    lines = []
+    for path, f in (s.get("files") or {}).items():
+        lines.append(f"[bold]{f['role']}[/]: {escape(path)} ({f['rows']:,} rows)")
+    if "task" in s:
+        cols = s.get("columns") or {}
+        names = " · ".join(f"{k} {v!r}" for k, v in cols.items() if v)
+        lines.append(f"[bold]task[/]: {s['task']}{' (inferred)' if s.get('task_inferred') else ''} · "
+                     f"columns: {escape(names)}")
+    if "splits" in s:
+        lines.append(f"[bold]splits[/]: {_counts_text(s['splits'], by_size=False)}"
+                     + (f" ({escape(s['split_note'])})" if s.get("split_note") else ""))
+    counts = (s.get("label_counts") or {}).get("train") or s.get("train_label_counts")
+    if counts:
+        lines.append(f"[bold]classes[/] (train, {len(counts)}): {_counts_text(counts)}")
+    for path, t in (s.get("token_lengths") or {}).items():
+        lines.append(f"[bold]text length[/] ({escape(Path(path).name)}): median {t['p50']} tokens, "
+                     f"p95 {t['p95']}, longest {t['max']}")
+    for path, v in (s.get("vocabulary") or {}).items():
+        scripts = describe_scripts(v["scripts"])
+        langs = f"; backbone languages: {v['backbone_languages']}" if v.get("backbone_languages") else ""
+        lines.append(f"[bold]vocabulary[/] ({escape(Path(path).name)}): {100 * v['unk_token_share']:.1f}% "
+                     f"[UNK] tokens, {100 * v['unk_text_share']:.0f}% of texts with [UNK]; "
+                     f"letters: {scripts}{langs}".replace("[UNK]", r"\[UNK]"))
+    return lines
+
+
 def _print_report(report) -> None:
-    s = report.summary
-    if s:
-        out.print(" ".join(f"[bold]{k}[/]: {v}" for k, v in s.items() if not isinstance(v, (dict, list))),
-                  highlight=False)
+    for line in _summary_lines(report.summary):
+        out.print(line, highlight=False, soft_wrap=True)
+    if report.findings:
+        out.print("")
     for f in report.findings:
         colour = "red" if f.severity == "error" else "yellow"
         out.print(f"[{colour}]{f.severity}[/] {escape(f'[{f.code}]')} {escape(f.message)}", highlight=False,
@@ -318,11 +358,43 @@ def backbones():
 
 
 # --------------------------------------------------------------------------------------------
+def _run_metrics(record) -> dict:
+    """A run's metrics.json (the selection metric, model and baseline per split, the verdict);
+    from the record alone when the file cannot be read (a run on another machine)."""
+    path = Path(record.path) / "metrics.json"
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        model = {k: v for k, v in (record.metrics or {}).items() if isinstance(v, dict)}
+        metric = next((k for k in ("accuracy", "micro_f1", "rmse")
+                       if any(k in m for m in model.values())), None)
+        return {"metric": metric, "model": model, "baseline": None}
+
+
+def _headline(doc: dict) -> tuple[str, Optional[str], Optional[float], Optional[float]]:
+    """(metric, split, model value, baseline value) on test, else validation."""
+    metric = doc.get("metric")
+    model, baseline = doc.get("model") or {}, doc.get("baseline") or {}
+    split = next((s for s in ("test", "validation") if isinstance((model.get(s) or {}).get(metric), (int, float))),
+                 None)
+    if metric is None or split is None:
+        return metric or "", None, None, None
+    base = (baseline.get(split) or {}).get(metric)
+    return metric, split, model[split][metric], base if isinstance(base, (int, float)) else None
+
+
+def _verdict_word(verdict: Optional[dict]) -> str:
+    if not verdict:
+        return ""
+    return {"better": "beats baseline", "tie": "level with baseline"}.get(
+        verdict.get("outcome") or "", "beats baseline" if verdict.get("beats_baseline") else "LOSES to baseline")
+
+
 @runs_app.command("list")
 @_guard
 def runs_list(status: Optional[str] = typer.Option(None), limit: int = typer.Option(50),
               as_json: bool = typer.Option(False, "--json")):
-    """List runs, newest first."""
+    """List runs, newest first: the selection metric beside the baseline's. Names are never cut."""
     from tunery.store import Store
 
     store = Store()
@@ -332,49 +404,162 @@ def runs_list(status: Optional[str] = typer.Option(None), limit: int = typer.Opt
     if as_json:
         out.print_json(json.dumps([r.to_dict() for r in records], default=str))
         return
+    longest = max((len(r.name) for r in records), default=4)
     table = Table()
-    for col in ("name", "status", "task", "backbone", "started", "metric", "path"):
-        table.add_column(col)
+    table.add_column("name", no_wrap=True, min_width=longest)  # every other command needs it whole
+    table.add_column("status")
+    table.add_column("task")
+    table.add_column("backbone", overflow="fold")
+    table.add_column("started")
+    table.add_column("metric")
+    table.add_column("baseline")
+    table.add_column("path", overflow="fold")
     for r in records:
-        metric = ""
-        if r.metrics:
-            m = r.metrics.get("test") or r.metrics.get("validation") or {}
-            key = next((k for k in ("accuracy", "micro_f1", "rmse") if k in m), None)
-            metric = f"{key} {m[key]:.4f}" if key else ""
-        table.add_row(r.name, r.status, r.task or "", r.backbone or "", str(r.started_at)[:19], metric, r.path)
+        metric, split, value, base = _headline(_run_metrics(r)) if r.status == "completed" else ("", None, None, None)
+        shown = f"{metric} {value:.4f}" if value is not None else ""
+        table.add_row(escape(r.name), r.status, r.task or "", escape(r.backbone or ""), str(r.started_at)[:16],
+                      shown, "" if base is None else f"{base:.4f}", escape(r.path))
     out.print(table)
 
 
 @runs_app.command("show")
 @_guard
-def runs_show(name: str):
-    """Everything recorded about one run."""
+def runs_show(name: str, as_json: bool = typer.Option(False, "--json", help="the raw record as JSON")):
+    """A summary of one run: status, data, backbone, metrics beside the baseline, verdict, where it is."""
     from tunery.store import Store
 
-    out.print_json(json.dumps(Store().get_run(name).to_dict(), default=str))
+    record = Store().get_run(name)
+    if as_json:
+        out.print_json(json.dumps(record.to_dict(), default=str))
+        return
+    doc = _run_metrics(record)
+    cfg = record.config or {}
+    data = cfg.get("data") or {}
+    training = doc.get("training") or {}
+    lines = [("run", f"{record.name} ({record.status})"), ("path", record.path),
+             ("task", record.task or "-"),
+             ("backbone", f"{record.backbone or '-'} ({(cfg.get('model') or {}).get('method', 'full')})"),
+             ("data", ", ".join(f"{k} {data[k]}" for k in ("train", "validation", "test") if data.get(k)) or "-")]
+    if training:
+        lines.append(("rows", f"{training.get('n_train')} train / {training.get('n_validation')} validation / "
+                              f"{training.get('n_test')} test"))
+        lines.append(("training", f"{training.get('steps')} steps, best at step {training.get('best_step')}, "
+                                  f"{training.get('train_seconds')} s"))
+    lines.append(("started", str(record.started_at)[:19] + (f", finished {str(record.finished_at)[:19]}"
+                                                          if record.finished_at else "")))
+    if record.error:
+        lines.append(("error", record.error))
+    width = max(len(k) for k, _ in lines)
+    for k, v in lines:
+        out.print(f"[bold]{k:<{width}}[/]  {escape(str(v))}", highlight=False, soft_wrap=True)
+    metric = doc.get("metric")
+    if doc.get("model") and metric:
+        table = Table(title=f"{metric} (selection metric)")
+        table.add_column("split")
+        table.add_column("model")
+        table.add_column("baseline")
+        for split, m in doc["model"].items():
+            value = (m or {}).get(metric)
+            base = ((doc.get("baseline") or {}).get(split) or {}).get(metric)
+            table.add_row(split, "-" if not isinstance(value, (int, float)) else f"{value:.4f}",
+                          "-" if not isinstance(base, (int, float)) else f"{base:.4f}")
+        out.print(table)
+    _print_verdict(doc.get("verdict"))
+    if record.status == "completed":
+        out.print(f"report: {Path(record.path) / 'report.html'}   (--json for the raw record)", highlight=False)
+
+
+@runs_app.command("compare")
+@_guard
+def runs_compare(names: list[str] = typer.Argument(..., help="two or more run names"),
+                 as_json: bool = typer.Option(False, "--json")):
+    """The metrics of several runs side by side (test split, else validation), with the baseline."""
+    from tunery.store import Store
+
+    if len(names) < 2:
+        _fail(TuneryError(f"give at least two runs to compare (got {len(names)}); tunery runs list shows them"))
+    store = Store()
+    records = [store.get_run(n) for n in names]
+    docs = [_run_metrics(r) for r in records]
+    heads = [_headline(d) for d in docs]
+    splits = {h[1] for h in heads if h[1]}
+    split = "test" if splits == {"test"} else ("validation" if all(
+        ((d.get("model") or {}).get("validation")) for d in docs) else next(iter(splits), None))
+    rows: list[str] = []
+    for d in docs:
+        for k, v in ((d.get("model") or {}).get(split) or {}).items():
+            if isinstance(v, float) and k not in rows:
+                rows.append(k)
+    selection = [h[0] for h in heads if h[0]]
+    if selection and selection[0] in rows:
+        rows.remove(selection[0])
+        rows.insert(0, selection[0])
+
+    def value(d: dict, part: str, k: str):
+        v = ((d.get(part) or {}).get(split) or {}).get(k)
+        return v if isinstance(v, (int, float)) else None
+
+    if as_json:
+        out.print_json(json.dumps({"split": split, "runs": [
+            {"name": r.name, "task": r.task, "backbone": r.backbone, "metric": d.get("metric"),
+             "model": {k: value(d, "model", k) for k in rows}, "baseline": {k: value(d, "baseline", k) for k in rows},
+             "verdict": d.get("verdict")} for r, d in zip(records, docs)]}, default=str))
+        return
+    table = Table(title=f"{split or 'no'} split")
+    table.add_column("")
+    for r in records:
+        table.add_column(escape(r.name), no_wrap=True, justify="right")
+    table.add_row("task", *[r.task or "-" for r in records])
+    table.add_row("backbone", *[escape(r.backbone or "-") for r in records])
+    table.add_row("selection metric", *[d.get("metric") or "-" for d in docs])
+    for k in rows:
+        table.add_row(k, *["-" if value(d, "model", k) is None else f"{value(d, 'model', k):.4f}" for d in docs])
+    for k in rows[:1]:
+        table.add_row(f"baseline {k}", *["-" if value(d, "baseline", k) is None else f"{value(d, 'baseline', k):.4f}"
+                                         for d in docs])
+    table.add_row("verdict", *[_verdict_word(d.get("verdict")) or "-" for d in docs])
+    out.print(table)
 
 
 @models_app.command("register")
 @_guard
 def models_register(run: str = typer.Argument(..., help="completed run directory or run name"),
                     name: str = typer.Option(..., "--name", help="model name, e.g. sentiment"),
-                    alias: Optional[str] = typer.Option(None, help="also point this alias at it, e.g. prod")):
-    """Register a completed run as the next version of a model."""
+                    alias: Optional[str] = typer.Option(None, help="also point this alias at it, e.g. prod"),
+                    force: bool = typer.Option(False, "--force", help="register even a run that loses to its "
+                                               "baseline, or one already registered (as a new version)")):
+    """Register a completed run as the next version of a model. A run that loses to its baseline,
+    or one already registered under NAME, is refused unless --force."""
+    from tunery.evaluate.verdict import verdict_line
     from tunery.rundir import find_run
     from tunery.store import Store
 
     run_dir = find_run(run)
     metrics_path = run_dir / "metrics.json"
-    metrics = json.loads(metrics_path.read_text()).get("model") if metrics_path.exists() else None
-    version = Store().register_model(name, run_path=str(run_dir), run_name=run_dir.name, alias=alias,
-                                     metrics=metrics)
-    out.print(f"registered {version.ref}" + (f" (alias {alias})" if alias else ""))
+    doc = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
+    verdict = doc.get("verdict")
+    if verdict and not verdict.get("beats_baseline") and not force:
+        _fail(TuneryError(f"not registering run {run_dir.name}: it does not beat its baseline. "
+                          f"{verdict_line(verdict)} Improve the run, serve the baseline, or pass --force to "
+                          "register it anyway"))
+    store = Store()
+    earlier = store.versions_of_run(str(run_dir), run_dir.name)
+    version = store.register_model(name, run_path=str(run_dir), run_name=run_dir.name, alias=alias,
+                                   metrics=doc.get("model"), refuse_duplicate=not force)
+    out.print(f"registered {version.ref}" + (f" (alias {alias})" if alias else ""), highlight=False)
+    if earlier:
+        err.print(f"note: run {escape(run_dir.name)} is also registered as "
+                  f"{', '.join(v.ref for v in earlier)}", highlight=False)
+    if verdict and not verdict.get("beats_baseline"):
+        err.print(f"[yellow]warning:[/] registered with --force although it loses to its baseline: "
+                  f"{escape(verdict['summary'])}", highlight=False)
 
 
 @models_app.command("list")
 @_guard
 def models_list(name: Optional[str] = typer.Argument(None), as_json: bool = typer.Option(False, "--json")):
-    """List registered model versions."""
+    """List registered model versions (a run that was moved or deleted is marked MISSING)."""
+    from tunery.rundir import is_complete
     from tunery.store import Store
 
     versions = Store().list_models(name)
@@ -382,10 +567,13 @@ def models_list(name: Optional[str] = typer.Argument(None), as_json: bool = type
         out.print_json(json.dumps([v.to_dict() for v in versions], default=str))
         return
     table = Table()
-    for col in ("model", "aliases", "run", "created"):
-        table.add_column(col)
+    table.add_column("model", no_wrap=True)
+    table.add_column("aliases")
+    table.add_column("run", overflow="fold")
+    table.add_column("created")
     for v in versions:
-        table.add_row(v.ref, ", ".join(v.aliases), v.run_path, str(v.created_at)[:19])
+        gone = "" if is_complete(Path(v.run_path)) else " [red]MISSING (tunery models relocate / delete)[/]"
+        table.add_row(v.ref, ", ".join(v.aliases), escape(v.run_path) + gone, str(v.created_at)[:19])
     out.print(table)
 
 
@@ -397,6 +585,58 @@ def models_alias(name: str, alias: str, version: int):
 
     Store().set_alias(name, alias, version)
     out.print(f"{name}:{alias} -> {name}@{version}")
+
+
+@models_app.command("delete")
+@_guard
+def models_delete(ref: str = typer.Argument(..., help="NAME@N (one version) or NAME (every version)"),
+                  yes: bool = typer.Option(False, "--yes", "-y", help="delete every version of NAME without asking")):
+    """Remove a registered version (and the aliases pointing at it). The run directory is kept."""
+    from tunery.store import Store
+
+    store = Store()
+    if "@" not in ref and ":" not in ref and not yes:
+        versions = store.list_models(ref) if ref else []
+        listing = ", ".join(v.ref for v in versions) or "none"
+        if not sys.stdin.isatty():
+            _fail(TuneryError(f"{ref!r} names every version of the model ({listing}); pass --yes to delete them "
+                              f"all, or give one version: {ref}@N"))
+        if versions and not typer.confirm(f"delete every version of {ref} ({listing})?", err=True):
+            raise typer.Exit(1)
+    for v in store.delete_model(ref):
+        aliases = f" (aliases {', '.join(v.aliases)} removed)" if v.aliases else ""
+        out.print(f"deleted {v.ref}{aliases}; the run stays at {v.run_path}", highlight=False)
+
+
+@models_app.command("relocate")
+@_guard
+def models_relocate(ref: str = typer.Argument(..., help="NAME@N, NAME:ALIAS or NAME (latest)"),
+                    new_dir: Path = typer.Argument(..., help="where the run directory is now"),
+                    force: bool = typer.Option(False, "--force", help="accept a run with another name")):
+    """Re-point a registered version at its run's new directory (after the run was moved)."""
+    from tunery.errors import RunError
+    from tunery.rundir import is_complete, read_meta
+    from tunery.store import Store
+
+    store = Store()
+    version = store.resolve_model(ref)
+    if not is_complete(new_dir):
+        _fail(TuneryError(f"{new_dir} is not a complete run directory (it needs tunery.json and model/); give "
+                          f"the directory run {version.run_name or version.run_path} was moved to"))
+    run_dir = new_dir.resolve()
+    found = read_meta(run_dir).get("name") or run_dir.name
+    if version.run_name and found != version.run_name and not force:
+        _fail(TuneryError(f"{run_dir} holds run {found!r}, but {version.ref} was registered from run "
+                          f"{version.run_name!r}; give that run's new directory, register this one as a new "
+                          f"version (tunery models register {run_dir} --name {version.name}), or pass --force"))
+    moved = store.relocate_model(version.ref, str(run_dir), run_name=found)
+    try:  # the run's own record follows it, when it is the same run and its old place is gone
+        record = store.get_run(found)
+        if not Path(record.path).exists():
+            store.update_run(found, path=str(run_dir))
+    except RunError:
+        pass
+    out.print(f"{moved.ref} -> {run_dir} (was {version.run_path})", highlight=False)
 
 
 # --------------------------------------------------------------------------------------------

@@ -110,17 +110,17 @@ class Prepared:
     encoded: dict[str, Encoded] | None = None  # the tokenised splits, filled by preflight
 
 
-def prepare_run(cfg: RunConfig) -> Prepared:
+def prepare_run(cfg: RunConfig, *, quiet: bool = False) -> Prepared:
     """Resolve the backbone, read and validate the data. Raises DataError on any error, having
-    written nothing."""
+    written nothing. The data warnings are logged unless `quiet` (the data was checked before)."""
     from tunery.data.validate import prepare
 
     backbone_path = resolve_backbone(cfg.model.backbone)
     tokenizer = load_tokenizer(backbone_path)
-    data, report = prepare(cfg.data, cfg.task, tokenizer=tokenizer)
+    data, report = prepare(cfg.data, cfg.task, tokenizer=tokenizer, backbone=cfg.model.backbone)
     report.raise_for_errors()
     for finding in report.warnings:
-        log.warning("%s", finding.message)
+        log.log(logging.DEBUG if quiet else logging.WARNING, "%s", finding.message)
     labels = data.train["label"].astype(float) if data.task == "regression" else None
     task = get_task(data.task,
                     label_mean=float(labels.mean()) if labels is not None else 0.0,
@@ -530,7 +530,7 @@ def _fold_scaling(model, mean: float, scale: float) -> None:
 
 
 def _write_report(work: Path, p: Prepared, meta: dict, metrics: dict, baseline, scores, y, training, threshold):
-    from tunery.evaluate.report import write_report
+    from tunery.evaluate.report import summarize_splits, write_report
 
     history = []
     log_path = work / "log.jsonl"
@@ -543,10 +543,22 @@ def _write_report(work: Path, p: Prepared, meta: dict, metrics: dict, baseline, 
                 "training time": f"{training['train_seconds']:.0f} s ({training['samples_per_s']:.0f} samples/s)",
                 "data warnings": len(p.report.warnings)}
     predictions = {split: (_texts(getattr(p.data, split)), y[split], s) for split, s in scores.items()}
+    frames = {split: getattr(p.data, split) for split in ("train", "validation", "test")}
+    written = json.loads((work / "metrics.json").read_text(encoding="utf-8"))  # the verdict, if any
     write_report(work / "report.html", title=f"tunery run {meta['name']}", run_info=run_info, task=meta["task"],
                  label_names=meta["label_names"], metrics=metrics, baseline=baseline, predictions=predictions,
                  history=history, n_errors=p.cfg.evaluate.n_errors, threshold=threshold,
-                 calibration_bins=p.cfg.evaluate.calibration_bins)
+                 calibration_bins=p.cfg.evaluate.calibration_bins, verdict=written.get("verdict"),
+                 data_summary=summarize_splits(frames, meta["task"], meta["label_names"]),
+                 findings=p.report.to_dict()["findings"], config=p.cfg.to_dict(),
+                 origins={split: _origins(frames[split]) for split in scores})
+
+
+def _origins(frame) -> tuple[list, list] | None:
+    """(rows, sources) of a prepared frame: where each example is in the user's file."""
+    if "row" not in frame or "source" not in frame:
+        return None
+    return frame["row"].tolist(), frame["source"].tolist()
 
 
 def _evaluation_verdict(run_dir: Path, prepared: Prepared | None, meta: dict, split: str, y, scores, b_scores,
@@ -572,8 +584,7 @@ def evaluate_run(ref: str | Path, *, data: str | Path | None = None) -> dict:
     """Evaluate a completed run on a labelled file (or its own test split), beside the TF-IDF
     baseline trained on the run's training split. Writes metrics.json and report.html under
     <run>/evaluations/<name>/ and returns the metrics."""
-    from tunery.data.load import read_table
-    from tunery.data.validate import encode_labels
+    from tunery.data.validate import check_file
     from tunery.evaluate.baseline import baseline_scores
     from tunery.evaluate.metrics import compute_metrics
     from tunery.predict import load
@@ -590,7 +601,7 @@ def evaluate_run(ref: str | Path, *, data: str | Path | None = None) -> dict:
         log.warning("no baseline and no test split: %s changed since the run was trained", ", ".join(changed))
     else:
         try:
-            prepared = prepare_run(cfg)
+            prepared = prepare_run(cfg, quiet=True)  # its warnings were shown when it trained
             train_frame = prepared.data.train
         except Exception as e:  # noqa: BLE001 - the training file may be gone; the model still evaluates
             log.warning("no baseline: the run's training data cannot be prepared again (%s)", e)
@@ -603,24 +614,18 @@ def evaluate_run(ref: str | Path, *, data: str | Path | None = None) -> dict:
         pairs = frame["text_pair"].astype(str).tolist() if "text_pair" in frame else None
         labels = frame["label"].tolist()
     else:
-        frame = read_table(data)
+        # the file evaluated is checked as training checks its files; the training files are not
+        frame, report = check_file(str(data), cfg.data, task=meta["task"], label_names=label_names,
+                                   text_column=meta["text_column"], text_pair_column=meta.get("text_pair_column"),
+                                   label_column=meta["label_column"], delimiter=meta.get("label_delimiter"),
+                                   tokenizer=predictor.tokenizer, backbone=cfg.model.backbone)
+        report.raise_for_errors()
+        for finding in report.warnings:
+            log.warning("%s", finding.message)
         name = Path(data).name.split(".")[0]
-        for col in filter(None, (meta["text_column"], meta.get("text_pair_column"), meta["label_column"])):
-            if col not in frame.columns:
-                raise RunError(f"{data}: no column {col!r}, which the run was trained with "
-                               f"(columns: {', '.join(map(str, frame.columns))})")
-        texts = frame[meta["text_column"]].fillna("").astype(str).tolist()
-        pair_col = meta.get("text_pair_column")
-        pairs = frame[pair_col].fillna("").astype(str).tolist() if pair_col else None
-        enc = encode_labels(frame[meta["label_column"]], meta["task"], label_names,
-                            delimiter=meta.get("label_delimiter"))
-        if not enc.valid.all():
-            rows = (np.flatnonzero(~enc.valid.to_numpy()) + 1)[:10].tolist()
-            unseen = f"; labels the model does not know: {', '.join(enc.unseen_values[:10])}" if enc.unseen_values else ""
-            raise RunError(f"{data}: {int((~enc.valid).sum())} rows have missing, unreadable or unknown labels in "
-                           f"column {meta['label_column']!r} (rows {', '.join(map(str, rows))}){unseen}; "
-                           f"the model's labels are {label_names}. Fix or remove those rows.")
-        labels = enc.encoded.tolist()
+        texts = frame["text"].tolist()
+        pairs = frame["text_pair"].tolist() if "text_pair" in frame else None
+        labels = frame["label"].tolist()
     y = task.y_true(labels, n_labels)
     scores = predictor.predict_scores(texts, pairs)
     threshold = predictor.threshold
@@ -650,5 +655,7 @@ def evaluate_run(ref: str | Path, *, data: str | Path | None = None) -> dict:
                  task=meta["task"], label_names=label_names, metrics={name: metrics},
                  baseline={name: baseline} if baseline else None, predictions={name: (shown, y, scores)},
                  n_errors=cfg.evaluate.n_errors, threshold=threshold,
-                 calibration_bins=cfg.evaluate.calibration_bins)
+                 calibration_bins=cfg.evaluate.calibration_bins, verdict=result.get("verdict"),
+                 origins={name: _origins(frame) if data is None else
+                          (list(range(1, len(texts) + 1)), [str(data)] * len(texts))})
     return result

@@ -95,9 +95,7 @@ def read_meta(run: Path) -> dict:
 
 
 def _store_lookup(ref: str):
-    from tunery.store import Store
-
-    from tunery.store import registered_run
+    from tunery.store import Store, registered_run
 
     store = Store()
     try:
