@@ -124,5 +124,11 @@ def recommended_lr(name: str) -> float:
     return CATALOG[key][0].recommended_lr if key in CATALOG else DEFAULT_LR
 
 
+def backbone_info(name: str) -> BackboneInfo | None:
+    """The catalog entry of backbone `name` (an alias or a synonym), None for a directory or hub id."""
+    key = SYNONYMS.get(name.lower(), name.lower())
+    return CATALOG[key][0] if key in CATALOG else None
+
+
 def list_backbones() -> list[BackboneInfo]:
     return [info for info, _ in CATALOG.values()]

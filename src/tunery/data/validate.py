@@ -7,9 +7,11 @@ the first row numbers and the fix. Row N is the 1-based data record (see `tunery
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import json
 import math
+from contextvars import ContextVar
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -64,6 +66,7 @@ class Finding:
     file: str | None
     rows: tuple[int, ...]
     count: int
+    details: dict | None = None  # machine-readable figures (the vocabulary finding's shares)
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -150,16 +153,50 @@ class LabelEncoding:
 # small helpers
 
 
-def _rows_text(rows: list[int] | np.ndarray | tuple) -> str:
+@dataclass(frozen=True)
+class Source:
+    """What a data file stands for in messages, when it is tunery's copy of the user's data: a
+    DataFrame given to `TextClassifier.fit` is named as such, and its rows by their index labels."""
+
+    name: str  # e.g. "the DataFrame given to fit (train)"
+    index: list | None = None  # the DataFrame's index labels, by position (row N is index[N - 1])
+
+
+_SOURCES: ContextVar[dict[str, Source]] = ContextVar("tunery_data_sources", default={})
+
+
+@contextlib.contextmanager
+def data_sources(sources: dict[str, Source]):
+    """Within this block, messages about the files named in `sources` name what they stand for."""
+    token = _SOURCES.set({**_SOURCES.get(), **{str(k): v for k, v in sources.items()}})
+    try:
+        yield
+    finally:
+        _SOURCES.reset(token)
+
+
+def _where(path: str | None) -> str:
+    """A file as messages name it: its path, or what it stands for (see `Source`)."""
+    src = _SOURCES.get().get(str(path)) if path is not None else None
+    return src.name if src else str(path)
+
+
+def _rows_text(rows: list[int] | np.ndarray | tuple, path: str | None = None) -> str:
     rows = list(rows)
+    src = _SOURCES.get().get(str(path)) if path is not None else None
+    word = "row"
+    if src is not None and src.index is not None:
+        index = src.index
+        rows = [index[r - 1] if 0 < r <= len(index) else r for r in rows]
+        word = "index label"
     shown = ", ".join(str(r) for r in rows[:SHOWN_ROWS])
     more = f", ... ({len(rows) - SHOWN_ROWS} more)" if len(rows) > SHOWN_ROWS else ""
-    return f"row{'s' if len(rows) > 1 else ''} {shown}{more}"
+    return f"{word}{'s' if len(rows) > 1 else ''} {shown}{more}"
 
 
-def _finding(severity, code, message, file, rows=(), count=None) -> Finding:
+def _finding(severity, code, message, file, rows=(), count=None, details=None) -> Finding:
     rows = tuple(int(r) for r in list(rows)[:MAX_ROWS])
-    return Finding(severity, code, message, file, rows, int(len(rows) if count is None else count))
+    return Finding(severity, code, message, file, rows, int(len(rows) if count is None else count), details)
 
 
 def _plural(n: int, word: str, plural: str | None = None) -> str:
@@ -271,7 +308,7 @@ def _nested_message(path: str, column: str, values: pd.Series, kinds: pd.Series,
     first = repr(values.reset_index(drop=True)[bad].iloc[0])
     first = first if len(first) <= 60 else first[:57] + "..."
     rows = rows[bad]
-    return (f"{path}: column {column!r} holds {desc} instead of {what}, at {_rows_text(rows)} (first: "
+    return (f"{_where(path)}: column {column!r} holds {desc} instead of {what}, at {_rows_text(rows, path)} (first: "
             f"{first}); {fix}"), rows
 
 
@@ -307,7 +344,7 @@ def infer_columns(df: pd.DataFrame, cfg: DataConfig, *, source: str | None = Non
 
     def explicit(name: str | None, what: str, key: str) -> str | None:
         if name is not None and name not in cols:
-            raise DataError(f"{src}: {what} column {name!r} (data.{key}) not found{_did_you_mean(name, cols)}; "
+            raise DataError(f"{_where(src)}: {what} column {name!r} (data.{key}) not found{_did_you_mean(name, cols)}; "
                             f"available columns: {', '.join(cols)}")
         return name
 
@@ -321,7 +358,7 @@ def infer_columns(df: pd.DataFrame, cfg: DataConfig, *, source: str | None = Non
     if text is None:
         text = _longest_text_column(df, [c for c in cols if c not in taken])
     if text is None:
-        raise DataError(f"{src}: no text column found among {', '.join(cols)}; "
+        raise DataError(f"{_where(src)}: no text column found among {', '.join(cols)}; "
                         f"set data.text_column to the column holding the text")
     taken.add(text)
     if pair is None and cfg.text_pair_column is None:
@@ -336,7 +373,7 @@ def infer_columns(df: pd.DataFrame, cfg: DataConfig, *, source: str | None = Non
         not_ids = [c for c in rest if c.lower() not in ID_NAMES]
         label = (not_ids or rest or [None])[-1]
     if label is None:
-        raise DataError(f"{src}: no label column found (columns: {', '.join(cols)}); "
+        raise DataError(f"{_where(src)}: no label column found (columns: {', '.join(cols)}); "
                         f"add a label column or set data.label_column")
     return text, pair, label
 
@@ -485,9 +522,9 @@ class _Checker:
         bad = rows[mask.to_numpy()]
         drop = self.cfg.drop_invalid_rows
         if drop:
-            msg = f"{path}: dropped {_plural(len(bad), 'row')} with {what} at {_rows_text(bad)}"
+            msg = f"{_where(path)}: dropped {_plural(len(bad), 'row')} with {what} at {_rows_text(bad, path)}"
         else:
-            msg = (f"{path}: {len(bad)} {what} at {_rows_text(bad)}; {fix} "
+            msg = (f"{_where(path)}: {len(bad)} {what} at {_rows_text(bad, path)}; {fix} "
                    f"(or set data.drop_invalid_rows: true)")
         self.add("warning" if drop else "error", code, msg, path, bad, len(bad))
         return drop
@@ -556,8 +593,8 @@ def _check_file(ck: _Checker, role: str, path: str, df: pd.DataFrame, text_col: 
         bad = rows[number_bad.to_numpy()]
         examples = ", ".join(repr(v) for v in pd.unique(df[label_col].reset_index(drop=True)[number_bad])[:5])
         ck.add("error", "bad_label",
-               f"{path}: {_plural(len(bad), 'label')} in column {label_col!r} are not numbers as a "
-               f"regression target needs ({examples}) at {_rows_text(bad)}; fix them, or set "
+               f"{_where(path)}: {_plural(len(bad), 'label')} in column {label_col!r} are not numbers as a "
+               f"regression target needs ({examples}) at {_rows_text(bad, path)}; fix them, or set "
                f"task.type: classification if these are classes", path, bad, len(bad))
     invalid |= enc.bad
 
@@ -580,16 +617,19 @@ def _check_file(ck: _Checker, role: str, path: str, df: pd.DataFrame, text_col: 
         listed = ", ".join(repr(v) for v in unseen_values[:10])
         if role == "train":  # only possible when data.labels fixes the label set
             hint = _did_you_mean(unseen_values[0], names)
+            key = _label_set_key(cfg)
+            what = "have no name in data.label_names" if key == "data.label_names" else "are not in data.labels"
+            add = "give them a name in" if key == "data.label_names" else "add them to"
             ck.add("error", "bad_label",
-                   f"{path}: {_plural(len(bad), 'row')} {'has' if len(bad) == 1 else 'have'} labels "
-                   f"not in data.labels ({listed}) at {_rows_text(bad)}; labels must be one of "
-                   f"{{{', '.join(names)}}}{hint}: fix them or add them to data.labels",
+                   f"{_where(path)}: {_plural(len(bad), 'row')} {'has' if len(bad) == 1 else 'have'} label values "
+                   f"that {what} ({listed}) at {_rows_text(bad, path)}; labels must be one of "
+                   f"{{{', '.join(names)}}}{hint}: fix them or {add} {key}",
                    path, bad, len(bad))
         else:
             ck.add("error", "unseen_label",
-                   f"{path}: {_plural(len(bad), 'row')} {'has' if len(bad) == 1 else 'have'} labels "
-                   f"never seen in training ({listed}) at {_rows_text(bad)}; add training examples "
-                   f"of them to {cfg.train} or remove these rows", path, bad, len(bad))
+                   f"{_where(path)}: {_plural(len(bad), 'row')} {'has' if len(bad) == 1 else 'have'} labels "
+                   f"never seen in training ({listed}) at {_rows_text(bad, path)}; add training examples "
+                   f"of them to {_where(cfg.train)} or remove these rows", path, bad, len(bad))
     invalid |= unseen
 
     keep = ~invalid  # dropped rows (drop_invalid_rows) are among the invalid ones
@@ -623,8 +663,8 @@ def _check_duplicates(ck: _Checker, path: str, frame: pd.DataFrame, task: TaskNa
     if dup.any():
         rows = frame["row"].to_numpy()[dup]
         ck.add("warning", "duplicate",
-               f"{path}: {_plural(len(rows), 'row')} repeat an earlier row's text and label exactly, at "
-               f"{_rows_text(rows)}; remove the copies (copies can land in both training and evaluation "
+               f"{_where(path)}: {_plural(len(rows), 'row')} repeat an earlier row's text and label exactly, at "
+               f"{_rows_text(rows, path)}; remove the copies (copies can land in both training and evaluation "
                f"splits and inflate scores)", path, rows, len(rows))
     distinct = keys.drop_duplicates()
     n_labels = distinct.groupby("k", sort=False)["l"].size()
@@ -636,10 +676,10 @@ def _check_duplicates(ck: _Checker, path: str, frame: pd.DataFrame, task: TaskNa
         shown = []
         for _, g in list(groups)[:5]:
             labs = pd.unique(g["label"].map(lambda v: _label_str(v, task, names)))
-            shown.append(f"{_rows_text(g['row'].tolist())} ({' vs '.join(labs)})")
+            shown.append(f"{_rows_text(g['row'].tolist(), path)} ({' vs '.join(labs)})")
         more = f"; ... ({len(conflicting) - 5} more texts)" if len(conflicting) > 5 else ""
         ck.add("warning", "conflicting_labels",
-               f"{path}: {_plural(len(conflicting), 'text')} appear with different labels: "
+               f"{_where(path)}: {_plural(len(conflicting), 'text')} appear with different labels: "
                f"{'; '.join(shown)}{more}; fix the labels or remove the contradicting rows",
                path, sorted(sub["row"].tolist()), len(conflicting))
 
@@ -663,8 +703,8 @@ def _check_overlap(ck: _Checker, train_path: str, train: pd.DataFrame, path: str
     rows = frame["row"].to_numpy()[in_train]
     train_rows = train["row"].to_numpy()[tk.isin(ek).to_numpy()]
     ck.add("warning", "overlap",
-           f"{path}: {_plural(len(rows), 'text')} also appear in {train_path} (leakage), at "
-           f"{_rows_text(rows)} (in {train_path}: {_rows_text(train_rows)}); {role} scores will be "
+           f"{_where(path)}: {_plural(len(rows), 'text')} also appear in {_where(train_path)} (leakage), at "
+           f"{_rows_text(rows, path)} (in {_where(train_path)}: {_rows_text(train_rows, train_path)}); {role} scores will be "
            f"too optimistic: remove them from one of the files", path, rows, len(rows))
 
 
@@ -684,11 +724,35 @@ def _first_label(frame: pd.DataFrame, task: TaskName) -> pd.Series | None:
     return None
 
 
-def prepare(cfg: DataConfig, task: TaskConfig, *, tokenizer=None
+def _read(ck: _Checker, report: ValidationReport, role: str, path: str) -> pd.DataFrame | None:
+    """Read one file into the report: None (and an error finding) when it cannot be read."""
+    try:
+        df = read_table(path)
+    except DataError as err:
+        ck.add("error", "unreadable", str(err), path)
+        return None
+    report.summary["files"][path] = {"role": role, "rows": len(df), "columns": [str(c) for c in df.columns]}
+    und = df.attrs.get("undecodable_rows") or []
+    if und:
+        ck.add("error", "undecodable",
+               f"{_where(path)}: {_plural(len(und), 'row')} hold bytes that are not valid UTF-8, at "
+               f"{_rows_text(und, path)} (shown as '\ufffd'); save the file as UTF-8 (e.g. "
+               f"`iconv -f latin1 -t utf-8`) or fix those rows", path, und, len(und))
+    return df
+
+
+def _label_set_key(cfg: DataConfig) -> str:
+    """The setting that fixes the label set, for messages."""
+    return "data.labels" if cfg.labels or cfg.label_names is None else "data.label_names"
+
+
+def prepare(cfg: DataConfig, task: TaskConfig, *, tokenizer=None, backbone: str | None = None
             ) -> tuple[PreparedData | None, ValidationReport]:
     """Read, check and split the data of `cfg`. Returns (None, report) when there are errors.
 
-    Never writes anything. With a tokenizer, texts longer than cfg.max_length tokens are reported.
+    Never writes anything. With a tokenizer, texts longer than cfg.max_length tokens are reported,
+    and the tokenizer's vocabulary coverage is measured (judged against the languages of
+    `backbone`, when the catalog lists them).
     """
     ck = _Checker(cfg)
     report = ValidationReport(ck.findings, {"files": {}})
@@ -697,20 +761,9 @@ def prepare(cfg: DataConfig, task: TaskConfig, *, tokenizer=None
     for role, path in files.items():
         if path is None:
             continue
-        try:
-            df = read_table(path)
-        except DataError as err:
-            ck.add("error", "unreadable", str(err), path)
-            continue
-        frames[role] = df
-        report.summary["files"][path] = {"role": role, "rows": len(df),
-                                         "columns": [str(c) for c in df.columns]}
-        und = df.attrs.get("undecodable_rows") or []
-        if und:
-            ck.add("error", "undecodable",
-                   f"{path}: {_plural(len(und), 'row')} hold bytes that are not valid UTF-8, at "
-                   f"{_rows_text(und)} (shown as '\ufffd'); save the file as UTF-8 (e.g. "
-                   f"`iconv -f latin1 -t utf-8`) or fix those rows", path, und, len(und))
+        df = _read(ck, report, role, path)
+        if df is not None:
+            frames[role] = df
     if "train" not in frames:
         return None, report
 
@@ -725,8 +778,8 @@ def prepare(cfg: DataConfig, task: TaskConfig, *, tokenizer=None
             lost = [c for c in (text_col, pair_col, label_col) if c is not None and c not in cols]
             if lost:
                 ck.add("error", "missing_column",
-                       f"{files[role]}: column{'s' if len(lost) > 1 else ''} {', '.join(map(repr, lost))} "
-                       f"(found in {cfg.train}) missing{_did_you_mean(lost[0], cols)}; available "
+                       f"{_where(files[role])}: column{'s' if len(lost) > 1 else ''} {', '.join(map(repr, lost))} "
+                       f"(found in {_where(cfg.train)}) missing{_did_you_mean(lost[0], cols)}; available "
                        f"columns: {', '.join(cols)}; rename the column to match", files[role])
                 del frames[role]
     report.summary["columns"] = {"text": text_col, "text_pair": pair_col, "label": label_col}
@@ -736,14 +789,29 @@ def prepare(cfg: DataConfig, task: TaskConfig, *, tokenizer=None
     task_name = infer_task(train_labels, task, delimiter)
     if task_name == "multilabel" and delimiter is None:
         delimiter = detect_delimiter(train_labels)
-    names = list(cfg.labels) if cfg.labels and task_name != "regression" else \
-        label_names_for(train_labels, task_name, delimiter)
-    report.summary.update(task=task_name, task_inferred=getattr(task, "type", task) == "auto",
-                          label_names=names, label_delimiter=delimiter)
+    inferred = getattr(task, "type", task) == "auto"
+    if cfg.labels and task_name != "regression":
+        raw_names = list(cfg.labels)
+    elif cfg.label_names is not None and task_name == "classification":
+        raw_names = _sort_names(cfg.label_names)  # the named values are the label set
+    else:
+        raw_names = label_names_for(train_labels, task_name, delimiter)
+    names = raw_names
+    if cfg.label_names is not None:
+        if task_name == "classification":
+            names = [cfg.label_names.get(n, n) for n in raw_names]
+        else:
+            how = f"inferred from {_where(cfg.train)}" if inferred else "task.type"
+            ck.add("error", "label_names",
+                   f"data.label_names: names apply to the values of a classification label, but this task is "
+                   f"{task_name} ({how}); remove data.label_names"
+                   + (", or set task.type: classification if the labels are classes" if inferred else ""),
+                   cfg.train)
+    report.summary.update(task=task_name, task_inferred=inferred, label_names=names, label_delimiter=delimiter)
 
     clean: dict[str, pd.DataFrame] = {}
     clean["train"] = _check_file(ck, "train", cfg.train, frames["train"], text_col, pair_col,
-                                 label_col, task_name, names, delimiter, None)
+                                 label_col, task_name, raw_names, delimiter, None)
     train = clean["train"]
     present_idx = None
     if task_name != "regression":
@@ -752,7 +820,7 @@ def prepare(cfg: DataConfig, task: TaskConfig, *, tokenizer=None
     for role in ("validation", "test"):
         if role in frames:
             clean[role] = _check_file(ck, role, files[role], frames[role], text_col, pair_col,
-                                      label_col, task_name, names, delimiter, present_idx)
+                                      label_col, task_name, raw_names, delimiter, present_idx)
     for role, frame in clean.items():
         _check_duplicates(ck, files[role], frame, task_name, names)
         if role != "train":
@@ -763,9 +831,12 @@ def prepare(cfg: DataConfig, task: TaskConfig, *, tokenizer=None
     big_enough = _check_split_size(ck, cfg, len(train), need_val, need_test) if need_val or need_test else True
     stratify = _check_classes(ck, cfg, train, task_name, names, splitting=need_val or need_test,
                               label_column=label_col, judge_rare=big_enough)
+    if task_name != "regression":
+        report.summary["train_label_counts"] = _class_counts(train, task_name, names)
     if tokenizer is not None:
         for role, frame in clean.items():
             _check_truncation(ck, cfg, files[role], frame, tokenizer, report.summary)
+            _check_vocabulary(ck, cfg, files[role], frame, tokenizer, backbone, report.summary)
 
     if not report.ok:
         return None, report
@@ -805,7 +876,7 @@ def _split_note(cfg: DataConfig, need_val: bool, need_test: bool, how: str) -> s
     split = [s for s, need in (("validation", need_val), ("test", need_test)) if need]
     parts = []
     if split:
-        parts.append(f"{' and '.join(split)} split from {cfg.train} ({how})")
+        parts.append(f"{' and '.join(split)} split from {_where(cfg.train)} ({how})")
     if not need_val:
         parts.append(f"validation from {cfg.validation}")
     if cfg.test is not None:
@@ -827,14 +898,14 @@ def _check_classes(ck: _Checker, cfg: DataConfig, train: pd.DataFrame, task: Tas
     absent = [n for n, c in counts.items() if c == 0]
     if task == "classification" and len(present) < 2:
         ck.add("error", "too_few_examples",
-               f"{path}: only one class ({', '.join(map(repr, present)) or 'none'}) among the usable "
+               f"{_where(path)}: only one class ({', '.join(map(repr, present)) or 'none'}) among the usable "
                f"labels; a classifier needs examples of at least 2 classes", path, (), len(present))
         return False
     rare_classes = [n for n, c in present.items() if c < MIN_CLASS_EXAMPLES]
     if judge_rare and len(present) >= 2 and 2 * len(rare_classes) > len(present):
         word, words = ("class", "classes") if task == "classification" else ("label", "labels")
         ck.add("error", "too_few_examples",
-               f"{path}: {len(rare_classes):,} of {len(present):,} {words} "
+               f"{_where(path)}: {len(rare_classes):,} of {len(present):,} {words} "
                f"({100 * len(rare_classes) / len(present):.0f}%) have fewer than {MIN_CLASS_EXAMPLES} "
                f"training examples ({len(train):,} usable rows, {len(train) / len(present):.1f} per "
                f"{word} on average; e.g. {', '.join(map(repr, rare_classes[:5]))}), so most {words} cannot "
@@ -845,7 +916,7 @@ def _check_classes(ck: _Checker, cfg: DataConfig, train: pd.DataFrame, task: Tas
         return False
     if absent:
         ck.add("warning", "too_few_examples",
-               f"{path}: {_plural(len(absent), 'label')} listed in data.labels "
+               f"{_where(path)}: {_plural(len(absent), 'label')} listed in {_label_set_key(cfg)} "
                f"{'has' if len(absent) == 1 else 'have'} no training examples ({', '.join(map(repr, absent))}); "
                f"the model cannot learn {'it' if len(absent) == 1 else 'them'}", path, (), len(absent))
     if len(present) >= 2:
@@ -853,7 +924,7 @@ def _check_classes(ck: _Checker, cfg: DataConfig, train: pd.DataFrame, task: Tas
         if big / small > cfg.imbalance_ratio_warning:
             listed = ", ".join(f"{n} {c}" for n, c in sorted(present.items(), key=lambda kv: -kv[1]))
             ck.add("warning", "imbalance",
-                   f"{path}: classes are imbalanced, largest/smallest = {big / small:.1f} (> "
+                   f"{_where(path)}: classes are imbalanced, largest/smallest = {big / small:.1f} (> "
                    f"data.imbalance_ratio_warning {cfg.imbalance_ratio_warning:g}): {listed}; judge the "
                    f"run by macro-F1 rather than accuracy, or add examples of the rare classes",
                    path, (), small)
@@ -866,8 +937,8 @@ def _check_classes(ck: _Checker, cfg: DataConfig, train: pd.DataFrame, task: Tas
         rare_names = [names[i] if i >= 0 else "(no label)" for i in rare.index]
         rows = train["row"].to_numpy()[strat.isin(rare.index).to_numpy()]
         ck.add("warning", "too_few_examples",
-               f"{path}: {_plural(len(rare), 'class', 'classes')} {'has' if len(rare) == 1 else 'have'} "
-               f"fewer than 2 examples ({', '.join(map(repr, rare_names[:10]))}) at {_rows_text(rows)}, "
+               f"{_where(path)}: {_plural(len(rare), 'class', 'classes')} {'has' if len(rare) == 1 else 'have'} "
+               f"fewer than 2 examples ({', '.join(map(repr, rare_names[:10]))}) at {_rows_text(rows, path)}, "
                f"so the split cannot be stratified; using a random split instead (add examples of "
                f"these classes or remove them)", path, rows, len(rare))
         return False
@@ -880,7 +951,7 @@ def _check_split_size(ck: _Checker, cfg: DataConfig, n: int, need_val: bool, nee
     n_val = math.ceil(cfg.validation_fraction * n) if need_val else 0
     if n - n_test - n_val < 1 or n < 2:
         ck.add("error", "too_few_examples",
-               f"{cfg.train}: only {_plural(n, 'usable row')}, too few to split off validation/test "
+               f"{_where(cfg.train)}: only {_plural(n, 'usable row')}, too few to split off validation/test "
                f"sets and still train; add rows or give data.validation and data.test files",
                cfg.train, (), n)
         return False
@@ -908,9 +979,9 @@ def _check_truncation(ck: _Checker, cfg: DataConfig, path: str, frame: pd.DataFr
         count = (f"at least {int(lengths[longest])} tokens (counted on its first {limit:,} characters)"
                  if cut[longest] else f"{int(lengths[longest])} tokens")
         ck.add("warning", "truncation",
-               f"{path}: {_plural(len(rows), 'text')} ({100 * len(rows) / len(frame):.1f}%) are longer "
+               f"{_where(path)}: {_plural(len(rows), 'text')} ({100 * len(rows) / len(frame):.1f}%) are longer "
                f"than data.max_length = {cfg.max_length} tokens and will be truncated, at "
-               f"{_rows_text(rows)}; the longest has {count}: raise "
+               f"{_rows_text(rows, path)}; the longest has {count}: raise "
                f"data.max_length if the end of a text matters", path, rows, len(rows))
 
 
@@ -920,3 +991,79 @@ def _heads(texts: pd.Series, limit: int) -> tuple[list[str], np.ndarray]:
     if not cut.any():
         return texts.tolist(), cut
     return texts.str.slice(0, limit).tolist(), cut
+
+
+def _check_vocabulary(ck: _Checker, cfg: DataConfig, path: str, frame: pd.DataFrame, tokenizer,
+                      backbone: str | None, summary: dict) -> None:
+    """The [UNK] share of the backbone's tokens, and the scripts of the letters, on a sample of the
+    file's texts (see tunery.data.coverage for the thresholds)."""
+    from tunery.backbones import backbone_info
+    from tunery.data import coverage
+
+    if frame.empty:
+        return
+    pos = coverage.sample_positions(len(frame))
+    texts = frame["text"].iloc[pos]
+    if "text_pair" in frame:
+        texts = texts + " " + frame["text_pair"].iloc[pos]
+    info = backbone_info(backbone) if backbone else None
+    cov = coverage.measure(tokenizer, texts.tolist(), frame["row"].to_numpy()[pos], info.languages if info else None)
+    details = cov.details()
+    summary.setdefault("vocabulary", {})[path] = details
+    name = f"backbone {backbone!r}" if backbone else "the backbone"
+    langs = (f"{name} covers {info.languages}" if info else
+             f"{name} is not in tunery's catalog, so only its [UNK] share is judged")
+    sampled = f"{cov.texts:,} texts measured" + (f" of {len(frame):,}" if cov.texts < len(frame) else "")
+    share = cov.unk_token_share
+    if share >= coverage.UNK_WARNING:
+        error = share >= coverage.UNK_ERROR and not cfg.allow_vocabulary_mismatch
+        allowed = (" (data.allow_vocabulary_mismatch is true: reported as a warning)"
+                   if share >= coverage.UNK_ERROR and cfg.allow_vocabulary_mismatch else "")
+        ck.add("error" if error else "warning", "vocabulary",
+               f"{_where(path)}: the vocabulary of {name} misses much of this text: {100 * share:.1f}% of its "
+               f"tokens are [UNK] (unknown) and {100 * cov.unk_text_share:.0f}% of texts have some ({sampled}; "
+               f"a warning from {100 * coverage.UNK_WARNING:.0f}%, an error from {100 * coverage.UNK_ERROR:.0f}%)"
+               f"{allowed}. Letters by script: {coverage.describe_scripts(cov.scripts)}; {langs}. The model "
+               f"cannot read the [UNK] parts and is likely to lose to the TF-IDF baseline. Fix: "
+               f"{coverage.suggestion(cov)}"
+               + ("; or set data.allow_vocabulary_mismatch: true to train anyway" if error else ""),
+               path, cov.unk_rows, cov.unk_texts, details=details)
+    elif cov.uncovered_share >= coverage.SCRIPT_WARNING:
+        ck.add("warning", "vocabulary",
+               f"{_where(path)}: {100 * cov.uncovered_share:.0f}% of the letters are in scripts {name} was not "
+               f"trained on ({coverage.describe_scripts(cov.uncovered)}; it covers {info.languages}): its "
+               f"tokenizer knows the characters ({100 * share:.1f}% [UNK] tokens, {sampled}) but the model has "
+               f"not learned the language. Fix: {coverage.suggestion(cov)}", path, (), 0, details=details)
+
+
+def check_file(path: str, cfg: DataConfig, *, task: TaskName, label_names: list[str], text_column: str,
+               text_pair_column: str | None, label_column: str, delimiter: str | None = None,
+               tokenizer=None, backbone: str | None = None) -> tuple[pd.DataFrame | None, ValidationReport]:
+    """Check one labelled file against a trained model's columns and labels (to evaluate it),
+    with the checks training runs on each file: texts, labels, duplicates, truncation and
+    vocabulary. `label_names` are the model's (names from data.label_names are mapped back to the
+    file's values). Returns the usable rows as text/text_pair/label/row, or None with errors."""
+    ck = _Checker(cfg)
+    report = ValidationReport(ck.findings, {"files": {}})
+    df = _read(ck, report, "evaluation", path)
+    if df is None:
+        return None, report
+    cols = [str(c) for c in df.columns]
+    lost = [c for c in (text_column, text_pair_column, label_column) if c is not None and c not in cols]
+    if lost:
+        ck.add("error", "missing_column",
+               f"{_where(path)}: no column{'s' if len(lost) > 1 else ''} {', '.join(map(repr, lost))}, which the "
+               f"run was trained with{_did_you_mean(lost[0], cols)}; available columns: {', '.join(cols)}; "
+               f"rename the column to match", path)
+        return None, report
+    values = {name: value for value, name in (cfg.label_names or {}).items()} if task == "classification" else {}
+    raw_names = [values.get(n, n) for n in label_names]
+    frame = _check_file(ck, "evaluation", path, df, text_column, text_pair_column, label_column, task,
+                        raw_names, delimiter, None)
+    _check_duplicates(ck, path, frame, task, label_names)
+    if tokenizer is not None:
+        _check_truncation(ck, cfg, path, frame, tokenizer, report.summary)
+        _check_vocabulary(ck, cfg, path, frame, tokenizer, backbone, report.summary)
+    if task != "regression":
+        report.summary["label_counts"] = {"evaluation": _class_counts(frame, task, label_names)}
+    return (frame if report.ok else None), report
