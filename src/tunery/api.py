@@ -8,6 +8,8 @@
 from __future__ import annotations
 
 import contextlib
+import logging
+import os
 import shutil
 import tempfile
 from datetime import datetime
@@ -17,7 +19,15 @@ from typing import Any
 import numpy as np
 
 from tunery.config import config_from_dict
-from tunery.errors import DataError
+from tunery.errors import DataError, RunError
+
+log = logging.getLogger(__name__)
+
+
+def _stderr_console():
+    from rich.console import Console
+
+    return Console(stderr=True)
 
 
 def _check_data(data: Any, what: str, columns: tuple[str | None, ...] = ()) -> None:
@@ -43,6 +53,17 @@ def _file_path(data: Any, folder: Path, stem: str) -> str:
     if isinstance(data, (str, Path)):
         return str(Path(data).resolve())
     return str((folder / f"{stem}.parquet").resolve())
+
+
+def _sources(splits: dict[str, Any], files: dict[str, str | None]) -> dict:
+    """How data messages name each DataFrame given to fit: "the DataFrame given to fit (train)",
+    its rows by their index labels (836, "r17", ...) rather than rows of tunery's parquet copy."""
+    import pandas as pd
+
+    from tunery.data.validate import Source
+
+    return {files[split]: Source(f"the DataFrame given to fit ({split})", value.index.tolist())
+            for split, value in splits.items() if isinstance(value, pd.DataFrame) and files[split]}
 
 
 def _write(data: Any, path: str, what: str) -> bool:
@@ -109,9 +130,31 @@ class TextClassifier:
                                  "train": dict(self.train_options)}, source="TextClassifier")
 
     def fit(self, data, *, text: str | None = None, label: str | None = None, text_pair: str | None = None,
-            validation=None, test=None, callbacks=None) -> TextClassifier:
+            validation=None, test=None, callbacks=None, progress: bool | None = None) -> TextClassifier:
+        """Fine-tune on `data` (a DataFrame or a csv, tsv, jsonl or parquet path); `validation` and
+        `test` the same, else `data` is split 80/10/10. `text`, `label`, `text_pair` name the columns
+        (inferred when left out). A DataFrame is stored as parquet under <output_dir>/.data/<name>/, so
+        the run's config can be run again.
+
+        progress: a progress bar (steps, loss, samples/s, ETA, validation figures), the one `tunery
+            train` shows, on stderr; it also renders in Jupyter. None: the `progress` option (True
+            unless `TextClassifier(progress=False)`); False: no bar, progress is logged instead
+            (logger "tunery.train", level INFO).
+        callbacks: objects called as training goes, beside the bar: subclass
+            `tunery.train.callbacks.Callback` and override any of on_train_begin(state, n_train),
+            on_step(state), on_log(state, record), on_evaluate(state, record), on_train_end(state).
+            `state` has step, total_steps, epoch, best_metric, best_step; `record` holds the figures
+            logged (loss, lr, samples_per_s) or evaluated (the validation metrics).
+
+        On failure nothing is kept (no run, no data copy), except a run that can be continued: a
+        crash after its first checkpoint or an interruption keeps <output_dir>/<name>.partial and
+        its data copy for `tunery train --resume`, and says so in a warning.
+        """
         from tunery import pipeline
         from tunery.predict import load
+        from tunery.rundir import partial_dir
+        from tunery.store import Store
+        from tunery.train.callbacks import RichProgress
 
         self.name_ = self.name or f"classifier-{datetime.now().strftime('%Y%m%d-%H%M%S-%f')}"
         # Everything that can be checked is checked before the data copy is written: the
@@ -123,20 +166,35 @@ class TextClassifier:
         folder = Path(self.output_dir) / ".data" / self.name_
         files = {k: None if v is None else _file_path(v, folder, k) for k, v in splits.items()}
         cfg = self._config(files, text, label, text_pair)
+        # A name in use is refused before the data copy would overwrite that run's own copy.
+        if why := pipeline._name_in_use(Store(), self.name_, Path(self.output_dir) / self.name_):
+            raise RunError(why)
+        show = cfg.train.progress if progress is None else progress
+        bar = RichProgress(console=_stderr_console()) if show else None
         written: list[Path] = []
         created = [d for d in (folder, *folder.parents) if not d.exists()]  # deepest first
         try:
             for split, value in splits.items():
                 if _write(value, files[split], "data" if split == "train" else split):
                     written.append(Path(files[split]))
-        except BaseException:  # a later split cannot be stored: take back the earlier copies
-            for path in written:
-                path.unlink(missing_ok=True)
-            for d in created:
-                with contextlib.suppress(OSError):
-                    d.rmdir()
+            from tunery.data.validate import data_sources
+
+            with data_sources(_sources(splits, files)):  # data warnings name the DataFrame, not its copy
+                self.run_dir_ = pipeline.train(cfg, callbacks=[*filter(None, [bar]), *(callbacks or [])] or None)
+        except BaseException:
+            if bar is not None:
+                bar.close()
+            kept = partial_dir(Path(self.output_dir) / self.name_)
+            if (kept / "config.yaml").is_file():  # a resumable run: it reads its data copy
+                log.warning("fit stopped; run %s is kept: continue it with `tunery train --resume %s`, or remove "
+                            "it%s", kept, kept, f" and its data copy {folder}" if written else "")
+            else:  # nothing to continue: take back the data copies and the folders made for them
+                for path in written:
+                    path.unlink(missing_ok=True)
+                for d in created:
+                    with contextlib.suppress(OSError):
+                        d.rmdir()
             raise
-        self.run_dir_ = pipeline.train(cfg, callbacks=callbacks)
         self.predictor_ = load(self.run_dir_)
         return self
 
@@ -169,16 +227,49 @@ class TextClassifier:
         if data is None:
             return evaluate_run(self.run_dir_)
         _check_data(data, "data")
+        from tunery.data.validate import Source, data_sources
+
         with tempfile.TemporaryDirectory() as tmp:
             path = _file_path(data, Path(tmp), "evaluation")
-            _write(data, path, "data")
-            return evaluate_run(self.run_dir_, data=path)
+            if not _write(data, path, "data"):
+                return evaluate_run(self.run_dir_, data=path)
+            with data_sources({path: Source("the DataFrame given to evaluate", data.index.tolist())}):
+                return evaluate_run(self.run_dir_, data=path)
 
-    def save(self, path: str | Path) -> Path:
-        """Copy the run directory (model, config, metrics, report) to `path`."""
+    def save(self, path: str | Path, *, overwrite: bool = False) -> Path:
+        """Copy the run directory (model, config, metrics, report; not training checkpoints) to
+        `path`, a new (or empty) directory that `tunery.load` and `TextClassifier.load` read.
+
+        A `path` that exists is refused unless `overwrite=True`, which replaces a model saved
+        there before (a directory with tunery.json) in one step, and never anything else."""
+        from tunery.rundir import META
+
         self._check_fitted()
         path = Path(path)
-        shutil.copytree(self.run_dir_, path, ignore=shutil.ignore_patterns("checkpoints"))
+        if path.is_dir() and not path.is_symlink() and not any(path.iterdir()):
+            path.rmdir()  # an empty directory: write there
+        if path.exists() or path.is_symlink():
+            if not overwrite:
+                raise FileExistsError(f"cannot save to {str(path)!r}: it already exists; choose a new path, or "
+                                      "pass overwrite=True to replace the model saved there")
+            if path.is_symlink() or not (path / META).is_file():
+                raise FileExistsError(f"cannot overwrite {str(path)!r}: it is not a saved tunery model (no {META}), "
+                                      "and overwrite=True replaces only those; choose a new path or remove it first")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tag = f"{os.getpid()}-{datetime.now().strftime('%H%M%S%f')}"
+        staging = path.with_name(f".{path.name}.saving-{tag}")
+        try:
+            shutil.copytree(self.run_dir_, staging, ignore=shutil.ignore_patterns("checkpoints"))
+            if path.exists():
+                old = path.with_name(f".{path.name}.old-{tag}")
+                os.replace(path, old)
+                os.replace(staging, path)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(staging, path)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
         return path
 
     @classmethod
