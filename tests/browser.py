@@ -92,9 +92,10 @@ def screenshot(target: str | Path, out: Path, *, width: int = 1280, height: int 
     return out
 
 
-def dump_dom(target: str | Path, *, timeout: float = 60) -> str:
-    """The page's DOM after its scripts ran (Chromium's --dump-dom), as HTML text."""
-    proc = _run(["--dump-dom", _url(target)], timeout)
+def dump_dom(target: str | Path, *, width: int = 1280, height: int = 2000, timeout: float = 60) -> str:
+    """The page's DOM after its scripts ran (Chromium's --dump-dom), as HTML text, laid out in a
+    window of `width` x `height` (as `screenshot` does, so measurements match the screenshot)."""
+    proc = _run(["--dump-dom", f"--window-size={width},{height}", _url(target)], timeout)
     if proc.returncode != 0 or not proc.stdout.strip():
         raise AssertionError(f"Chromium could not dump the DOM of {target} "
                              f"(exit {proc.returncode}):\n{proc.stderr[-2000:]}")

@@ -7,6 +7,10 @@ Each mistake is a plain dict (JSON-serialisable):
 - multilabel: index, text, true, predicted (lists of label names), confidence (for the most
   confidently wrong label: p for a false positive, 1 - p for a false negative), wrong (that label);
 - regression: index, text, true, predicted, error (absolute error); sorted by error.
+
+`index` is the position in the arrays given. With `rows` (and `sources`), each mistake also
+carries `row` (the 1-based data record in the user's file, as the prepared frames hold it) and
+`source` (that file), so a reader finds the example where it came from.
 """
 
 from __future__ import annotations
@@ -16,11 +20,30 @@ import numpy as np
 
 def most_confident_mistakes(
     task: str, texts: list[str], y_true, scores, label_names: list[str], *, n: int = 20,
-    threshold=0.5,
+    threshold=0.5, rows=None, sources=None,
 ) -> list[dict]:
-    """The `n` most confident mistakes, most confident first (regression: largest errors)."""
+    """The `n` most confident mistakes, most confident first (regression: largest errors).
+
+    `rows` / `sources` (one per text, optional): where each text came from; copied into the
+    mistakes as `row` / `source`."""
     if n <= 0 or len(texts) == 0:
         return []
+    for name, seq in (("rows", rows), ("sources", sources)):
+        if seq is not None and len(seq) != len(texts):
+            raise ValueError(f"most_confident_mistakes: {name} has {len(seq)} entries for {len(texts)} texts; "
+                             f"pass one per text (or None)")
+    out = _mistakes(task, texts, y_true, scores, label_names, n=n, threshold=threshold)
+    for m in out:
+        i = m["index"]
+        if rows is not None:
+            m["row"] = int(rows[i])
+        if sources is not None:
+            m["source"] = None if sources[i] is None else str(sources[i])
+    return out
+
+
+def _mistakes(task: str, texts: list[str], y_true, scores, label_names: list[str], *, n: int,
+              threshold) -> list[dict]:
     if task == "classification":
         y = np.asarray(y_true).astype(int).reshape(-1)
         P = np.asarray(scores, dtype=float)

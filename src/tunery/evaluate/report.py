@@ -4,6 +4,11 @@ No external resources: inline CSS, matplotlib PNGs embedded as base64 data: URIs
 (title, run info, label names, example texts) is HTML-escaped. matplotlib is imported inside the
 functions (Figure objects with the Agg renderer, no pyplot, no global backend switch), so
 `import tunery` stays fast and the report can be written from any thread.
+
+Plots draw label names in any script: the Noto Sans CJK collection (the `noto-cjk-sans-otc`
+package, a dependency) is registered with matplotlib's font manager as a per-glyph fallback
+behind DejaVu Sans, so Latin text keeps its font and Chinese, Japanese or Korean labels are not
+drawn as empty boxes. The figures are PNGs, so the font never enters the report itself.
 """
 
 from __future__ import annotations
@@ -11,6 +16,10 @@ from __future__ import annotations
 import base64
 import datetime as _dt
 import io
+import logging
+import threading
+from contextlib import contextmanager
+from functools import lru_cache
 from html import escape
 from pathlib import Path
 from typing import Any
@@ -21,8 +30,11 @@ from tunery.evaluate.errors import most_confident_mistakes
 from tunery.evaluate.metrics import compute_metrics, greater_is_better, metric_names
 from tunery.rundir import write_text_atomic
 
+log = logging.getLogger(__name__)
+
 _CSS = """
-body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:2rem auto;
+body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,"Noto Sans CJK SC","PingFang SC",
+"Microsoft YaHei",sans-serif;margin:2rem auto;
 max-width:1100px;padding:0 1rem;color:#222;line-height:1.45}
 h1{margin-bottom:.2rem}h2{border-bottom:2px solid #eee;padding-bottom:.2rem;margin-top:2.2rem}
 .sub{color:#666;margin-top:0}
@@ -31,7 +43,13 @@ th,td{border:1px solid #ddd;padding:.25rem .6rem;text-align:left;vertical-align:
 th{background:#f6f6f6}td.num{text-align:right;font-variant-numeric:tabular-nums}
 .better{color:#1a7f37;font-weight:600}.worse{color:#cf222e;font-weight:600}
 .headline{background:#f3f8ff;border-left:4px solid #0969da;padding:.5rem .8rem;margin:.8rem 0}
-.figs{display:flex;flex-wrap:wrap;gap:1rem}.figs img{max-width:100%;border:1px solid #eee}
+.figs{display:flex;flex-wrap:wrap;gap:1rem;align-items:flex-start}
+.figs img{max-width:100%;height:auto;border:1px solid #eee}
+.verdict{border:2px solid #cf222e;background:#fff5f5;border-radius:4px;padding:.7rem 1rem;margin:1rem 0}
+.verdict h2{margin:0 0 .3rem;border:0;color:#cf222e;font-size:1.25rem}
+.verdict ul{margin:.3rem 0 0}.verdict-ok{color:#1a7f37;margin:.6rem 0}
+.finding-error{color:#cf222e;font-weight:600}.finding-warning{color:#9a6700;font-weight:600}
+details summary{cursor:pointer;color:#0969da}
 td.text{max-width:560px;white-space:pre-wrap;word-break:break-word}
 .muted{color:#777;font-size:.88rem}
 """
@@ -94,11 +112,70 @@ def _flatten(d: dict, prefix: str = "") -> list[tuple[str, Any]]:
 # ---------------------------------------------------------------------------------------------
 # figures
 
+# matplotlib's rcParams are process-wide: figures are drawn under this lock with the report's
+# fonts in an rc_context, so two reports written from two threads never see each other's settings.
+_PLOT_LOCK = threading.RLock()
+_LATIN_FONT = "DejaVu Sans"  # matplotlib's own, always there
+TICK_LABEL_CHARS = 24  # longer label names are cut (with …) on axes; tables show them whole
+
+
+@lru_cache(maxsize=1)
+def plot_fonts() -> tuple[str, ...]:
+    """The font families the report's plots use, in fallback order: DejaVu Sans, then Noto Sans
+    CJK (registered with matplotlib's font manager on first use) for the glyphs DejaVu lacks."""
+    from matplotlib import font_manager
+
+    try:
+        import noto_cjk_sans_otc
+
+        path = str(noto_cjk_sans_otc.FONT_PATH)
+        font_manager.fontManager.addfont(path)
+    except (ImportError, OSError, RuntimeError, ValueError) as err:
+        log.warning("report plots cannot draw Chinese, Japanese or Korean text (%s); install the font "
+                    "package with `pip install noto-cjk-sans-otc`", err)
+        return (_LATIN_FONT,)
+    # matplotlib >= 3.10 registers every face of the collection, older ones only the first
+    names = [f.name for f in font_manager.fontManager.ttflist if f.fname == path]
+    cjk = next((n for n in ("Noto Sans CJK SC", "Noto Sans CJK JP") if n in names), names[0] if names else None)
+    return (_LATIN_FONT, cjk) if cjk else (_LATIN_FONT,)
+
+
+@contextmanager
+def _plot_style():
+    import matplotlib
+
+    with _PLOT_LOCK, matplotlib.rc_context({"font.family": list(plot_fonts())}):
+        yield
+
 
 def _figure(w: float, h: float):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    return Figure(figsize=(w, h), dpi=100, layout="constrained")
+    fig = Figure(figsize=(w, h), dpi=100, layout="constrained")
+    FigureCanvasAgg(fig)  # a renderer to measure text with (see _tilt_crowded_xticks)
+    return fig
+
+
+def _short(name: str) -> str:
+    name = str(name)
+    return name if len(name) <= TICK_LABEL_CHARS else name[:TICK_LABEL_CHARS - 1] + "…"
+
+
+def _tilt_crowded_xticks(fig, ax) -> bool:
+    """Rotate the x tick labels by 45° when, laid out flat, any two would touch. True if rotated."""
+    fig.draw_without_rendering()
+    renderer = fig.canvas.get_renderer()
+    boxes = sorted((t.get_window_extent(renderer) for t in ax.get_xticklabels() if t.get_text()),
+                   key=lambda b: b.x0)
+    gap = 4.0  # pixels between neighbours
+    if any(a.x1 + gap > b.x0 for a, b in zip(boxes, boxes[1:])):
+        for t in ax.get_xticklabels():
+            t.set_rotation(45)
+            t.set_ha("right")
+            t.set_rotation_mode("anchor")
+        return True
+    return False
 
 
 def _img(fig, alt: str) -> str:
@@ -117,13 +194,13 @@ def _confusion_fig(cm: np.ndarray, label_names: list[str]):
     norm = np.divide(cm, row, out=np.zeros_like(cm, dtype=float), where=row > 0)
     im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
     fig.colorbar(im, ax=ax, fraction=0.046, label="share of true class")
-    tilt = c > 3
-    ax.set_xticks(range(c), labels=label_names, rotation=45 if tilt else 0,
-                  ha="right" if tilt else "center")
-    ax.set_yticks(range(c), labels=label_names)
+    names = [_short(n) for n in label_names]
+    ax.set_xticks(range(c), labels=names)
+    ax.set_yticks(range(c), labels=names)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title("Confusion matrix (counts)")
+    _tilt_crowded_xticks(fig, ax)
     if c <= 25:
         for i in range(c):
             for j in range(c):
@@ -132,25 +209,37 @@ def _confusion_fig(cm: np.ndarray, label_names: list[str]):
     return fig
 
 
-def _reliability_fig(rel: dict, ece: float):
+def _reliability_fig(confidence: np.ndarray, correct: np.ndarray, ece: float, *, n_classes: int,
+                     bins: int = 10):
+    """Accuracy per confidence bin. The top class's probability is at least 1 / n_classes (0.5 for
+    two classes), so the x axis starts there (at the tenth below it) and the bins split that
+    range, instead of leaving the lower part of the plot empty."""
+    lo = float(np.floor(10.0 / max(n_classes, 1) + 1e-9) / 10.0) if n_classes > 1 else 0.0
+    conf = np.asarray(confidence, dtype=float).reshape(-1)
+    if conf.size and conf.min() < lo:  # scores that do not sum to 1: show them all
+        lo = float(np.floor(conf.min() * 10.0) / 10.0)
+    edges = np.linspace(lo, 1.0, bins + 1)
+    which = np.clip(np.searchsorted(edges, conf, side="right") - 1, 0, bins - 1)
+    counts = np.bincount(which, minlength=bins).astype(float)
+    hits = np.bincount(which, weights=np.asarray(correct, dtype=float).reshape(-1), minlength=bins)
+    acc = np.divide(hits, counts, out=np.zeros(bins), where=counts > 0)
     fig = _figure(5, 4.6)
     ax = fig.add_subplot()
-    edges = np.asarray(rel["bin_edges"])
     centers = (edges[:-1] + edges[1:]) / 2
     width = edges[1] - edges[0]
-    acc = np.array([np.nan if a is None else a for a in rel["bin_accuracy"]], dtype=float)
-    ax.bar(centers, np.nan_to_num(acc), width=width * 0.9, color="#4c78a8", label="accuracy")
-    ax.plot([0, 1], [0, 1], "--", color="#888", label="perfect calibration")
-    ax.set_xlim(0, 1)
+    ax.bar(centers, acc, width=width * 0.9, color="#4c78a8", label="accuracy")
+    ax.plot([lo, 1], [lo, 1], "--", color="#888", label="perfect calibration")
+    ax.set_xlim(lo, 1)
     ax.set_ylim(0, 1)
     ax.set_xlabel("confidence (top class)")
     ax.set_ylabel("accuracy")
     ax.set_title(f"Reliability diagram  (ECE = {ece:.4f})")
-    counts = np.asarray(rel["bin_count"], dtype=float)
     ax2 = ax.twinx()
     ax2.plot(centers, counts, "o-", color="#f58518", ms=3, lw=1, label="examples")
     ax2.set_ylabel("examples per bin", color="#f58518")
-    ax.legend(loc="upper left", fontsize=8)
+    handles = [h for a in (ax, ax2) for h in a.get_legend_handles_labels()[0]]
+    ax.legend(handles, [h.get_label() for h in handles], loc="upper center", bbox_to_anchor=(0.5, -0.16),
+              ncol=3, fontsize=8, frameon=False)
     return fig
 
 
@@ -222,7 +311,7 @@ def _label_f1_fig(label_names: list[str], model: dict, base: dict | None):
         bf1 = [base.get(n, {}).get("f1", 0.0) or 0.0 for n in label_names]
         ax.barh(pos + h / 2, bf1, height=h, color="#bab0ac", label="baseline")
         ax.legend(fontsize=8, loc="lower left", bbox_to_anchor=(1.01, 0.0))
-    ax.set_yticks(pos, labels=label_names)
+    ax.set_yticks(pos, labels=[_short(n) for n in label_names])
     ax.invert_yaxis()
     ax.set_xlim(0, 1)
     ax.set_xlabel("F1")
@@ -265,6 +354,8 @@ def _history_fig(history: list[dict], task: str):
     axes = np.atleast_1d(fig.subplots(1, len(panels)))
     for ax, (title, lines) in zip(axes, panels):
         for label, xs, ys, style in lines:
+            if len(xs) < 3 and "o" not in style:  # one or two points: a line alone would not show
+                style = "o" + style
             ax.plot(xs, ys, style, ms=3, lw=1.2, label=label)
         if len(lines) > 1:
             ax.legend(fontsize=8)
@@ -360,14 +451,31 @@ def _mistakes_html(task: str, mistakes: list[dict]) -> str:
     def lab(v):
         return ", ".join(v) if isinstance(v, list) else v
 
+    traced = all("row" in m for m in mistakes)
+    sources = {m.get("source") for m in mistakes} if traced else set()
+    one_file = len(sources) == 1 and None not in sources
+    if traced:
+        first_h = (f'row in <span title="{escape(str(next(iter(sources))))}">'
+                   f"{escape(Path(str(next(iter(sources)))).name)}</span>" if one_file else "file: row")
+    else:
+        first_h = "#"
+
+    def where(m) -> str:
+        if not traced:
+            return _td(m["index"])
+        if one_file or not m.get("source"):
+            return _td(m["row"])
+        src = str(m["source"])
+        return f'<td class="num" title="{escape(src)}">{escape(Path(src).name)}: {m["row"]:,}</td>'
+
     rows = []
     for m in mistakes:
         text = m["text"] if len(m["text"]) <= 600 else m["text"][:600] + " …"
         last = m["error"] if task == "regression" else m["confidence"]
-        rows.append([_td(m["index"]), f'<td class="text">{escape(text)}</td>',
+        rows.append([where(m), f'<td class="text">{escape(text)}</td>',
                      _td(lab(m["true"])), _td(lab(m["predicted"])), _td(last)])
     last_h = "absolute error" if task == "regression" else "confidence"
-    return _table(["#", "text", "true", "predicted", last_h], rows)
+    return _table([first_h, "text", "true", "predicted", last_h], rows)
 
 
 def _headline(task: str, metrics: dict, baseline: dict | None) -> str:
@@ -391,7 +499,7 @@ def _headline(task: str, metrics: dict, baseline: dict | None) -> str:
 
 def _split_section(
     split: str, task: str, label_names: list[str], model: dict | None, base: dict | None,
-    pred: tuple | None, *, n_errors: int, threshold, calibration_bins: int,
+    pred: tuple | None, *, n_errors: int, threshold, calibration_bins: int, origin: tuple | None = None,
 ) -> str:
     n = (model or {}).get("n")
     parts = [f"<h2>{escape(split)}{f' ({n:,} examples)' if isinstance(n, int) else ''}</h2>"]
@@ -414,7 +522,10 @@ def _split_section(
                                  f"confusion matrix, {split}"))
             else:
                 parts.append(_top_confusions_table(m.get("top_confusions") or [], m["per_class"]))
-            figs.append(_img(_reliability_fig(m["reliability"], m["ece"]), f"reliability, {split}"))
+            conf = scores.max(axis=1)
+            figs.append(_img(_reliability_fig(conf, scores.argmax(axis=1) == y.astype(int).reshape(-1),
+                                              m["ece"], n_classes=len(label_names), bins=calibration_bins),
+                             f"reliability, {split}"))
             if len(label_names) == 2 and m.get("roc_auc") is not None:
                 figs.append(_img(_roc_pr_fig((y == 1).astype(int), scores[:, 1], m),
                                  f"ROC and PR curves, {split}"))
@@ -428,12 +539,127 @@ def _split_section(
         parts.append('<div class="figs">' + "".join(figs) + "</div>")
     if n_errors > 0:
         title = "Largest errors" if task == "regression" else "Most confident mistakes"
-        title += ' <span class="muted">(# = position in this split)</span>'
+        rows, sources = origin if origin is not None else (None, None)
+        if rows is None:
+            title += ' <span class="muted">(# = position in this split)</span>'
         mistakes = most_confident_mistakes(task, list(texts), y, scores, label_names, n=n_errors,
-                                           threshold=threshold)
+                                           threshold=threshold, rows=rows, sources=sources)
         parts.append(f"<h3>{title}</h3>")
         parts.append(_mistakes_html(task, mistakes))
     return "\n".join(parts)
+
+
+def _verdict_html(verdict: dict | None) -> str:
+    """The verdict against the baseline (tunery.evaluate.verdict): a box that cannot be missed
+    when the model does not beat its baseline, one calm line when it does."""
+    if not isinstance(verdict, dict) or "beats_baseline" not in verdict:
+        return ""
+    summary = escape(str(verdict.get("summary") or ""))
+    figures = ""
+    if all(isinstance(verdict.get(k), (int, float)) for k in ("model", "baseline")):
+        figures = (f'<p class="muted">{escape(str(verdict.get("split", "")))} '
+                   f'{escape(str(verdict.get("metric", "")))}: model {verdict["model"]:.4f}, '
+                   f'TF-IDF baseline {verdict["baseline"]:.4f}'
+                   + (f', noise margin ±{abs(verdict["margin"]):.4f}'
+                      if isinstance(verdict.get("margin"), (int, float)) else "") + "</p>")
+    if verdict["beats_baseline"]:
+        return f'<p class="verdict-ok">✔ {summary}</p>'
+    causes = [c for c in verdict.get("causes") or [] if isinstance(c, dict) and c.get("message")]
+    items = "".join(f"<li>{escape(str(c['message']))}</li>" for c in causes)
+    return ('<div class="verdict" role="alert" id="verdict"><h2>This model does not beat its baseline</h2>'
+            f"<p>{summary}</p>{figures}"
+            + (f"<p><b>Likely causes</b></p><ul>{items}</ul>" if items else
+               '<p class="muted">No likely cause was found in the data or the training curve.</p>')
+            + "</div>")
+
+
+def summarize_splits(frames: dict, task: str, label_names: list[str]) -> dict:
+    """A data summary for the report, from the prepared split frames (columns text, label):
+    {split: {"rows": n, "text_chars": {"median", "p95", "max"}, "labels": {name: count}}}
+    ("labels" for regression: {"mean", "std", "min", "max"} of the target)."""
+    out = {}
+    for split in _ordered_splits(frames):
+        frame = frames[split]
+        if frame is None:
+            continue
+        n = int(len(frame))
+        entry: dict = {"rows": n}
+        if n and "text" in frame:
+            lengths = frame["text"].astype(str).str.len().to_numpy()
+            if "text_pair" in frame:
+                lengths = lengths + frame["text_pair"].astype(str).str.len().to_numpy()
+            entry["text_chars"] = {"median": float(np.median(lengths)),
+                                   "p95": float(np.percentile(lengths, 95)), "max": int(lengths.max())}
+        if n and "label" in frame:
+            if task == "regression":
+                y = frame["label"].astype(float)
+                entry["target"] = {"mean": float(y.mean()), "std": float(y.std(ddof=0)),
+                                   "min": float(y.min()), "max": float(y.max())}
+            else:
+                codes = frame["label"].explode().dropna() if task == "multilabel" else frame["label"]
+                counts = codes.astype("int64").value_counts()
+                entry["labels"] = {name: int(counts.get(i, 0)) for i, name in enumerate(label_names)}
+        out[split] = entry
+    return out
+
+
+def _data_html(summary: dict | None, findings: list[dict] | None, label_names: list[str]) -> str:
+    if summary is None and findings is None:
+        return ""
+    parts = ["<h2>Data</h2>"]
+    if summary:
+        splits = list(summary)
+        rows = []
+        for sp in splits:
+            e = summary[sp]
+            tc = e.get("text_chars") or {}
+            rows.append([f"<th>{escape(sp)}</th>", _td(e.get("rows"))]
+                        + [f'<td class="num">{tc[k]:,.0f}</td>' if isinstance(tc.get(k), (int, float)) else _td(None)
+                           for k in ("median", "p95", "max")])
+        parts.append(_table(["split", "rows", "text length (characters): median", "95th percentile", "longest"],
+                            rows))
+        if any("labels" in summary[sp] for sp in splits):
+            shown = _shown_classes(label_names, {n: {"support": sum((summary[sp].get("labels") or {}).get(n, 0)
+                                                                     for sp in splits)} for n in label_names})
+            rows = []
+            for name in shown:
+                row = [f"<th>{escape(str(name))}</th>"]
+                for sp in splits:
+                    labels = summary[sp].get("labels") or {}
+                    total = summary[sp].get("rows") or 0
+                    c = labels.get(name, 0)
+                    share = f" ({100 * c / total:.1f} %)" if total else ""
+                    row.append(f'<td class="num">{c:,}{share}</td>')
+                rows.append(row)
+            parts.append("<h3>Label distribution</h3>" + _table(["label", *map(escape, splits)], rows)
+                         + _shown_note(len(shown), len(label_names), "labels"))
+        if any("target" in summary[sp] for sp in splits):
+            rows = [[f"<th>{escape(sp)}</th>", *(_td((summary[sp].get("target") or {}).get(k))
+                                                  for k in ("mean", "std", "min", "max"))] for sp in splits]
+            parts.append("<h3>Target</h3>" + _table(["split", "mean", "std", "min", "max"], rows))
+    if findings is not None:
+        if not findings:
+            parts.append('<p class="muted">The data checks found nothing to warn about.</p>')
+        else:
+            n_err = sum(f.get("severity") == "error" for f in findings)
+            n_warn = len(findings) - n_err
+            head = ", ".join(x for x in (f"{n_err} error{'s' * (n_err != 1)}" if n_err else "",
+                                         f"{n_warn} warning{'s' * (n_warn != 1)}" if n_warn else "") if x)
+            rows = [[f'<td class="finding-{escape(str(f.get("severity")))}">{escape(str(f.get("severity")))}</td>',
+                     _td(f.get("code")), f'<td class="text">{escape(str(f.get("message", "")))}</td>']
+                    for f in findings]
+            parts.append(f"<h3>Data checks: {head}</h3>" + _table(["severity", "check", "finding"], rows))
+    return "\n".join(parts)
+
+
+def _config_html(config: dict | None) -> str:
+    if not config:
+        return ""
+    rows = [[f"<th>{escape(str(k))}</th>", _td(v if not isinstance(v, (list, tuple)) or v else "[]")]
+            for k, v in _flatten(config)]
+    return ("<h2>Configuration</h2>"
+            '<p class="muted">The resolved settings of this run (config.yaml), defaults included.</p>'
+            + _table(["setting", "value"], rows))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -443,14 +669,32 @@ def render_report(
     *, title: str, run_info: dict, task: str, label_names: list[str], metrics: dict[str, dict],
     baseline: dict[str, dict] | None, predictions: dict[str, tuple[list[str], np.ndarray, np.ndarray]],
     history: list[dict] | None = None, n_errors: int = 20, threshold=0.5, calibration_bins: int = 10,
+    verdict: dict | None = None, data_summary: dict | None = None, findings: list[dict] | None = None,
+    config: dict | None = None, origins: dict[str, tuple] | None = None,
 ) -> str:
     """The report as an HTML string (see `write_report`)."""
+    with _plot_style():
+        return _render(
+            title=title, run_info=run_info, task=task, label_names=label_names, metrics=metrics,
+            baseline=baseline, predictions=predictions, history=history, n_errors=n_errors,
+            threshold=threshold, calibration_bins=calibration_bins, verdict=verdict, data_summary=data_summary,
+            findings=findings, config=config, origins=origins)
+
+
+def _render(*, title, run_info, task, label_names, metrics, baseline, predictions, history, n_errors,
+            threshold, calibration_bins, verdict, data_summary, findings, config, origins) -> str:
+    metrics = dict(metrics)
+    if verdict is None and isinstance(metrics.get("verdict"), dict):
+        verdict = metrics["verdict"]
+    metrics = {k: v for k, v in metrics.items() if k != "verdict" and isinstance(v, dict)}
     when = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
     body = [f"<h1>{escape(title)}</h1>",
             f'<p class="sub">{escape(task)} · {len(label_names)} labels · written {when}</p>'
             if task != "regression" else f'<p class="sub">regression · written {when}</p>',
+            _verdict_html(verdict),
             _headline(task, metrics, baseline),
-            "<h2>Run</h2>", _run_info_html(run_info)]
+            "<h2>Run</h2>", _run_info_html(run_info),
+            _data_html(data_summary, findings, label_names)]
     if task == "multilabel":
         t = threshold if np.ndim(threshold) == 0 else "per label: " + _fmt(list(np.asarray(threshold)))
         body.append(f'<p class="muted">Decision threshold: {escape(_fmt(t))}</p>')
@@ -462,7 +706,8 @@ def render_report(
         body.append(_split_section(
             split, task, label_names, metrics.get(split), (baseline or {}).get(split),
             predictions.get(split), n_errors=n_errors, threshold=threshold,
-            calibration_bins=calibration_bins))
+            calibration_bins=calibration_bins, origin=(origins or {}).get(split)))
+    body.append(_config_html(config))
     if baseline is None:
         body.append('<p class="muted">No baseline was computed for this run.</p>')
     else:
@@ -480,7 +725,8 @@ def write_report(
     metrics: dict[str, dict], baseline: dict[str, dict] | None,
     predictions: dict[str, tuple[list[str], np.ndarray, np.ndarray]],
     history: list[dict] | None = None, n_errors: int = 20, threshold=0.5,
-    calibration_bins: int = 10,
+    calibration_bins: int = 10, verdict: dict | None = None, data_summary: dict | None = None,
+    findings: list[dict] | None = None, config: dict | None = None, origins: dict[str, tuple] | None = None,
 ) -> None:
     """Write one self-contained HTML report to `path` (atomically: temp file, then rename).
 
@@ -488,11 +734,18 @@ def write_report(
     `predictions[split] = (texts, y_true, scores)` in the data contract of `tunery.evaluate.metrics`
     feeds the figures and the mistakes table. `history`: log records (step, epoch, loss, lr, ...);
     records with `split: "validation"` hold evaluation metrics.
+
+    Optional sections: `verdict` (tunery.evaluate.verdict; also taken from `metrics["verdict"]`)
+    at the top; `data_summary` (see `summarize_splits`) and `findings` (data_report.json's
+    findings) under Data; `config` (the resolved run config) under Configuration. `origins[split]
+    = (rows, sources)`, one per text, makes the mistakes table show where each example is in the
+    user's file (the prepared frames' `row` and `source` columns).
     """
     html = render_report(
         title=title, run_info=run_info, task=task, label_names=label_names, metrics=metrics,
         baseline=baseline, predictions=predictions, history=history, n_errors=n_errors,
-        threshold=threshold, calibration_bins=calibration_bins)
+        threshold=threshold, calibration_bins=calibration_bins, verdict=verdict, data_summary=data_summary,
+        findings=findings, config=config, origins=origins)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(path, html)  # readable as the umask says, like any other output (not mkstemp's 0600)
