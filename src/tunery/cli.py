@@ -15,6 +15,7 @@ from typing import Optional
 import typer
 from rich.console import Console
 from rich.markup import escape
+from rich.padding import Padding
 from rich.table import Table
 
 from tunery.errors import TuneryError
@@ -404,7 +405,19 @@ def runs_list(status: Optional[str] = typer.Option(None), limit: int = typer.Opt
     if as_json:
         out.print_json(json.dumps([r.to_dict() for r in records], default=str))
         return
+    rows = []
+    for r in records:
+        metric, split, value, base = _headline(_run_metrics(r)) if r.status == "completed" else ("", None, None, None)
+        rows.append((r, f"{metric} {value:.4f}" if value is not None else "", "" if base is None else f"{base:.4f}"))
     longest = max((len(r.name) for r in records), default=4)
+    if longest + 60 > out.width:  # no room for a table with whole names: one block per run
+        for r, shown, base in rows:
+            out.print(f"[bold]{escape(r.name)}[/]", highlight=False, soft_wrap=True)  # never cut
+            figures = f"{shown} (baseline {base})" if base else shown
+            parts = [r.status, r.task or "", r.backbone or "", str(r.started_at)[:16], figures]
+            out.print(Padding(escape("  ".join(p for p in parts if p)), (0, 0, 0, 2)), highlight=False)
+            out.print(Padding(escape(r.path), (0, 0, 0, 2)), highlight=False, overflow="fold")
+        return
     table = Table()
     table.add_column("name", no_wrap=True, min_width=longest)  # every other command needs it whole
     table.add_column("status")
@@ -414,11 +427,9 @@ def runs_list(status: Optional[str] = typer.Option(None), limit: int = typer.Opt
     table.add_column("metric")
     table.add_column("baseline")
     table.add_column("path", overflow="fold")
-    for r in records:
-        metric, split, value, base = _headline(_run_metrics(r)) if r.status == "completed" else ("", None, None, None)
-        shown = f"{metric} {value:.4f}" if value is not None else ""
+    for r, shown, base in rows:
         table.add_row(escape(r.name), r.status, r.task or "", escape(r.backbone or ""), str(r.started_at)[:16],
-                      shown, "" if base is None else f"{base:.4f}", escape(r.path))
+                      shown, base, escape(r.path))
     out.print(table)
 
 
@@ -527,9 +538,11 @@ def models_register(run: str = typer.Argument(..., help="completed run directory
                     name: str = typer.Option(..., "--name", help="model name, e.g. sentiment"),
                     alias: Optional[str] = typer.Option(None, help="also point this alias at it, e.g. prod"),
                     force: bool = typer.Option(False, "--force", help="register even a run that loses to its "
-                                               "baseline, or one already registered (as a new version)")):
-    """Register a completed run as the next version of a model. A run that loses to its baseline,
-    or one already registered under NAME, is refused unless --force."""
+                                               "baseline"),
+                    again: bool = typer.Option(False, "--again", help="register a run already registered under "
+                                               "NAME once more, as a new version")):
+    """Register a completed run as the next version of a model. A run that loses to its baseline
+    is refused unless --force; one already registered under NAME, unless --again."""
     from tunery.evaluate.verdict import verdict_line
     from tunery.rundir import find_run
     from tunery.store import Store
@@ -545,7 +558,7 @@ def models_register(run: str = typer.Argument(..., help="completed run directory
     store = Store()
     earlier = store.versions_of_run(str(run_dir), run_dir.name)
     version = store.register_model(name, run_path=str(run_dir), run_name=run_dir.name, alias=alias,
-                                   metrics=doc.get("model"), refuse_duplicate=not force)
+                                   metrics=doc.get("model"), refuse_duplicate=not again)
     out.print(f"registered {version.ref}" + (f" (alias {alias})" if alias else ""), highlight=False)
     if earlier:
         err.print(f"note: run {escape(run_dir.name)} is also registered as "

@@ -741,8 +741,8 @@ class Store:
                             refs = ", ".join(f"{name}@{v}" for v in same)
                             raise RunError(
                                 f"run {run_name or run_path} is already registered as {refs}; use that "
-                                f"version (tunery models alias {name} ALIAS {same[-1]}), or pass --force to "
-                                "register it again as a new version"
+                                f"version (tunery models alias {name} ALIAS {same[-1]}), or pass --again to "
+                                "register it once more as a new version"
                             )
                     latest = s.scalar(
                         select(func.max(ModelVersionRow.version)).where(ModelVersionRow.name == name)

@@ -77,7 +77,7 @@ def test_runs_and_model_registry(tmp_path, tiny_backbone):
 
     runs = json.loads(cli("runs", "list", "--json", cwd=tmp_path).stdout)
     assert [r["name"] for r in runs] == ["second", "first"] and {r["status"] for r in runs} == {"completed"}
-    shown = json.loads(cli("runs", "show", "first", cwd=tmp_path).stdout)
+    shown = json.loads(cli("runs", "show", "first", "--json", cwd=tmp_path).stdout)
     assert shown["metrics"]["test"]["accuracy"] is not None and shown["config"]["name"] == "first"
     assert "did you mean 'first'" in cli("runs", "show", "frist", cwd=tmp_path, expect=1).stderr
 

@@ -65,7 +65,7 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path, st_backbone):
     b = load_file(tmp_path / "runs" / "killed" / "model" / "model.safetensors")
     assert all((a[k] == b[k]).all() for k in a)
     assert any(".layer.2." in k for k in a)  # the tiny 2-layer BERT got its mean-pooling layer
-    record = json.loads(cli("runs", "show", "killed", cwd=tmp_path).stdout)
+    record = json.loads(cli("runs", "show", "killed", "--json", cwd=tmp_path).stdout)
     assert record["status"] == "completed" and record["attempts"] == 2
 
 
@@ -87,7 +87,7 @@ def test_sigterm_records_an_interrupted_run_that_resumes(tmp_path, tiny_backbone
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 143, stderr
     assert "resume" in stderr
-    record = json.loads(cli("runs", "show", "termed", cwd=tmp_path).stdout)
+    record = json.loads(cli("runs", "show", "termed", "--json", cwd=tmp_path).stdout)
     assert record["status"] == "interrupted" and "signal" in record["error"]
     cli("train", "--resume", "termed", "--no-progress", cwd=tmp_path)
-    assert json.loads(cli("runs", "show", "termed", cwd=tmp_path).stdout)["status"] == "completed"
+    assert json.loads(cli("runs", "show", "termed", "--json", cwd=tmp_path).stdout)["status"] == "completed"
