@@ -228,13 +228,14 @@ def test_tunery_home_env_is_resolved_and_created_on_first_use(
     assert (home / "tunery.db").is_file()
 
 
-def test_default_home_is_dot_tunery_in_the_working_dir(
+def test_default_home_is_the_users_data_dir_whatever_the_working_dir(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     monkeypatch.delenv("TUNERY_DB_URL", raising=False)
     monkeypatch.delenv("TUNERY_HOME", raising=False)
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
     monkeypatch.chdir(tmp_path)
-    assert default_db_url() == f"sqlite:///{tmp_path / '.tunery' / 'tunery.db'}"
+    assert default_db_url() == f"sqlite:///{tmp_path / 'data' / 'tunery' / 'tunery.db'}"
 
 
 def test_two_stores_on_one_file_see_each_others_writes(store: Store, url: str) -> None:

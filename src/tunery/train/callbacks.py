@@ -1,4 +1,7 @@
-"""Hooks into the loop. Library code logs; the CLI adds a Rich progress bar through these."""
+"""Hooks into the training loop: subclass `Callback` and override the hooks you need.
+
+Library code logs (`LoggingCallback`); `tunery train` and `TextClassifier.fit` show `RichProgress`.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +11,10 @@ log = logging.getLogger("tunery.train")
 
 
 class Callback:
+    """The hooks the loop calls, each doing nothing here. `state` is the loop's TrainState (step,
+    total_steps, epoch, best_metric, best_step, samples_seen, ...); `record` holds a logging step's
+    figures (step, epoch, loss, lr, samples_per_s) or an evaluation's (the validation metrics, best)."""
+
     def on_train_begin(self, state, n_train: int) -> None: ...
     def on_step(self, state) -> None: ...
     def on_log(self, state, record: dict) -> None: ...
@@ -57,5 +64,11 @@ class RichProgress(Callback):
         self.progress.console.print(f"step {state.step}: validation {metrics}" + (" (best)" if record.get("best") else ""))
 
     def on_train_end(self, state) -> None:
-        if self.progress:
+        self.close()
+
+    def close(self) -> None:
+        """Stop the bar (and its refresh thread); training that stops on an error or Ctrl-C never
+        reaches on_train_end, so whoever added the bar closes it. Safe to call twice."""
+        if self.progress is not None:
             self.progress.stop()
+            self.progress = None
