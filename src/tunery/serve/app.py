@@ -20,13 +20,16 @@ from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, Header, Query, Request
+from fastapi import Body, Depends, FastAPI, Header, Query, Request, Security
+from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from tunery.serve import docs
 from tunery.serve import keys as keyring
 from tunery.serve import metering
 from tunery.serve.auth import KeyCache, RateLimiter, bearer_token
@@ -366,10 +369,11 @@ def create_app(
             for m in served.values():
                 m.executor.shutdown(wait=True)
 
-    app = FastAPI(
+    app = docs.offline_app(
         title="tunery", version="1", lifespan=lifespan,
         description="Predictions from fine-tuned tunery models, metered per API key. "
-        "Send `Authorization: Bearer <key>`; errors are `{\"error\": {\"code\", \"message\"}}`.",
+        "Send `Authorization: Bearer <key>` (the Authorize button); errors are "
+        "`{\"error\": {\"code\", \"message\"}}`. Served models: " + ", ".join(f"`{n}`" for n in sorted(served)) + ".",
     )  # fmt: skip
     app.state.tunery = state
     _install_error_handlers(app)
@@ -403,8 +407,10 @@ def _request_hash(model: str, body: PredictRequest) -> str:
 def _routes(app: FastAPI, state: _State) -> None:
     config, store, metrics = state.config, state.store, state.metrics
 
-    async def caller(authorization: Annotated[str | None, Header(description="Bearer <API key>")] = None) -> KeyInfo:
-        token = bearer_token(authorization)
+    async def caller(credentials: Annotated[HTTPAuthorizationCredentials | None, Security(docs.bearer)]) -> KeyInfo:
+        return await authenticate(credentials.credentials if credentials is not None else None)
+
+    async def authenticate(token: str | None) -> KeyInfo:
         if token is None:
             raise ApiError(401, "missing_key", "send your API key as 'Authorization: Bearer <key>'",
                            headers={"WWW-Authenticate": "Bearer"})
@@ -448,15 +454,17 @@ def _routes(app: FastAPI, state: _State) -> None:
             return _error(503, "load_failed", f"models failed to load: {state.load_error}")
         return _error(503, "loading", "models are loading", {"Retry-After": "1"})
 
-    @app.get("/metrics", tags=["ops"], response_class=Response, responses={401: {"model": ErrorResponse}})
+    @app.get("/metrics", tags=["ops"], response_class=Response, responses={401: {"model": ErrorResponse}},
+             openapi_extra={"security": [{}]})  # the key is optional here: [{bearer: []}, {}]
     async def prometheus(
-        authorization: Annotated[str | None, Header(description="optional; an admin key adds the tenant series")] = None,
+        request: Request, _key: Annotated[HTTPAuthorizationCredentials | None, Security(docs.bearer)],
     ) -> Response:
         """Prometheus text format. Without a key (or with a tenant key): request, latency, batch and
         queue series, which name no tenant. With an admin key: also usage per tenant and model."""
         tenants = False
-        if authorization is not None:
-            tenants = (await caller(authorization)).admin  # a key that is sent must be valid: 401 else
+        authorization = request.headers.get("authorization")
+        if authorization is not None:  # a key that is sent must be valid: 401 else
+            tenants = (await authenticate(bearer_token(authorization))).admin
         for m in state.models.values():
             if m.batcher is not None:
                 metrics.queue_depth.labels(m.name).set(m.batcher.queued_texts)
@@ -469,8 +477,10 @@ def _routes(app: FastAPI, state: _State) -> None:
     @app.post("/v1/models/{name}/predict", tags=["predict"], response_model=PredictResponse,
               response_model_exclude_none=True, responses=_ERRORS)
     async def predict(
-        name: str,
-        body: PredictRequest,
+        name: Annotated[str, PathParam(description="a served model (GET /v1/models lists those your key may use)",
+                                       json_schema_extra={"enum": sorted(state.models)})],
+        body: Annotated[PredictRequest, Body(openapi_examples=docs.predict_examples(
+            {n: docs.takes_pairs(m.path) for n, m in state.models.items()}))],
         key: Annotated[KeyInfo, Depends(caller)],
         idempotency_key: Annotated[str | None, Header(description="retry-safe: same key, same response, billed once")] = None,
     ):
@@ -564,7 +574,10 @@ def _routes(app: FastAPI, state: _State) -> None:
         return {"keys": [k.to_dict() for k in found]}
 
     @app.post("/v1/keys", tags=["admin"], status_code=201, responses=_ERRORS)
-    async def keys_create(body: KeyCreate, _admin: Annotated[KeyInfo, Depends(admin)]) -> dict:
+    async def keys_create(
+        body: Annotated[KeyCreate, Body(openapi_examples=docs.key_examples(list(config.plans)))],
+        _admin: Annotated[KeyInfo, Depends(admin)],
+    ) -> dict:
         from tunery.errors import TuneryError
 
         try:
