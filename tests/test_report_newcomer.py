@@ -130,6 +130,17 @@ def test_report_mistakes_table_gives_rows_of_the_users_file(tmp_path):
     assert first and int(first.group(1).replace(",", "")) == rows[int(first.group(2))]
 
 
+def test_pipeline_origins_name_the_users_file_or_dataframe():
+    from tunery.data.validate import Source, data_sources
+    from tunery.pipeline import _origins
+
+    frame = pd.DataFrame({"text": ["a", "b"], "label": [0, 1], "row": [3, 1], "source": ["/d/copy.parquet"] * 2})
+    assert _origins(frame) == ([3, 1], ["/d/copy.parquet"] * 2, "row")
+    with data_sources({"/d/copy.parquet": Source("the DataFrame given to fit (train)", ["x", "y", "z"])}):
+        assert _origins(frame) == (["z", "x"], ["the DataFrame given to fit (train)"] * 2, "index label")
+    assert _origins(frame.drop(columns="row")) is None
+
+
 def test_report_shows_data_summary_findings_and_configuration(tmp_path):
     frames = {"train": pd.DataFrame({"text": ["aa", "bbbb", "cccccc", "d"], "label": [0, 1, 2, 0]}),
               "test": pd.DataFrame({"text": ["xyz", "hello"], "label": [1, 1]})}
@@ -177,12 +188,12 @@ def test_report_gives_a_won_verdict_one_calm_line(tmp_path):
 def run_report(tiny_backbone, tmp_path_factory) -> Path:
     """report.html of one tiny 3-class run with Chinese label names and a duplicate-row warning."""
     tmp = tmp_path_factory.mktemp("newcomer")
-    df = make_dataset("multiclass", n=150)
+    df = make_dataset("multiclass", n=96)
     df["category"] = df["category"].map(ZH)
     df = pd.concat([df, df.head(3)], ignore_index=True)  # exact duplicates: a data warning
     df.to_csv(tmp / "news.csv", index=False)
     write_config(tmp / "run.yaml", {"name": "newcomer", "data": {"train": "news.csv"},
-                                    "model": {"backbone": tiny_backbone}, "train": fast_train(epochs=2)})
+                                    "model": {"backbone": tiny_backbone}, "train": fast_train(epochs=1)})
     cli("train", "run.yaml", "--no-progress", cwd=tmp)
     found = sorted(tmp.rglob("report.html"))
     if not found:

@@ -500,14 +500,15 @@ def _drop_checkpoints(run: Path) -> None:
 def _verdict(p: Prepared, work: Path, metric: str, metrics: dict, scores: dict, b_scores: dict, y: dict,
              threshold, b_threshold) -> dict | None:
     """Whether the model beats the baseline on test (else validation), with the likely causes."""
-    from tunery.evaluate.verdict import compare, likely_causes, make_verdict, read_history
+    from tunery.evaluate.verdict import compare_to_baseline, likely_causes, make_verdict, read_history
 
     split = next((s for s in ("test", "validation") if s in scores and s in b_scores and len(y[s])), None)
     if split is None:
         return None
     label_names = list(p.data.label_names)
-    comparison = compare(p.data.task, metric, y[split], scores[split], b_scores[split], label_names=label_names,
-                         model_threshold=threshold, baseline_threshold=b_threshold, seed=p.cfg.train.seed)
+    comparison = compare_to_baseline(p.data.task, metric, y[split], scores[split], b_scores[split],
+                                     label_names=label_names, model_threshold=threshold,
+                                     baseline_threshold=b_threshold, seed=p.cfg.train.seed)
     causes = likely_causes(data_report=p.report.to_dict(), history=read_history(work), metric=metric,
                            model_metrics=metrics[split], label_names=label_names)
     return make_verdict(split, comparison, causes)
@@ -554,17 +555,27 @@ def _write_report(work: Path, p: Prepared, meta: dict, metrics: dict, baseline, 
                  origins={split: _origins(frames[split]) for split in scores})
 
 
-def _origins(frame) -> tuple[list, list] | None:
-    """(rows, sources) of a prepared frame: where each example is in the user's file."""
+def _origins(frame) -> tuple[list, list, str] | None:
+    """(rows, sources, word) of a prepared frame: where each example is in the user's data. For
+    tunery's copy of a DataFrame given to `TextClassifier.fit` (see tunery.data.validate.Source),
+    the DataFrame's index labels and name instead of the copy's rows and path."""
     if "row" not in frame or "source" not in frame:
         return None
-    return frame["row"].tolist(), frame["source"].tolist()
+    from tunery.data.validate import _SOURCES
+
+    rows, sources = frame["row"].tolist(), frame["source"].tolist()
+    named = _SOURCES.get()
+    if len(set(sources)) == 1 and (src := named.get(str(sources[0]))) is not None:
+        if src.index is not None:
+            rows = [src.index[r - 1] if 0 < r <= len(src.index) else r for r in rows]
+        return rows, [src.name] * len(rows), "index label" if src.index is not None else "row"
+    return rows, sources, "row"
 
 
 def _evaluation_verdict(run_dir: Path, prepared: Prepared | None, meta: dict, split: str, y, scores, b_scores,
                         metrics: dict, threshold, *, seed: int) -> dict | None:
     """The verdict of an evaluation: the model against the baseline on the evaluated rows."""
-    from tunery.evaluate.verdict import compare, likely_causes, make_verdict, read_history
+    from tunery.evaluate.verdict import compare_to_baseline, likely_causes, make_verdict, read_history
 
     if not len(y):
         return None
@@ -572,8 +583,8 @@ def _evaluation_verdict(run_dir: Path, prepared: Prepared | None, meta: dict, sp
     from tunery.evaluate.metrics import default_metric
 
     metric = meta.get("metric") or default_metric(meta["task"])
-    comparison = compare(meta["task"], metric, y, scores, b_scores, label_names=label_names,
-                         model_threshold=threshold, baseline_threshold=threshold, seed=seed)
+    comparison = compare_to_baseline(meta["task"], metric, y, scores, b_scores, label_names=label_names,
+                                     model_threshold=threshold, baseline_threshold=threshold, seed=seed)
     report = prepared.report.to_dict() if prepared is not None else None
     causes = likely_causes(data_report=report, history=read_history(run_dir), metric=metric,
                            model_metrics=metrics, label_names=label_names)

@@ -10,7 +10,8 @@ Each mistake is a plain dict (JSON-serialisable):
 
 `index` is the position in the arrays given. With `rows` (and `sources`), each mistake also
 carries `row` (the 1-based data record in the user's file, as the prepared frames hold it) and
-`source` (that file), so a reader finds the example where it came from.
+`source` (that file), so a reader finds the example where it came from (`row` may also be a
+DataFrame's index label, kept as a string when it is not an integer).
 """
 
 from __future__ import annotations
@@ -36,7 +37,8 @@ def most_confident_mistakes(
     for m in out:
         i = m["index"]
         if rows is not None:
-            m["row"] = int(rows[i])
+            r = rows[i]
+            m["row"] = int(r) if isinstance(r, (int, np.integer)) else str(r)  # a row, or an index label
         if sources is not None:
             m["source"] = None if sources[i] is None else str(sources[i])
     return out

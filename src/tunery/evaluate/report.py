@@ -185,10 +185,21 @@ def _img(fig, alt: str) -> str:
     return f'<img src="data:image/png;base64,{data}" alt="{escape(alt)}">'
 
 
+def _text_width_in(text: str, fontsize: float = 10.0) -> float:
+    """About how wide `text` is drawn, in inches (wide East Asian characters count twice)."""
+    import unicodedata
+
+    units = sum(2 if unicodedata.east_asian_width(ch) in "WF" else 1 for ch in text)
+    return units * 0.6 * fontsize / 72
+
+
 def _confusion_fig(cm: np.ndarray, label_names: list[str]):
     c = len(label_names)
-    size = min(max(4.0, 0.45 * c + 2.5), 16.0)
-    fig = _figure(size, size * 0.85)
+    side = min(max(2.6, 0.5 * c), 12.0)  # the matrix itself
+    labels = max((_text_width_in(_short(n)) for n in label_names), default=0.0)
+    # room for the y labels and colorbar beside it, for (slanted) x labels below it; savefig's
+    # tight bounding box trims what is not used, and the matrix keeps its size
+    fig = _figure(side + labels + 1.8, side + 0.8 * labels + 1.2)
     ax = fig.add_subplot()
     row = cm.sum(axis=1, keepdims=True)
     norm = np.divide(cm, row, out=np.zeros_like(cm, dtype=float), where=row > 0)
@@ -444,7 +455,7 @@ def _top_confusions_table(confusions: list[dict], per_class: dict) -> str:
             + _table(["true", "predicted", "count", "share of true class"], rows))
 
 
-def _mistakes_html(task: str, mistakes: list[dict]) -> str:
+def _mistakes_html(task: str, mistakes: list[dict], word: str = "row") -> str:
     if not mistakes:
         return '<p class="muted">No mistakes to show.</p>'
 
@@ -455,8 +466,8 @@ def _mistakes_html(task: str, mistakes: list[dict]) -> str:
     sources = {m.get("source") for m in mistakes} if traced else set()
     one_file = len(sources) == 1 and None not in sources
     if traced:
-        first_h = (f'row in <span title="{escape(str(next(iter(sources))))}">'
-                   f"{escape(Path(str(next(iter(sources)))).name)}</span>" if one_file else "file: row")
+        first_h = (f'{escape(word)} in <span title="{escape(str(next(iter(sources))))}">'
+                   f"{escape(Path(str(next(iter(sources)))).name)}</span>" if one_file else f"file: {escape(word)}")
     else:
         first_h = "#"
 
@@ -466,7 +477,7 @@ def _mistakes_html(task: str, mistakes: list[dict]) -> str:
         if one_file or not m.get("source"):
             return _td(m["row"])
         src = str(m["source"])
-        return f'<td class="num" title="{escape(src)}">{escape(Path(src).name)}: {m["row"]:,}</td>'
+        return f'<td class="num" title="{escape(src)}">{escape(Path(src).name)}: {escape(_fmt(m["row"]))}</td>'
 
     rows = []
     for m in mistakes:
@@ -539,13 +550,13 @@ def _split_section(
         parts.append('<div class="figs">' + "".join(figs) + "</div>")
     if n_errors > 0:
         title = "Largest errors" if task == "regression" else "Most confident mistakes"
-        rows, sources = origin if origin is not None else (None, None)
+        rows, sources, word = (*origin, "row")[:3] if origin is not None else (None, None, "row")
         if rows is None:
             title += ' <span class="muted">(# = position in this split)</span>'
         mistakes = most_confident_mistakes(task, list(texts), y, scores, label_names, n=n_errors,
                                            threshold=threshold, rows=rows, sources=sources)
         parts.append(f"<h3>{title}</h3>")
-        parts.append(_mistakes_html(task, mistakes))
+        parts.append(_mistakes_html(task, mistakes, word))
     return "\n".join(parts)
 
 
