@@ -11,7 +11,7 @@ import pytest
 
 from tests.conftest import fast_train, make_dataset
 from tests.integration.helpers import cli, write_config
-from tunery.evaluate.verdict import compare, likely_causes, make_verdict, verdict_line
+from tunery.evaluate.verdict import compare_to_baseline, likely_causes, make_verdict, verdict_line
 
 VERDICT_KEYS = {"beats_baseline", "split", "metric", "model", "baseline", "margin", "summary", "causes"}
 
@@ -36,7 +36,7 @@ def _classification(n: int, model_right: int, base_right: int, seed: int = 0):
 
 def test_a_clear_loss_on_many_rows_is_a_loss():
     y, model, base = _classification(600, model_right=420, base_right=540)
-    c = compare("classification", "accuracy", y, model, base, label_names=["a", "b"])
+    c = compare_to_baseline("classification", "accuracy", y, model, base, label_names=["a", "b"])
     assert (c["model"], c["baseline"]) == (pytest.approx(0.70), pytest.approx(0.90))
     assert c["outcome"] == "worse" and 0 < c["margin"] < 0.2
     v = make_verdict("test", c, [{"code": "vocabulary", "message": "vocabulary coverage: 66 % [UNK]"}])
@@ -47,7 +47,7 @@ def test_a_clear_loss_on_many_rows_is_a_loss():
 
 def test_a_small_gap_on_a_small_test_set_is_a_tie_not_a_loss():
     y, model, base = _classification(30, model_right=25, base_right=27)
-    c = compare("classification", "accuracy", y, model, base, label_names=["a", "b"])
+    c = compare_to_baseline("classification", "accuracy", y, model, base, label_names=["a", "b"])
     assert c["model"] < c["baseline"] and c["outcome"] == "tie"
     v = make_verdict("test", c, [])
     assert v["beats_baseline"] is True and "NOT" not in v["summary"] and "level with" in v["summary"]
@@ -55,8 +55,8 @@ def test_a_small_gap_on_a_small_test_set_is_a_tie_not_a_loss():
 
 def test_a_clear_win_drops_the_causes():
     y, model, base = _classification(600, model_right=570, base_right=480)
-    v = make_verdict("test", compare("classification", "macro_f1", y, model, base, label_names=["a", "b"]),
-                     [{"code": "imbalance", "message": "x"}])
+    c = compare_to_baseline("classification", "macro_f1", y, model, base, label_names=["a", "b"])
+    v = make_verdict("test", c, [{"code": "imbalance", "message": "x"}])
     assert v["outcome"] == "better" and v["beats_baseline"] and v["causes"] == []
 
 
@@ -64,10 +64,11 @@ def test_lower_is_better_metrics_and_metrics_without_a_fast_path():
     rng = np.random.default_rng(1)
     y = rng.normal(size=400)
     good, bad = y + rng.normal(scale=0.1, size=400), y + rng.normal(scale=1.0, size=400)
-    assert compare("regression", "rmse", y, bad, good, label_names=[])["outcome"] == "worse"
-    assert compare("regression", "rmse", y, good, bad, label_names=[])["outcome"] == "better"
+    assert compare_to_baseline("regression", "rmse", y, bad, good, label_names=[])["outcome"] == "worse"
+    assert compare_to_baseline("regression", "rmse", y, good, bad, label_names=[])["outcome"] == "better"
     yc, model, base = _classification(200, model_right=100, base_right=190)
-    c = compare("classification", "roc_auc", yc, model, base, label_names=["a", "b"], n_resamples=50)
+    c = compare_to_baseline("classification", "roc_auc", yc, model, base, label_names=["a", "b"],
+                            n_resamples=50)
     assert c["outcome"] == "worse" and "resamples" in c["method"]
 
 

@@ -561,9 +561,12 @@ def _origins(frame) -> tuple[list, list, str] | None:
     the DataFrame's index labels and name instead of the copy's rows and path."""
     if "row" not in frame or "source" not in frame:
         return None
+    return _named_origins(frame["row"].tolist(), frame["source"].tolist())
+
+
+def _named_origins(rows: list, sources: list) -> tuple[list, list, str]:
     from tunery.data.validate import _SOURCES
 
-    rows, sources = frame["row"].tolist(), frame["source"].tolist()
     named = _SOURCES.get()
     if len(set(sources)) == 1 and (src := named.get(str(sources[0]))) is not None:
         if src.index is not None:
@@ -668,5 +671,5 @@ def evaluate_run(ref: str | Path, *, data: str | Path | None = None) -> dict:
                  n_errors=cfg.evaluate.n_errors, threshold=threshold,
                  calibration_bins=cfg.evaluate.calibration_bins, verdict=result.get("verdict"),
                  origins={name: _origins(frame) if data is None else
-                          (list(range(1, len(texts) + 1)), [str(data)] * len(texts))})
+                          _named_origins(list(range(1, len(texts) + 1)), [str(data)] * len(texts))})
     return result

@@ -18,14 +18,18 @@ from tunery.evaluate.metrics import (
     tune_threshold,
 )
 from tunery.evaluate.report import render_report, write_report
+from tunery.evaluate.verdict import compare_to_baseline, likely_causes, make_verdict, verdict_line
 
 __all__ = [
     "baseline_metrics",
     "baseline_scores",
     "classification_metrics",
+    "compare_to_baseline",
     "compute_metrics",
     "default_metric",
     "greater_is_better",
+    "likely_causes",
+    "make_verdict",
     "metric_names",
     "metric_value",
     "most_confident_mistakes",
@@ -33,5 +37,6 @@ __all__ = [
     "regression_metrics",
     "render_report",
     "tune_threshold",
+    "verdict_line",
     "write_report",
 ]

@@ -30,7 +30,8 @@ import numpy as np
 
 from tunery.evaluate.metrics import compute_metrics, greater_is_better, metric_value
 
-__all__ = ["N_RESAMPLES", "compare", "likely_causes", "make_verdict", "read_history", "verdict_line"]
+__all__ = ["N_RESAMPLES", "compare_to_baseline", "likely_causes", "make_verdict", "read_history",
+           "verdict_line"]
 
 N_RESAMPLES = 500
 Z_95 = 1.96
@@ -108,9 +109,9 @@ def _fast_metric(task: str, metric: str, n_classes: int, threshold) -> tuple[Cal
     return None
 
 
-def compare(task: str, metric: str, y_true, model_scores, baseline_scores, *, label_names: list[str],
-            model_threshold=0.5, baseline_threshold=0.5, n_resamples: int = N_RESAMPLES,
-            seed: int = 0) -> dict[str, Any]:
+def compare_to_baseline(task: str, metric: str, y_true, model_scores, baseline_scores, *,
+                        label_names: list[str], model_threshold=0.5, baseline_threshold=0.5,
+                        n_resamples: int = N_RESAMPLES, seed: int = 0) -> dict[str, Any]:
     """Model against baseline on the same rows: each one's `metric`, the noise `margin` (1.96
     paired-bootstrap standard errors of the difference) and the `outcome` ("better", "tie",
     "worse"). See the module docstring for the rule."""
@@ -270,7 +271,7 @@ def likely_causes(*, data_report: dict | None = None, history: list[dict] | None
 
 def make_verdict(split: str, comparison: dict, causes: list[dict] | None = None, *,
                  baseline_name: str = BASELINE_NAME) -> dict[str, Any]:
-    """The "verdict" object of metrics.json from `compare`'s result and `likely_causes`. Causes
+    """The "verdict" object of metrics.json from `compare_to_baseline`'s result and `likely_causes`. Causes
     are kept only when the model is not better."""
     metric, m, b, margin, n = (comparison[k] for k in ("metric", "model", "baseline", "margin", "n"))
     outcome = comparison["outcome"]
