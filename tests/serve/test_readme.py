@@ -32,7 +32,7 @@ def readme_server(tiny_run, tmp_path_factory):
     db_url = f"sqlite:///{tmp / 'serve.db'}"
     env = {**os.environ, "TUNERY_DB_URL": db_url}
     subprocess.run([sys.executable, "-m", "tunery", "models", "register", str(tiny_run), "--name", "sentiment",
-                    "--alias", "prod", "--force"], env=env, check=True, capture_output=True)
+                    "--alias", "prod"], env=env, check=True, capture_output=True)
     server = start_server(["sentiment:prod"], cwd=tmp, db_url=db_url)
     server.key = new_key(server, "acme")
     yield server
