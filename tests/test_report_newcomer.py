@@ -213,6 +213,21 @@ def test_run_report_has_data_settings_and_traceable_mistakes(run_report):
         assert "row in" in mistakes and "news.csv" in mistakes
 
 
+def test_evaluate_report_traces_mistakes_to_the_file_evaluated(run_report):
+    tmp = run_report.parents[2]  # beside news.csv
+    fresh = make_dataset("multiclass", n=30, seed=7)
+    fresh["category"] = fresh["category"].map(ZH)
+    names = list(ZH.values())
+    fresh.loc[:8, "category"] = [names[(names.index(c) + 1) % 3] for c in fresh.loc[:8, "category"]]  # mistakes
+    fresh.to_csv(tmp / "fresh.csv", index=False)
+    cli("evaluate", str(run_report.parent), "--data", "fresh.csv", cwd=tmp)
+    html = (run_report.parent / "evaluations" / "fresh" / "report.html").read_text(encoding="utf-8")
+    mistakes = html.split("Most confident mistakes")[1]
+    assert "row in" in mistakes and "fresh.csv" in mistakes
+    row, text = re.search(r'<tbody><tr><td class="num">(\d+)</td><td class="text">([^<]*)</td>', mistakes).groups()
+    assert fresh.loc[int(row) - 1, "text"] == _html.unescape(text)
+
+
 _MEASURE = """<script>window.addEventListener("load", () => {
   const imgs = [...document.images].map(i => [i.alt, i.naturalWidth, i.naturalHeight, i.width, i.height,
                                                Math.round(i.getBoundingClientRect().top + window.scrollY),

@@ -610,6 +610,15 @@ def evaluate_run(ref: str | Path, *, data: str | Path | None = None) -> dict:
     n_labels = len(label_names)
     train_frame = None
     prepared = None
+    if data is not None:
+        # the file evaluated is checked as training checks its files, first; the training files are not
+        frame, report = check_file(str(data), cfg.data, task=meta["task"], label_names=label_names,
+                                   text_column=meta["text_column"], text_pair_column=meta.get("text_pair_column"),
+                                   label_column=meta["label_column"], delimiter=meta.get("label_delimiter"),
+                                   tokenizer=predictor.tokenizer, backbone=cfg.model.backbone)
+        report.raise_for_errors()
+        for finding in report.warnings:
+            log.warning("%s", finding.message)
     changed = _changed_data(run_dir, cfg)
     if changed:
         log.warning("no baseline and no test split: %s changed since the run was trained", ", ".join(changed))
@@ -628,14 +637,6 @@ def evaluate_run(ref: str | Path, *, data: str | Path | None = None) -> dict:
         pairs = frame["text_pair"].astype(str).tolist() if "text_pair" in frame else None
         labels = frame["label"].tolist()
     else:
-        # the file evaluated is checked as training checks its files; the training files are not
-        frame, report = check_file(str(data), cfg.data, task=meta["task"], label_names=label_names,
-                                   text_column=meta["text_column"], text_pair_column=meta.get("text_pair_column"),
-                                   label_column=meta["label_column"], delimiter=meta.get("label_delimiter"),
-                                   tokenizer=predictor.tokenizer, backbone=cfg.model.backbone)
-        report.raise_for_errors()
-        for finding in report.warnings:
-            log.warning("%s", finding.message)
         name = Path(data).name.split(".")[0]
         texts = frame["text"].tolist()
         pairs = frame["text_pair"].tolist() if "text_pair" in frame else None
