@@ -6,7 +6,10 @@ from tunery.data.validate import (
     Finding,
     LabelEncoding,
     PreparedData,
+    Source,
     ValidationReport,
+    check_file,
+    data_sources,
     detect_delimiter,
     encode_labels,
     infer_columns,
@@ -16,7 +19,8 @@ from tunery.data.validate import (
 )
 
 __all__ = [
-    "Finding", "LabelEncoding", "PreparedData", "TableWriter", "ValidationReport", "detect_delimiter",
+    "Finding", "LabelEncoding", "PreparedData", "Source", "TableWriter", "ValidationReport", "check_file",
+    "data_sources", "detect_delimiter",
     "detect_format", "encode_labels", "infer_columns", "infer_task", "iter_table", "label_names_for",
     "normalize_frame", "prepare", "read_table", "split_frame", "write_table",
 ]
