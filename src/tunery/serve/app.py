@@ -372,7 +372,7 @@ def create_app(
     app = docs.offline_app(
         title="tunery", version="1", lifespan=lifespan,
         description="Predictions from fine-tuned tunery models, metered per API key. "
-        "Send `Authorization: Bearer <key>` (the Authorize button); errors are "
+        "Send `Authorization: Bearer <key>` (in /docs: Authorize); errors are "
         "`{\"error\": {\"code\", \"message\"}}`. Served models: " + ", ".join(f"`{n}`" for n in sorted(served)) + ".",
     )  # fmt: skip
     app.state.tunery = state
