@@ -208,7 +208,8 @@ def test_a_label_value_with_no_name_is_an_error_naming_its_rows(tmp_path):
     data, report = prepare(DataConfig(train=str(path), label_names=NAMES), TaskConfig())
     [f] = report.errors
     assert data is None and f.code == "bad_label" and f.rows == (19, 20)
-    assert "have no name in data.label_names ('2')" in f.message and "give them a name in data.label_names" in f.message
+    assert "have no name in data.label_names ('2')" in f.message
+    assert "give them a name in data.label_names" in f.message
 
 
 @pytest.mark.parametrize("kind, task", [("regression", "auto"), ("multilabel", "auto"), ("binary", "regression")])
@@ -220,7 +221,8 @@ def test_label_names_for_a_task_they_do_not_apply_to_are_an_error(tmp_path, kind
     df.to_csv(path, index=False)
     data, report = prepare(DataConfig(train=str(path), label_names=NAMES), TaskConfig(type=task))
     [f] = [f for f in report.errors if f.code == "label_names"]
-    assert data is None and f.message.startswith("data.label_names: names apply to the values of a classification")
+    assert data is None and f.message.startswith("data.label_names: names apply to the values of a "
+                                                 "classification")
     assert "remove data.label_names" in f.message
 
 
@@ -366,8 +368,8 @@ def test_fit_names_the_dataframe_and_its_index_labels_in_warnings_and_errors(tin
 def test_validate_config_label_names_and_vocabulary_from_a_config(tmp_path):
     path = tmp_path / "waimai.csv"
     _chinese().to_csv(path, index=False)
-    config = write_config(tmp_path / "run.yaml", {"data": {"train": str(path), "label_names": {0: "差评", 1: "好评"},
-                                                           "allow_vocabulary_mismatch": True}})
+    config = write_config(tmp_path / "run.yaml", {"data": {
+        "train": str(path), "label_names": {0: "差评", 1: "好评"}, "allow_vocabulary_mismatch": True}})
     proc = cli("validate", str(path), "--config", str(config), cwd=tmp_path)
     assert "classes (train, 2): 差评 24 · 好评 24" in proc.stdout
     assert "warning [vocabulary]" in proc.stdout

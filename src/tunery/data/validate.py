@@ -704,8 +704,8 @@ def _check_overlap(ck: _Checker, train_path: str, train: pd.DataFrame, path: str
     train_rows = train["row"].to_numpy()[tk.isin(ek).to_numpy()]
     ck.add("warning", "overlap",
            f"{_where(path)}: {_plural(len(rows), 'text')} also appear in {_where(train_path)} (leakage), at "
-           f"{_rows_text(rows, path)} (in {_where(train_path)}: {_rows_text(train_rows, train_path)}); {role} scores will be "
-           f"too optimistic: remove them from one of the files", path, rows, len(rows))
+           f"{_rows_text(rows, path)} (in {_where(train_path)}: {_rows_text(train_rows, train_path)}); {role} "
+           f"scores will be too optimistic: remove them from one of the files", path, rows, len(rows))
 
 
 def _class_counts(frame: pd.DataFrame, task: TaskName, names: list[str]) -> dict[str, int]:
