@@ -15,6 +15,7 @@ from typing import Optional
 import typer
 from rich.console import Console
 from rich.markup import escape
+from rich.measure import Measurement
 from rich.padding import Padding
 from rich.table import Table
 
@@ -275,15 +276,21 @@ def _print_verdict(verdict: Optional[dict]) -> None:
         return
     from tunery.evaluate.verdict import verdict_line
 
-    colour = {"worse": "bold red", "tie": "yellow"}.get(verdict.get("outcome") or "", "green")
-    if not verdict.get("beats_baseline"):
-        colour = "bold red"
-    out.print(f"[{colour}]{escape(verdict_line(verdict))}[/]", highlight=False, soft_wrap=True)
+    colour = "bold red" if not verdict.get("beats_baseline") else "yellow" if verdict.get("outcome") == "tie" \
+        else "green"
+    causes = verdict.get("causes") or []
+    text = verdict_line(verdict) if not causes else verdict["summary"]
+    out.print(f"[{colour}]{escape(text)}[/]", highlight=False, soft_wrap=True)
+    if causes:
+        out.print("Likely causes:", highlight=False)
+        for c in causes:
+            out.print(f"  - {escape(c['message'])}", highlight=False, soft_wrap=True)
 
 
 def _print_summary(run: Path) -> None:
     metrics = json.loads((run / "metrics.json").read_text())
-    table = Table(title=f"run {run.name}")
+    out.print(f"run {escape(run.name)}", highlight=False, soft_wrap=True)  # whole, never wrapped
+    table = Table()
     table.add_column("split")
     table.add_column(f"model {metrics['metric']}")
     table.add_column("baseline")
@@ -384,6 +391,11 @@ def _headline(doc: dict) -> tuple[str, Optional[str], Optional[float], Optional[
     return metric, split, model[split][metric], base if isinstance(base, (int, float)) else None
 
 
+def _fits(table: Table) -> bool:
+    """Whether `table` fits the terminal without wrapping or cutting a cell."""
+    return Measurement.get(out, out.options.update_width(1 << 20), table).maximum <= out.width
+
+
 def _verdict_word(verdict: Optional[dict]) -> str:
     if not verdict:
         return ""
@@ -409,28 +421,22 @@ def runs_list(status: Optional[str] = typer.Option(None), limit: int = typer.Opt
     for r in records:
         metric, split, value, base = _headline(_run_metrics(r)) if r.status == "completed" else ("", None, None, None)
         rows.append((r, f"{metric} {value:.4f}" if value is not None else "", "" if base is None else f"{base:.4f}"))
-    longest = max((len(r.name) for r in records), default=4)
-    if longest + 60 > out.width:  # no room for a table with whole names: one block per run
-        for r, shown, base in rows:
-            out.print(f"[bold]{escape(r.name)}[/]", highlight=False, soft_wrap=True)  # never cut
-            figures = f"{shown} (baseline {base})" if base else shown
-            parts = [r.status, r.task or "", r.backbone or "", str(r.started_at)[:16], figures]
-            out.print(Padding(escape("  ".join(p for p in parts if p)), (0, 0, 0, 2)), highlight=False)
-            out.print(Padding(escape(r.path), (0, 0, 0, 2)), highlight=False, overflow="fold")
-        return
     table = Table()
-    table.add_column("name", no_wrap=True, min_width=longest)  # every other command needs it whole
-    table.add_column("status")
-    table.add_column("task")
-    table.add_column("backbone", overflow="fold")
-    table.add_column("started")
-    table.add_column("metric")
-    table.add_column("baseline")
-    table.add_column("path", overflow="fold")
+    for col in ("name", "status", "task", "backbone", "started", "metric", "baseline", "path"):
+        table.add_column(col, no_wrap=True)
     for r, shown, base in rows:
         table.add_row(escape(r.name), r.status, r.task or "", escape(r.backbone or ""), str(r.started_at)[:16],
                       shown, base, escape(r.path))
-    out.print(table)
+    if _fits(table):
+        out.print(table)
+        return
+    for r, shown, base in rows:  # too narrow for the table without cutting: one block per run
+        out.print(f"[bold]{escape(r.name)}[/]", highlight=False, soft_wrap=True)  # the name is never cut
+        parts = [r.status, r.task or "", r.backbone or "", str(r.started_at)[:16]]
+        out.print(Padding(escape("  ".join(p for p in parts if p)), (0, 0, 0, 2)), highlight=False)
+        if shown:
+            out.print(Padding(f"{shown}" + (f" (baseline {base})" if base else ""), (0, 0, 0, 2)), highlight=False)
+        out.print(Padding(escape(r.path), (0, 0, 0, 2)), highlight=False, overflow="fold")
 
 
 @runs_app.command("show")
@@ -516,19 +522,27 @@ def runs_compare(names: list[str] = typer.Argument(..., help="two or more run na
              "model": {k: value(d, "model", k) for k in rows}, "baseline": {k: value(d, "baseline", k) for k in rows},
              "verdict": d.get("verdict")} for r, d in zip(records, docs)]}, default=str))
         return
-    table = Table(title=f"{split or 'no'} split")
-    table.add_column("")
-    for r in records:
-        table.add_column(escape(r.name), no_wrap=True, justify="right")
-    table.add_row("task", *[r.task or "-" for r in records])
-    table.add_row("backbone", *[escape(r.backbone or "-") for r in records])
-    table.add_row("selection metric", *[d.get("metric") or "-" for d in docs])
-    for k in rows:
-        table.add_row(k, *["-" if value(d, "model", k) is None else f"{value(d, 'model', k):.4f}" for d in docs])
-    for k in rows[:1]:
-        table.add_row(f"baseline {k}", *["-" if value(d, "baseline", k) is None else f"{value(d, 'baseline', k):.4f}"
-                                         for d in docs])
-    table.add_row("verdict", *[_verdict_word(d.get("verdict")) or "-" for d in docs])
+    def build(headers: list[str]) -> Table:
+        table = Table(title=f"{split or 'no'} split")
+        table.add_column("", no_wrap=True)
+        for h in headers:
+            table.add_column(escape(h), no_wrap=True, justify="right")
+        table.add_row("task", *[r.task or "-" for r in records])
+        table.add_row("backbone", *[escape(r.backbone or "-") for r in records])
+        table.add_row("selection metric", *[d.get("metric") or "-" for d in docs])
+        for k in rows:
+            table.add_row(k, *["-" if value(d, "model", k) is None else f"{value(d, 'model', k):.4f}" for d in docs])
+        for k in rows[:1]:
+            table.add_row(f"baseline {k}", *["-" if value(d, "baseline", k) is None
+                                             else f"{value(d, 'baseline', k):.4f}" for d in docs])
+        table.add_row("verdict", *[_verdict_word(d.get("verdict")) or "-" for d in docs])
+        return table
+
+    table = build([r.name for r in records])
+    if not _fits(table):  # whole names as a legend above, numbers as the columns' headers
+        for i, r in enumerate(records, 1):
+            out.print(f"#{i} = {escape(r.name)}", highlight=False, soft_wrap=True)
+        table = build([f"#{i}" for i in range(1, len(records) + 1)])
     out.print(table)
 
 
