@@ -478,7 +478,7 @@ def _routes(app: FastAPI, state: _State) -> None:
               response_model_exclude_none=True, responses=_ERRORS)
     async def predict(
         name: Annotated[str, PathParam(description="a served model (GET /v1/models lists those your key may use)",
-                                       json_schema_extra={"enum": sorted(state.models)})],
+                                       json_schema_extra={"enum": sorted(state.models)} if state.models else None)],
         body: Annotated[PredictRequest, Body(openapi_examples=docs.predict_examples(
             {n: docs.takes_pairs(m.path) for n, m in state.models.items()}))],
         key: Annotated[KeyInfo, Depends(caller)],
