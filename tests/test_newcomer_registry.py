@@ -16,12 +16,12 @@ from tests.integration.helpers import cli, write_config
 
 @pytest.fixture(scope="module")
 def toy_run(tiny_backbone, tmp_path_factory):
-    """A completed run on the toy reviews, used read-only. The tiny model loses to TF-IDF there
-    (0.67 vs 1.00 on 24 test rows), so registering it takes --force."""
+    """A completed run on the toy reviews, used read-only: one epoch, so it loses to TF-IDF
+    and registering it takes --force."""
     tmp = tmp_path_factory.mktemp("registry")
     make_dataset("binary", n=240).to_csv(tmp / "reviews.csv", index=False)
     write_config(tmp / "run.yaml", {"name": "good", "data": {"train": "reviews.csv"},
-                                     "model": {"backbone": tiny_backbone}, "train": fast_train()})
+                                     "model": {"backbone": tiny_backbone}, "train": fast_train(epochs=1)})
     cli("train", "run.yaml", "--no-progress", cwd=tmp)
     return tmp / "runs" / "good"
 

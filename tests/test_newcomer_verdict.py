@@ -142,3 +142,28 @@ def test_register_refuses_a_run_that_loses_unless_forced(losing_run):
     assert json.loads(cli("models", "list", "--json", cwd=tmp).stdout) == []
     proc = cli("models", "register", "runs/loser", "--name", "sentiment", "--force", cwd=tmp)
     assert "sentiment@1" in proc.stdout and "loses to its baseline" in " ".join(proc.stderr.split())
+
+
+@pytest.mark.parametrize(("task", "metrics"), [
+    ("classification", ["accuracy", "micro_f1", "macro_f1", "weighted_f1", "log_loss", "per_class.b.recall"]),
+    ("multilabel", ["micro_f1", "macro_f1", "samples_f1", "hamming_loss", "subset_accuracy", "per_class.c.f1"]),
+    ("regression", ["mse", "rmse", "mae", "r2"]),
+])
+def test_the_bootstrap_sums_give_the_reported_metric_on_all_rows(task, metrics):
+    """Each resample is a weighted sum of per-row figures: with every weight 1 it must be the
+    metric metrics.json reports."""
+    from tunery.evaluate.metrics import compute_metrics, metric_value
+    from tunery.evaluate.verdict import _row_stats
+
+    rng = np.random.default_rng(3)
+    names = ["a", "b", "c"]
+    if task == "classification":
+        y, scores = rng.integers(0, 3, 200), rng.dirichlet([1, 1, 1], 200)
+    elif task == "multilabel":
+        y, scores = (rng.random((200, 3)) < 0.4).astype(int), rng.random((200, 3))
+    else:
+        y, scores, names = rng.normal(size=200), rng.normal(size=200), []
+    reported = compute_metrics(task, y, scores, names, threshold=0.4)
+    for metric in metrics:
+        S, value = _row_stats(task, metric, y, scores, 0.4, names)
+        assert value(S.sum(axis=0)[None], np.array([200.0]))[0] == pytest.approx(metric_value(reported, metric))

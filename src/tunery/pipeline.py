@@ -428,7 +428,7 @@ def _train_and_write(p: Prepared, model, work: Path, *, resume: bool, callbacks)
                                            calibration_bins=cfg.evaluate.calibration_bins)
                     for split, s in b_scores.items()}
         baseline_seconds = time.time() - t0
-        verdict = _verdict(p, work, metric, metrics, scores, b_scores, y, threshold, b_threshold)
+        verdict = _verdict(p, work, metric, metrics, baseline, scores, b_scores, y, threshold, b_threshold)
 
     # The model directory loads with plain transformers: LoRA adapters are merged in.
     model_dir = work / "model"
@@ -497,9 +497,10 @@ def _drop_checkpoints(run: Path) -> None:
                  "true to keep them", size / 1e6)
 
 
-def _verdict(p: Prepared, work: Path, metric: str, metrics: dict, scores: dict, b_scores: dict, y: dict,
-             threshold, b_threshold) -> dict | None:
+def _verdict(p: Prepared, work: Path, metric: str, metrics: dict, baseline: dict, scores: dict, b_scores: dict,
+             y: dict, threshold, b_threshold) -> dict | None:
     """Whether the model beats the baseline on test (else validation), with the likely causes."""
+    from tunery.evaluate.metrics import metric_value
     from tunery.evaluate.verdict import compare_to_baseline, likely_causes, make_verdict, read_history
 
     split = next((s for s in ("test", "validation") if s in scores and s in b_scores and len(y[s])), None)
@@ -508,7 +509,9 @@ def _verdict(p: Prepared, work: Path, metric: str, metrics: dict, scores: dict, 
     label_names = list(p.data.label_names)
     comparison = compare_to_baseline(p.data.task, metric, y[split], scores[split], b_scores[split],
                                      label_names=label_names, model_threshold=threshold,
-                                     baseline_threshold=b_threshold, seed=p.cfg.train.seed)
+                                     baseline_threshold=b_threshold, seed=p.cfg.train.seed,
+                                     values=(metric_value(metrics[split], metric),
+                                             metric_value(baseline[split], metric)))
     causes = likely_causes(data_report=p.report.to_dict(), history=read_history(work), metric=metric,
                            model_metrics=metrics[split], label_names=label_names)
     return make_verdict(split, comparison, causes)
@@ -576,18 +579,19 @@ def _named_origins(rows: list, sources: list) -> tuple[list, list, str]:
 
 
 def _evaluation_verdict(run_dir: Path, prepared: Prepared | None, meta: dict, split: str, y, scores, b_scores,
-                        metrics: dict, threshold, *, seed: int) -> dict | None:
+                        metrics: dict, baseline: dict, threshold, *, seed: int) -> dict | None:
     """The verdict of an evaluation: the model against the baseline on the evaluated rows."""
     from tunery.evaluate.verdict import compare_to_baseline, likely_causes, make_verdict, read_history
 
     if not len(y):
         return None
     label_names = list(meta["label_names"])
-    from tunery.evaluate.metrics import default_metric
+    from tunery.evaluate.metrics import default_metric, metric_value
 
     metric = meta.get("metric") or default_metric(meta["task"])
     comparison = compare_to_baseline(meta["task"], metric, y, scores, b_scores, label_names=label_names,
-                                     model_threshold=threshold, baseline_threshold=threshold, seed=seed)
+                                     model_threshold=threshold, baseline_threshold=threshold, seed=seed,
+                                     values=(metric_value(metrics, metric), metric_value(baseline, metric)))
     report = prepared.report.to_dict() if prepared is not None else None
     causes = likely_causes(data_report=report, history=read_history(run_dir), metric=metric,
                            model_metrics=metrics, label_names=label_names)
@@ -654,7 +658,7 @@ def evaluate_run(ref: str | Path, *, data: str | Path | None = None) -> dict:
                             {name: shown}, n_labels=n_labels, seed=cfg.train.seed)
         baseline = compute_metrics(meta["task"], y, b[name], label_names, threshold=threshold,
                                    calibration_bins=cfg.evaluate.calibration_bins)
-        verdict = _evaluation_verdict(run_dir, prepared, meta, name, y, scores, b[name], metrics, threshold,
+        verdict = _evaluation_verdict(run_dir, prepared, meta, name, y, scores, b[name], metrics, baseline, threshold,
                                       seed=cfg.train.seed)
     out_dir = run_dir / "evaluations" / name
     out_dir.mkdir(parents=True, exist_ok=True)

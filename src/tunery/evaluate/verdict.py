@@ -33,7 +33,7 @@ from tunery.evaluate.metrics import compute_metrics, greater_is_better, metric_v
 __all__ = ["N_RESAMPLES", "compare_to_baseline", "likely_causes", "make_verdict", "read_history",
            "verdict_line"]
 
-N_RESAMPLES = 500
+N_RESAMPLES = 200  # the standard error to about 5 %
 Z_95 = 1.96
 FEW_ROWS_PER_CLASS = 100  # below this many training rows per class, fine-tuning rarely beats TF-IDF
 VOCABULARY_UNK_SHARE = 0.05  # a "vocabulary" finding at or above this [UNK] share is named as a cause
@@ -44,105 +44,152 @@ BASELINE_NAME = "TF-IDF baseline"
 # the paired comparison
 
 
-def _fast_metric(task: str, metric: str, n_classes: int, threshold) -> tuple[Callable, Callable] | None:
-    """(prepare(scores) -> z, value(y, z) -> float) for metrics cheap to recompute per resample;
-    None for the others (AUCs, ECE, correlations, per-class figures)."""
+def _per_label(kind: str, tp, support, predicted):
+    """precision, recall or f1 per class/label from (B, C) counts."""
+    if kind == "precision":
+        num, den = tp, predicted
+    elif kind == "recall":
+        num, den = tp, support
+    else:
+        num, den = 2 * tp, support + predicted
+    return np.divide(num, den, out=np.zeros_like(tp, dtype=float), where=den > 0)
+
+
+def _row_stats(task: str, metric: str, y, scores, threshold,
+               label_names: list[str]) -> tuple[np.ndarray, Callable] | None:
+    """Per-row statistics S (n, k) and f(sums (B, k), rows (B,)) -> metric (B,), for the metrics
+    that are functions of sums over rows: a bootstrap resample is then one weighted sum. None for
+    the others (AUCs, ECE, correlations)."""
+    per_class = None
+    if metric.startswith("per_class."):
+        _, name, kind = (metric.split(".", 2) + ["", ""])[:3]
+        if name not in label_names or kind not in ("precision", "recall", "f1"):
+            return None
+        per_class = (label_names.index(name), kind)
+    C = len(label_names)
     if task == "classification":
-        def f1s(y, pred):
-            support = np.bincount(y, minlength=n_classes)
-            predicted = np.bincount(pred, minlength=n_classes)
-            tp = np.bincount(y[y == pred], minlength=n_classes).astype(float)
-            denom = support + predicted
-            f = np.divide(2 * tp, denom, out=np.zeros_like(tp), where=denom > 0)
-            return f, support, predicted
-
-        argmax = (lambda s: np.asarray(s, dtype=float).argmax(axis=1))
-        table = {
-            "accuracy": (argmax, lambda y, p: float(np.mean(y == p))),
-            "micro_f1": (argmax, lambda y, p: float(np.mean(y == p))),  # single-label: = accuracy
-            "macro_f1": (argmax, lambda y, p: (lambda f, s, q: float(f[(s > 0) | (q > 0)].mean()))(*f1s(y, p))),
-            "weighted_f1": (argmax, lambda y, p: (lambda f, s, q: float((f * s).sum() / len(y)))(*f1s(y, p))),
-        }
+        P = np.asarray(scores, dtype=float)
+        yy = np.asarray(y).astype(int).reshape(-1)
+        pred = P.argmax(axis=1)
         if metric == "log_loss":
-            # the per-row loss needs the true class: keep the probabilities, index them per resample
-            return (lambda s: np.asarray(s, dtype=float),
-                    lambda y, P: float(-np.mean(np.log(np.clip(P[np.arange(len(y)), y], 1e-15, 1.0)))))
-        return table.get(metric)
+            loss = -np.log(np.clip(P[np.arange(len(yy)), yy], 1e-15, 1.0))
+            return loss[:, None], lambda s, n: s[:, 0] / n
+        eye = np.eye(C)
+        S = np.hstack([eye[yy], eye[pred], eye[yy] * (yy == pred)[:, None]])
+
+        def split(s):
+            return s[:, :C], s[:, C:2 * C], s[:, 2 * C:]
+
+        if per_class:
+            i, kind = per_class
+            return S, lambda s, n: _per_label(kind, split(s)[2], split(s)[0], split(s)[1])[:, i]
+        if metric in ("accuracy", "micro_f1"):  # single-label: micro-F1 = accuracy
+            return S, lambda s, n: split(s)[2].sum(axis=1) / n
+        if metric == "macro_f1":
+            def macro(s, n):
+                support, predicted, tp = split(s)
+                f = _per_label("f1", tp, support, predicted)
+                present = (support > 0) | (predicted > 0)
+                return (f * present).sum(axis=1) / np.maximum(present.sum(axis=1), 1)
+            return S, macro
+        if metric == "weighted_f1":
+            return S, lambda s, n: (_per_label("f1", split(s)[2], split(s)[0], split(s)[1]) * split(s)[0]).sum(
+                axis=1) / n
+        return None
     if task == "multilabel":
-        t = np.asarray(threshold, dtype=float)
-        binarize = (lambda s: (np.asarray(s, dtype=float) >= t).astype(int))
+        Y = np.asarray(y).astype(int)
+        Pb = (np.asarray(scores, dtype=float) >= np.asarray(threshold, dtype=float)).astype(int)
+        tp, fp, fn = Pb & Y, Pb & (1 - Y), (1 - Pb) & Y
+        d = Pb.sum(axis=1) + Y.sum(axis=1)
+        f_row = np.where(d > 0, 2 * tp.sum(axis=1) / np.maximum(d, 1), 1.0)
+        S = np.hstack([tp, fp, fn, f_row[:, None], (Pb != Y).mean(axis=1)[:, None],
+                       (Pb == Y).all(axis=1)[:, None]]).astype(float)
 
-        def prf(Y, P):
-            tp = (P & Y).sum(axis=0).astype(float)
-            fp = (P & (1 - Y)).sum(axis=0).astype(float)
-            fn = ((1 - P) & Y).sum(axis=0).astype(float)
-            return tp, fp, fn
+        def parts(s):
+            return s[:, :C], s[:, C:2 * C], s[:, 2 * C:3 * C]
 
-        def micro(Y, P):
-            tp, fp, fn = (v.sum() for v in prf(Y, P))
-            return float(2 * tp / (2 * tp + fp + fn)) if (2 * tp + fp + fn) > 0 else 0.0
-
-        def macro(Y, P):
-            tp, fp, fn = prf(Y, P)
-            d = 2 * tp + fp + fn
-            return float(np.divide(2 * tp, d, out=np.zeros_like(tp), where=d > 0).mean())
-
-        def samples(Y, P):
-            d = P.sum(axis=1) + Y.sum(axis=1)
-            return float(np.where(d > 0, 2 * (P & Y).sum(axis=1) / np.maximum(d, 1), 1.0).mean())
-
-        table = {"micro_f1": micro, "macro_f1": macro, "samples_f1": samples,
-                 "hamming_loss": lambda Y, P: float((P != Y).mean()),
-                 "subset_accuracy": lambda Y, P: float((P == Y).all(axis=1).mean())}
-        return (binarize, table[metric]) if metric in table else None
+        if per_class:
+            i, kind = per_class
+            return S, lambda s, n: _per_label(kind, parts(s)[0], parts(s)[0] + parts(s)[2],
+                                              parts(s)[0] + parts(s)[1])[:, i]
+        if metric == "micro_f1":
+            def micro(s, n):
+                t, f_p, f_n = (v.sum(axis=1) for v in parts(s))
+                den = 2 * t + f_p + f_n
+                return np.divide(2 * t, den, out=np.zeros_like(t), where=den > 0)
+            return S, micro
+        if metric == "macro_f1":
+            return S, lambda s, n: _per_label("f1", parts(s)[0], parts(s)[0] + parts(s)[2],
+                                              parts(s)[0] + parts(s)[1]).mean(axis=1)
+        column = {"samples_f1": 3 * C, "hamming_loss": 3 * C + 1, "subset_accuracy": 3 * C + 2}.get(metric)
+        return (S, lambda s, n: s[:, column] / n) if column is not None else None
     if task == "regression":
-        flat = (lambda s: np.asarray(s, dtype=float).reshape(-1))
-
-        def r2(y, p):
-            ss = float(np.sum((y - y.mean()) ** 2))
-            return 1.0 - float(np.sum((p - y) ** 2)) / ss if ss > 0 else float("nan")
-
-        table = {"mse": lambda y, p: float(np.mean((p - y) ** 2)),
-                 "rmse": lambda y, p: math.sqrt(float(np.mean((p - y) ** 2))),
-                 "mae": lambda y, p: float(np.mean(np.abs(p - y))), "r2": r2}
-        return (flat, table[metric]) if metric in table else None
+        yy = np.asarray(y, dtype=float).reshape(-1)
+        e = np.asarray(scores, dtype=float).reshape(-1) - yy
+        S = np.stack([e ** 2, np.abs(e), yy, yy ** 2], axis=1)
+        if metric == "mse":
+            return S, lambda s, n: s[:, 0] / n
+        if metric == "rmse":
+            return S, lambda s, n: np.sqrt(s[:, 0] / n)
+        if metric == "mae":
+            return S, lambda s, n: s[:, 1] / n
+        if metric == "r2":
+            def r2(s, n):
+                ss_tot = s[:, 3] - s[:, 2] ** 2 / n
+                return np.where(ss_tot > 0, 1.0 - s[:, 0] / np.where(ss_tot > 0, ss_tot, 1.0), np.nan)
+            return S, r2
     return None
+
+
+def _bootstrap_diffs(y, model_scores, baseline_scores, task: str, metric: str, label_names: list[str],
+                     model_threshold, baseline_threshold, n_resamples: int, seed: int) -> np.ndarray:
+    """The metric's model-minus-baseline difference on `n_resamples` paired bootstrap resamples of
+    the rows (each resample as row counts, so a metric made of per-row sums is one matrix product);
+    a metric without per-row sums is recomputed in full on each resample, fewer of them."""
+    n = len(y)
+    rng = np.random.default_rng(seed)
+    fast_m = _row_stats(task, metric, y, model_scores, model_threshold, label_names)
+    fast_b = _row_stats(task, metric, y, baseline_scores, baseline_threshold, label_names)
+    if fast_m and fast_b:
+        (Sm, fm), (Sb, fb) = fast_m, fast_b
+        out = []
+        chunk = max(1, min(n_resamples, 4_000_000 // max(n, 1)))
+        for start in range(0, n_resamples, chunk):
+            W = np.stack([np.bincount(rng.integers(0, n, n), minlength=n)
+                          for _ in range(min(chunk, n_resamples - start))]).astype(float)
+            rows = np.full(len(W), float(n))
+            with np.errstate(divide="ignore", invalid="ignore"):
+                out.append(fm(W @ Sm, rows) - fb(W @ Sb, rows))
+        return np.concatenate(out) if out else np.zeros(0)
+    kw = {"calibration_bins": 10}
+    resamples = max(20, min(n_resamples, 100, 2_000_000 // max(n, 1)))
+    zm, zb = np.asarray(model_scores, dtype=float), np.asarray(baseline_scores, dtype=float)
+    diffs = np.full(resamples, np.nan)
+    for i in range(resamples):
+        idx = rng.integers(0, n, n)
+        diffs[i] = (metric_value(compute_metrics(task, y[idx], zm[idx], label_names, threshold=model_threshold,
+                                                 **kw), metric)
+                    - metric_value(compute_metrics(task, y[idx], zb[idx], label_names,
+                                                   threshold=baseline_threshold, **kw), metric))
+    return diffs
 
 
 def compare_to_baseline(task: str, metric: str, y_true, model_scores, baseline_scores, *,
                         label_names: list[str], model_threshold=0.5, baseline_threshold=0.5,
-                        n_resamples: int = N_RESAMPLES, seed: int = 0) -> dict[str, Any]:
+                        n_resamples: int = N_RESAMPLES, seed: int = 0,
+                        values: tuple[float, float] | None = None) -> dict[str, Any]:
     """Model against baseline on the same rows: each one's `metric`, the noise `margin` (1.96
     paired-bootstrap standard errors of the difference) and the `outcome` ("better", "tie",
-    "worse"). See the module docstring for the rule."""
+    "worse"). See the module docstring for the rule. `values`: the (model, baseline) figures on
+    all the rows when already computed."""
     y = np.asarray(y_true)
     n = int(len(y))
-    kw = {"calibration_bins": 10}
-    model_value = metric_value(compute_metrics(task, y, model_scores, label_names, threshold=model_threshold,
-                                               **kw), metric)
-    base_value = metric_value(compute_metrics(task, y, baseline_scores, label_names,
-                                              threshold=baseline_threshold, **kw), metric)
-    fast_model = _fast_metric(task, metric, len(label_names), model_threshold)
-    fast_base = _fast_metric(task, metric, len(label_names), baseline_threshold)
-    if fast_model and fast_base:
-        zm, zb = fast_model[0](model_scores), fast_base[0](baseline_scores)
-        fm, fb = fast_model[1], fast_base[1]
-        resamples = n_resamples
-    else:  # the whole metrics on each resample: slower, so fewer resamples
-        zm, zb = np.asarray(model_scores, dtype=float), np.asarray(baseline_scores, dtype=float)
-
-        def fm(yy, z, t=model_threshold):
-            return metric_value(compute_metrics(task, yy, z, label_names, threshold=t, **kw), metric)
-
-        def fb(yy, z, t=baseline_threshold):
-            return metric_value(compute_metrics(task, yy, z, label_names, threshold=t, **kw), metric)
-
-        resamples = min(n_resamples, 100)
-    rng = np.random.default_rng(seed)
-    diffs = np.full(resamples if n > 1 else 0, np.nan)
-    for i in range(len(diffs)):
-        idx = rng.integers(0, n, n)
-        diffs[i] = fm(y[idx], zm[idx]) - fb(y[idx], zb[idx])
+    if values is None:
+        values = tuple(metric_value(compute_metrics(task, y, s, label_names, threshold=t), metric)
+                       for s, t in ((model_scores, model_threshold), (baseline_scores, baseline_threshold)))
+    model_value, base_value = (float(v) for v in values)
+    diffs = _bootstrap_diffs(y, model_scores, baseline_scores, task, metric, label_names, model_threshold,
+                             baseline_threshold, n_resamples, seed) if n > 1 else np.zeros(0)
     finite = diffs[np.isfinite(diffs)]
     se = float(np.std(finite, ddof=1)) if len(finite) > 1 else 0.0
     margin = Z_95 * se
