@@ -235,13 +235,16 @@ def _data_causes(data_report: dict | None) -> list[dict]:
         if code == "vocabulary":
             details = f.get("details") or {}
             unk = details.get("unk_token_share")
-            if unk is not None and unk < VOCABULARY_UNK_SHARE and f.get("severity") != "error":
-                continue
-            share = f"{100 * unk:.1f} % of the tokens are unknown to the backbone ([UNK])" if unk is not None \
-                else "the backbone's vocabulary does not cover the text"
+            scripts = details.get("scripts") or {}
+            top = sorted(((k, v) for k, v in scripts.items() if isinstance(v, (int, float))), key=lambda kv: -kv[1])
+            what = [f"{100 * unk:.1f} % of the tokens are unknown to the backbone ([UNK])"] if unk is not None \
+                and unk >= VOCABULARY_UNK_SHARE else []
+            if top:
+                what.append("letters by script: " + ", ".join(f"{k} {100 * v:.0f} %" for k, v in top[:3]))
             langs = details.get("backbone_languages")
             causes.append({"code": "vocabulary",
-                           "message": f"vocabulary coverage: {share}"
+                           "message": "vocabulary coverage: " + ("; ".join(what) or "the backbone's vocabulary "
+                                                                 "does not cover the text")
                                       + (f"; the backbone covers {langs}" if langs else "")
                                       + ". Use a backbone that covers the data's language, or keep the baseline"})
         elif code in ("too_few_examples", "imbalance"):
