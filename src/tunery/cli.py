@@ -484,6 +484,8 @@ def runs_show(name: str, as_json: bool = typer.Option(False, "--json", help="the
     _print_verdict(doc.get("verdict"))
     if record.status == "completed":
         out.print(f"report: {Path(record.path) / 'report.html'}   (--json for the raw record)", highlight=False)
+    elif record.status in ("failed", "interrupted") and Path(record.path).is_dir():
+        out.print(f"continue it with: tunery train --resume {escape(record.name)}", highlight=False)
 
 
 @runs_app.command("compare")
