@@ -210,3 +210,11 @@ def test_runs_list_names_the_store_on_stderr_and_keeps_json_clean(tmp_path):
     assert f"store: {tmp_path / '.tunery' / 'tunery.db'}" in proc.stderr
     proc = cli("runs", "list", cwd=tmp_path)
     assert f"store: {tmp_path / '.tunery' / 'tunery.db'}" in proc.stderr
+
+
+def test_a_dataframe_copy_for_fit_follows_the_umask(tmp_path):
+    from tunery.api import _write
+
+    with umask(0o027):
+        assert _write(make_dataset("binary", n=10), str(tmp_path / "runs" / ".data" / "x" / "train.parquet"), "data")
+    assert wrong_modes(tmp_path / "runs", 0o640, 0o750) == {}

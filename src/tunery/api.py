@@ -153,7 +153,6 @@ class TextClassifier:
         from tunery import pipeline
         from tunery.predict import load
         from tunery.rundir import partial_dir
-        from tunery.store import Store
         from tunery.train.callbacks import RichProgress
 
         self.name_ = self.name or f"classifier-{datetime.now().strftime('%Y%m%d-%H%M%S-%f')}"
@@ -167,8 +166,10 @@ class TextClassifier:
         files = {k: None if v is None else _file_path(v, folder, k) for k, v in splits.items()}
         cfg = self._config(files, text, label, text_pair)
         # A name in use is refused before the data copy would overwrite that run's own copy.
-        if why := pipeline._name_in_use(Store(), self.name_, Path(self.output_dir) / self.name_):
-            raise RunError(why)
+        for taken in (Path(self.output_dir) / self.name_, partial_dir(Path(self.output_dir) / self.name_)):
+            if taken.exists():
+                raise RunError(f"run directory {taken} already exists; choose another name (TextClassifier(name=...)) "
+                               "or remove it")
         show = cfg.train.progress if progress is None else progress
         bar = RichProgress(console=_stderr_console()) if show else None
         written: list[Path] = []
