@@ -192,15 +192,13 @@ def run_report(tiny_backbone, tmp_path_factory) -> Path:
     df["category"] = df["category"].map(ZH)
     df = pd.concat([df, df.head(3)], ignore_index=True)  # exact duplicates: a data warning
     df.to_csv(tmp / "news.csv", index=False)
-    write_config(tmp / "run.yaml", {"name": "newcomer", "data": {"train": "news.csv"},
+    # a name no other module's run takes: module fixtures share the session's store
+    write_config(tmp / "run.yaml", {"name": "report-zh", "data": {"train": "news.csv"},
                                     "model": {"backbone": tiny_backbone}, "train": fast_train(epochs=1)})
     cli("train", "run.yaml", "--no-progress", cwd=tmp)
-    found = sorted(tmp.rglob("report.html"))
-    if not found:
-        runs = json.loads(cli("runs", "list", "--json", cwd=tmp).stdout)
-        found = [Path(r["path"]) / "report.html" for r in runs if r.get("name") == "newcomer"]
-    assert found and found[0].is_file(), "the run wrote no report.html"
-    return found[0]
+    report = tmp / "runs" / "report-zh" / "report.html"
+    assert report.is_file(), "the run wrote no report.html"
+    return report
 
 
 def test_run_report_has_data_settings_and_traceable_mistakes(run_report):
