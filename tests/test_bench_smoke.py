@@ -36,7 +36,7 @@ def run_bench(script: str, *args: str, tmp_path: Path, timeout: float = 400) -> 
 
 def test_every_bench_script_has_a_smoke_test():
     scripts = sorted(p.name for p in BENCH.glob("*.py"))
-    assert scripts == ["naive_server.py", "serve.py", "sst2.py"], \
+    assert scripts == ["multilabel.py", "naive_server.py", "serve.py", "sst2.py"], \
         f"bench/ has new scripts {scripts}: give each a --smoke mode and a test here"
 
 
@@ -55,6 +55,35 @@ def test_sst2_bench_smoke(tmp_path):
     for key in ("dev_accuracy", "validation_accuracy", "samples_per_s", "steps", "best_step", "pooling"):
         assert key in full["tunery"], key
     assert full["tunery"]["settings"]["epochs"] == 1
+
+
+def test_multilabel_bench_smoke(tmp_path):
+    result = run_bench("multilabel.py", tmp_path=tmp_path)
+    assert result["benchmark"] == "multilabel-conll2003"
+    assert result["data"]["labels"] == ["PER", "ORG", "LOC", "MISC"] and result["data"]["train"]["rows"] == 96
+    for part in (result["tunery"], result["tunery"]["baseline"], result["hf_trainer"]):
+        assert {"micro_f1", "macro_f1"} <= set(part["test"]), part["test"]
+    assert result["hf_trainer"]["threshold"] == 0.5 and result["hf_trainer"]["settings"]["epochs"] == 1
+    assert result["tunery"]["evaluations"] and result["tunery"]["best_step"] is not None
+    comparison = result["comparison"]
+    assert {"micro_f1", "macro_f1", "ratio_wall_hf_over_tunery", "target"} <= set(comparison)
+    assert {"tunery", "baseline", "hf_trainer", "tunery_minus_baseline"} <= set(comparison["macro_f1"])
+
+
+def test_multilabel_conversion(tmp_path):
+    """CoNLL-2003 lines -> one row a sentence, its entity types as labels ([] for none), -DOCSTART- dropped."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_multilabel", BENCH / "multilabel.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    (tmp_path / "x.txt").write_text("-DOCSTART- -X- -X- O\n\nJAPAN NNP B-NP B-LOC\nwins VBZ B-VP O\nJohn NNP B-NP B-PER\n"
+                                    "Smith NNP I-NP I-PER\n\nNo DT B-NP O\nnames NNS I-NP O\n\n"
+                                    "Asian JJ B-NP B-MISC\nCup NNP I-NP I-MISC\nUN NNP I-NP B-ORG\n")
+    rows = module.conll_sentences(tmp_path / "x.txt")
+    assert rows == [{"text": "JAPAN wins John Smith", "labels": ["PER", "LOC"]},
+                    {"text": "No names", "labels": []},
+                    {"text": "Asian Cup UN", "labels": ["ORG", "MISC"]}]
 
 
 def test_serve_bench_smoke(tmp_path):
