@@ -109,6 +109,10 @@ class TaskConfig(_Part):
     problem_threshold: float = Field(
         0.5, gt=0, lt=1, description="starting multi-label threshold (tuned on validation)"
     )
+    per_label_threshold: bool = Field(
+        True, description="multi-label: also tune a threshold per label with at least 10 validation positives "
+        "(the others keep the global one)"
+    )
 
 
 class LoraConfig(_Part):
@@ -174,6 +178,10 @@ class TrainConfig(_Part):
     checkpoint_every_steps: int | None = Field(None, ge=1, description="default: at each eval")
     early_stopping_patience: int | None = Field(3, ge=1, description="evals without improvement")
     metric: str | None = Field(None, description="validation metric to select on; task default")
+    pos_weight_max: float | None = Field(
+        10.0, ge=1, description="multi-label: weigh each label's positives in the loss by "
+        "sqrt(negatives / positives), at most this; null: unweighted"
+    )
     log_every_steps: int = Field(20, ge=1)
     num_threads: int | None = Field(None, ge=1, le=THREADS_MAX, description="torch threads; default all cores")
     progress: bool = True

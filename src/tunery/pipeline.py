@@ -370,15 +370,44 @@ def _run(p: Prepared, model, work: Path, *, resume: bool, callbacks, store, made
     return final
 
 
+def threshold_decision(task: str, y_val: np.ndarray, *, fixed: float, per_label: bool):
+    """scores -> (global threshold, per-label thresholds or None) for validation `scores`. Multi-label
+    thresholds are tuned on validation at every evaluation, so the checkpoint is chosen on the metric
+    it will be used with: at a fixed 0.5, an early model's F1 is 0 at every evaluation and the first
+    checkpoint would win the tie. Other tasks (and an empty validation split) keep `fixed`."""
+    from tunery.evaluate.metrics import tune_thresholds
+
+    def decide(scores: np.ndarray) -> tuple[float, list[float] | None]:
+        if task != "multilabel" or not len(y_val):
+            return fixed, None
+        glob, per = tune_thresholds(y_val, scores)
+        return glob, (per if per_label else None)
+
+    return decide
+
+
+def make_metric_fn(task: str, y_val: np.ndarray, label_names: list[str], metric: str, decision):
+    """The validation metrics the trainer selects on: `metric` at the thresholds `decision` picks,
+    the task's other scalar metrics, and "loss", the threshold-free validation loss that breaks ties."""
+    from tunery.evaluate.metrics import compute_metrics, metric_value, validation_loss
+
+    def metric_fn(scores: np.ndarray) -> dict:
+        glob, per = decision(scores)
+        m = compute_metrics(task, y_val, scores, label_names, threshold=per if per is not None else glob)
+        return {metric: metric_value(m, metric), **{k: v for k, v in m.items() if isinstance(v, float)},
+                "loss": validation_loss(task, y_val, scores) if len(y_val) else float("nan")}
+
+    return metric_fn
+
+
 def _train_and_write(p: Prepared, model, work: Path, *, resume: bool, callbacks) -> tuple[Path, dict]:
     """Train, evaluate, write the run directory; returns it and the model's metrics per split."""
     import torch
     from safetensors import SafetensorError
 
-    from tunery.evaluate.metrics import (compute_metrics, default_metric, greater_is_better, metric_value,
-                                         tune_threshold)
+    from tunery.evaluate.metrics import compute_metrics, default_metric, greater_is_better, tune_thresholds
     from tunery.train.checkpoint import as_os_error
-    from tunery.train.loop import Trainer, predict_scores, resolve_precision
+    from tunery.train.loop import Trainer, label_pos_weight, predict_scores, resolve_precision
 
     cfg, data, task = p.cfg, p.data, p.task
     started = time.time()
@@ -390,14 +419,18 @@ def _train_and_write(p: Prepared, model, work: Path, *, resume: bool, callbacks)
     y_val = task.y_true(enc["validation"].labels, n_labels)
     metric = cfg.train.metric or default_metric(data.task)
     threshold = cfg.task.problem_threshold
+    thresholds = None  # multi-label: one per label, in label_names order
+    tuned = data.task == "multilabel" and len(y_val) > 0
+    decision = threshold_decision(data.task, y_val, fixed=threshold, per_label=cfg.task.per_label_threshold)
+    metric_fn = make_metric_fn(data.task, y_val, label_names, metric, decision)
 
-    def metric_fn(scores: np.ndarray) -> dict:
-        m = compute_metrics(data.task, y_val, scores, label_names, threshold=threshold)
-        return {metric: metric_value(m, metric), **{k: v for k, v in m.items() if isinstance(v, float)}}
-
+    pos_weight = None
+    if data.task == "multilabel" and cfg.train.pos_weight_max:
+        y_train = task.y_true(enc["train"].labels, n_labels)
+        pos_weight = torch.as_tensor(label_pos_weight(y_train, cfg.train.pos_weight_max), dtype=torch.float32)
     trainer = Trainer(model, task, cfg.train, n_labels=n_labels, pad_id=p.tokenizer.pad_token_id or 0,
                       workdir=work, metric=metric, greater_is_better=greater_is_better(metric),
-                      metric_fn=metric_fn, callbacks=callbacks)
+                      metric_fn=metric_fn, callbacks=callbacks, pos_weight=pos_weight)
     state = trainer.fit(enc["train"], enc["validation"], resume=resume)
     model = trainer.model
 
@@ -405,10 +438,11 @@ def _train_and_write(p: Prepared, model, work: Path, *, resume: bool, callbacks)
     scores = {split: predict_scores(model, task, enc[split], batch_size=cfg.train.eval_batch_size,
                                     pad_id=p.tokenizer.pad_token_id or 0, accelerator=trainer.accelerator)
               for split in ("validation", "test") if len(enc[split])}
-    if data.task == "multilabel" and len(y_val):
-        threshold = tune_threshold(y_val, scores["validation"])
+    if tuned:
+        threshold, thresholds = decision(scores["validation"])
+    decide = thresholds if thresholds is not None else threshold
     y = {split: task.y_true(enc[split].labels, n_labels) for split in scores}
-    metrics = {split: compute_metrics(data.task, y[split], s, label_names, threshold=threshold,
+    metrics = {split: compute_metrics(data.task, y[split], s, label_names, threshold=decide,
                                       calibration_bins=cfg.evaluate.calibration_bins)
                for split, s in scores.items()}
     baseline = None
@@ -421,14 +455,15 @@ def _train_and_write(p: Prepared, model, work: Path, *, resume: bool, callbacks)
         b_scores = baseline_scores(data.task, _texts(data.train), task.y_true(enc["train"].labels, n_labels),
                                    {split: _texts(getattr(data, split)) for split in scores},
                                    n_labels=n_labels, seed=cfg.train.seed)
-        b_threshold = threshold
-        if data.task == "multilabel" and "validation" in b_scores:  # the baseline's own tuned threshold
-            b_threshold = tune_threshold(y["validation"], b_scores["validation"])
+        b_threshold = decide
+        if data.task == "multilabel" and "validation" in b_scores:  # the baseline's own tuned thresholds
+            b_glob, b_per = tune_thresholds(y["validation"], b_scores["validation"])
+            b_threshold = b_per if cfg.task.per_label_threshold else b_glob
         baseline = {split: compute_metrics(data.task, y[split], s, label_names, threshold=b_threshold,
                                            calibration_bins=cfg.evaluate.calibration_bins)
                     for split, s in b_scores.items()}
         baseline_seconds = time.time() - t0
-        verdict = _verdict(p, work, metric, metrics, baseline, scores, b_scores, y, threshold, b_threshold)
+        verdict = _verdict(p, work, metric, metrics, baseline, scores, b_scores, y, decide, b_threshold)
 
     # The model directory loads with plain transformers: LoRA adapters are merged in.
     model_dir = work / "model"
@@ -451,6 +486,7 @@ def _train_and_write(p: Prepared, model, work: Path, *, resume: bool, callbacks)
         "task": data.task,
         "label_names": label_names,
         "threshold": threshold,
+        "thresholds": thresholds,
         "label_mean": 0.0,  # regression scaling is folded into the saved head
         "label_scale": 1.0,
         "backbone": cfg.model.backbone,
@@ -465,7 +501,12 @@ def _train_and_write(p: Prepared, model, work: Path, *, resume: bool, callbacks)
         "created_at": datetime.now(timezone.utc).isoformat(),
     }
     training = {"steps": state.step, "total_steps": state.total_steps, "best_step": state.best_step,
-                "best_validation": state.best_metric, "stopped_early": state.stopped_early,
+                "best_validation": state.best_metric, "best_validation_loss": state.best_loss,
+                "selection": {"metric": metric, "tie_break": "validation loss",
+                              "threshold": "tuned per evaluation" if tuned else
+                              ("fixed" if data.task == "multilabel" else "none")},
+                "pos_weight_max": cfg.train.pos_weight_max if data.task == "multilabel" else None,
+                "stopped_early": state.stopped_early,
                 "samples_seen": state.samples_seen, "train_seconds": round(state.train_seconds, 2),
                 "samples_per_s": round(state.samples_seen / max(state.train_seconds, 1e-9), 2),
                 "baseline_seconds": baseline_seconds, "wall_seconds": round(time.time() - started, 2),
@@ -474,9 +515,10 @@ def _train_and_write(p: Prepared, model, work: Path, *, resume: bool, callbacks)
                 "n_train": len(enc["train"]), "n_validation": len(enc["validation"]), "n_test": len(enc["test"]),
                 "split": data.split_note}
     write_json(work / "metrics.json", {"task": data.task, "metric": metric, "threshold": threshold,
+                                       "thresholds": thresholds,
                                        "model": metrics, "baseline": baseline, "training": training,
                                        **({"verdict": verdict} if verdict else {})})
-    _write_report(work, p, meta, metrics, baseline, scores, y, training, threshold)
+    _write_report(work, p, meta, metrics, baseline, scores, y, training, decide)
     write_json(work / META, meta)  # written last: its presence marks a complete run
     final = final_dir(work)
     work.rename(final)

@@ -79,7 +79,15 @@ class Predictor:
         return list(self.meta["label_names"])
 
     @property
-    def threshold(self) -> float:
+    def threshold(self) -> float | list[float]:
+        """The multi-label decision threshold: one per label (tunery.json "thresholds", in
+        label_names order) when the run tuned them, else the global "threshold"."""
+        per = self.meta.get("thresholds")
+        if per is not None:
+            if len(per) != len(self.label_names):
+                raise ValueError(f"tunery.json in {self.run_dir}: 'thresholds' has {len(per)} values for "
+                                 f"{len(self.label_names)} labels; remove it to use the global 'threshold'")
+            return [float(t) for t in per]
         return float(self.meta.get("threshold") or 0.5)
 
     def predict_scores(self, texts: list[str], pairs: list[str] | None = None) -> np.ndarray:
@@ -142,7 +150,8 @@ class Predictor:
             cols["pred_label"] = [names[k] for k in top]
             cols["pred_score"] = scores[np.arange(len(top)), top].astype(float).tolist()
         else:
-            cols["pred_labels"] = ["|".join(n for n, p in zip(names, row) if p >= self.threshold) for row in scores]
+            on = scores >= np.asarray(self.threshold, dtype=float)
+            cols["pred_labels"] = ["|".join(n for n, hit in zip(names, row) if hit) for row in on]
             cols["pred_score"] = scores.max(axis=1).astype(float).tolist() if len(scores) else []
         for k, n in enumerate(names):
             cols[f"pred_prob_{n}"] = scores[:, k].astype(float).tolist()

@@ -316,6 +316,42 @@ def tune_threshold(y_true, probs) -> float:
     return float(best_t)
 
 
+MIN_POSITIVES_PER_LABEL = 10  # validation positives a label needs before it gets its own threshold
+
+
+def tune_thresholds(y_true, probs, *, min_positives: int = MIN_POSITIVES_PER_LABEL) -> tuple[float, list[float]]:
+    """The global threshold (`tune_threshold`) and one per label: the grid value that maximises the
+    label's own F1 where validation has at least `min_positives` positives of it (ties: closest to
+    the global one); labels with fewer keep the global threshold, which is less noisy."""
+    Y = np.asarray(y_true).astype(bool)
+    P = np.asarray(probs, dtype=float)
+    glob = tune_threshold(Y, P)
+    per = np.full(Y.shape[1] if Y.ndim == 2 else 0, glob)
+    pos = Y.sum(axis=0) if Y.ndim == 2 else np.zeros(0)
+    best_f = np.full(per.shape, -1.0)
+    for t in sorted(THRESHOLD_GRID, key=lambda t: (abs(t - glob), t)):
+        pred = P >= t
+        tp = (pred & Y).sum(axis=0).astype(float)
+        f = _prf(tp, (pred & ~Y).sum(axis=0).astype(float), (~pred & Y).sum(axis=0).astype(float))[2]
+        better = (f > best_f + 1e-12) & (pos >= min_positives)
+        per[better], best_f[better] = t, f[better]
+    return float(glob), [float(v) for v in per]
+
+
+def validation_loss(task: str, y_true, scores) -> float:
+    """A threshold-free loss of `scores` (cross-entropy, binary cross-entropy, or MSE for
+    regression): lower is better; breaks ties between checkpoints whose selection metric is equal."""
+    _check_task(task)
+    if task == "regression":
+        return float(np.mean((np.asarray(scores, dtype=float) - np.asarray(y_true, dtype=float)) ** 2))
+    P = np.clip(np.asarray(scores, dtype=float), 1e-7, 1 - 1e-7)
+    if task == "classification":
+        y = np.asarray(y_true).astype(np.int64).reshape(-1)
+        return float(-np.log(P[np.arange(len(y)), y]).mean())
+    Y = np.asarray(y_true).astype(float)
+    return float(-(Y * np.log(P) + (1 - Y) * np.log(1 - P)).mean())
+
+
 def compute_metrics(
     task: str, y_true, scores, label_names: list[str], *, threshold=0.5, calibration_bins: int = 10
 ) -> dict:

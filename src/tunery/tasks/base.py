@@ -29,5 +29,5 @@ class Task(ABC):
         """Labels of a split in the array form evaluate.metrics expects."""
 
     @abstractmethod
-    def decode(self, scores: np.ndarray, label_names: list[str], *, threshold: float) -> list[dict]:
-        """Scores -> one JSON-ready prediction per row."""
+    def decode(self, scores: np.ndarray, label_names: list[str], *, threshold) -> list[dict]:
+        """Scores -> one JSON-ready prediction per row (multi-label `threshold`: a float or one per label)."""

@@ -58,9 +58,11 @@ class MultiLabelClassification(Task):
         return hot
 
     def decode(self, scores: np.ndarray, label_names: list[str], *, threshold: float) -> list[dict]:
+        """`threshold`: a float, or one per label in label_names order."""
+        on = np.asarray(scores) >= np.asarray(threshold, dtype=float)
         out = []
-        for row in scores:
-            chosen = [n for n, p in zip(label_names, row) if p >= threshold]
+        for row, hits in zip(scores, on):
+            chosen = [n for n, hit in zip(label_names, hits) if hit]
             out.append(
                 {
                     "labels": chosen,

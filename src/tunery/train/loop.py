@@ -44,6 +44,7 @@ class TrainState:
     total_steps: int = 0
     best_metric: float | None = None
     best_step: int | None = None
+    best_loss: float | None = None  # validation loss at best_step: breaks ties of the metric
     evals_without_improvement: int = 0
     stopped_early: bool = False
     samples_seen: int = 0
@@ -86,6 +87,16 @@ def _param_groups(model: torch.nn.Module, cfg: TrainConfig) -> list[dict]:
         groups.setdefault((no_decay, lr), []).append(p)
     return [{"params": params, "weight_decay": 0.0 if no_decay else cfg.weight_decay, "lr": lr}
             for (no_decay, lr), params in groups.items()]
+
+
+def label_pos_weight(y_train: np.ndarray, max_weight: float) -> np.ndarray:
+    """Multi-label: the weight of each label's positives in the loss, sqrt(negatives / positives)
+    clipped to [1, max_weight], so rare labels are not drowned by their negatives (plain binary
+    cross-entropy collapses onto all-negative predictions when most labels are rare)."""
+    Y = np.asarray(y_train, dtype=float)
+    pos = Y.sum(axis=0)
+    neg = len(Y) - pos
+    return np.clip(np.sqrt(neg / np.maximum(pos, 1.0)), 1.0, max_weight)
 
 
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -197,7 +208,7 @@ class Trainer:
 
     def __init__(self, model, task: Task, cfg: TrainConfig, *, n_labels: int, pad_id: int, workdir: Path,
                  metric: str, greater_is_better: bool, metric_fn: MetricFn,
-                 callbacks: list[Callback] | None = None) -> None:
+                 callbacks: list[Callback] | None = None, pos_weight: torch.Tensor | None = None) -> None:
         self.model = model
         self.task = task
         self.cfg = cfg
@@ -208,6 +219,7 @@ class Trainer:
         self.greater_is_better = greater_is_better
         self.metric_fn = metric_fn
         self.callbacks = callbacks or []
+        self.pos_weight = pos_weight  # multi-label: weight of each label's positives in the loss
 
     # -- helpers ---------------------------------------------------------------------------
     def _emit(self, event: str, *args) -> None:
@@ -232,9 +244,15 @@ class Trainer:
                 continue
         write_text_atomic(path, "".join(line + "\n" for line in keep))  # a full disk loses nothing
 
-    def _improved(self, value: float, best: float | None) -> bool:
+    def _improved(self, value: float, best: float | None, loss: float | None = None,
+                  best_loss: float | None = None) -> bool:
+        """Better on the metric; or equal on it (a metric stuck at its floor, such as F1 = 0 at every
+        evaluation, ties) and lower on the threshold-free validation loss, so a tie does not keep
+        the first checkpoint by default."""
         if best is None or math.isnan(best):
             return not math.isnan(value)
+        if math.isclose(value, best, rel_tol=0, abs_tol=1e-12):
+            return loss is not None and best_loss is not None and loss < best_loss
         return value > best if self.greater_is_better else value < best
 
     # -- the loop --------------------------------------------------------------------------
@@ -388,7 +406,8 @@ class Trainer:
         if self.task.problem_type == "single_label_classification":
             return torch.nn.functional.cross_entropy(logits, labels)
         if self.task.problem_type == "multi_label_classification":
-            return torch.nn.functional.binary_cross_entropy_with_logits(logits, labels)
+            pw = None if self.pos_weight is None else self.pos_weight.to(logits.device)
+            return torch.nn.functional.binary_cross_entropy_with_logits(logits, labels, pos_weight=pw)
         return torch.nn.functional.mse_loss(logits.squeeze(-1), labels)
 
     def _evaluate(self, model, validation: Encoded, state: TrainState, accelerator, ckpt_dir: Path) -> None:
@@ -401,8 +420,10 @@ class Trainer:
                   self.metric: value,
                   "eval_seconds": time.perf_counter() - t0}
         record.update({k: v for k, v in metrics.items() if isinstance(v, (int, float)) and k != self.metric})
-        if self._improved(value, state.best_metric):
-            state.best_metric, state.best_step = value, state.step
+        loss = metrics.get("loss")  # the threshold-free validation loss (metric_fn)
+        loss = float(loss) if isinstance(loss, (int, float)) and not math.isnan(loss) else None
+        if self._improved(value, state.best_metric, loss, state.best_loss):
+            state.best_metric, state.best_step, state.best_loss = value, state.step, loss
             state.evals_without_improvement = 0
             save_weights(ckpt_dir / "best", accelerator.unwrap_model(model))
         else:

@@ -1,0 +1,212 @@
+"""Multi-label quality (issue 10): checkpoints are selected on thresholds tuned at every
+evaluation, ties at a metric's floor break on the validation loss, rare labels get positive
+weights, and per-label thresholds (tunery.json "thresholds") are used by predict, evaluate, the
+Python API and tunery serve alike."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import fast_train, make_dataset
+
+LABELS = ["food", "sports", "tech"]
+
+
+def _y(n: int = 60, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    y = (rng.random((n, 3)) < 0.3).astype(int)
+    y[:12, 0] = 1  # at least 10 positives of each label: each gets its own threshold
+    y[12:24, 1] = 1
+    y[24:36, 2] = 1
+    return y
+
+
+# -- the selection logic, on scores made up for it ------------------------------------------------
+
+def _select(scores_per_eval: list[np.ndarray], y: np.ndarray, task: str = "multilabel", metric: str = "micro_f1",
+            *, tuned: bool = True) -> tuple[int, list[dict]]:
+    """The index of the evaluation the trainer keeps, and its metrics, for these validation scores."""
+    from tunery.pipeline import make_metric_fn, threshold_decision
+    from tunery.train.loop import Trainer, TrainState
+
+    decision = threshold_decision(task if tuned else "fixed", y, fixed=0.5, per_label=True)
+    metric_fn = make_metric_fn(task, y, LABELS if task != "regression" else [], metric, decision)
+    trainer = Trainer(None, None, None, n_labels=3, pad_id=0, workdir=Path("."), metric=metric,
+                      greater_is_better=metric not in ("rmse", "mse", "mae"), metric_fn=metric_fn)
+    state, records = TrainState(), []
+    for i, scores in enumerate(scores_per_eval):
+        m = metric_fn(scores)
+        records.append(m)
+        loss = m["loss"]
+        if trainer._improved(float(m[metric]), state.best_metric, loss, state.best_loss):
+            state.best_metric, state.best_step, state.best_loss = float(m[metric]), i, loss
+    return state.best_step, records
+
+
+def test_probabilities_below_half_still_select_the_best_checkpoint():
+    """Every label's probability stays below 0.5 at every evaluation (BCE's early collapse towards
+    the negatives): at a fixed 0.5 every evaluation scores F1 = 0 and the first one is kept; with
+    thresholds tuned at each evaluation the separable one (the second) is kept."""
+    y = _y()
+    rng = np.random.default_rng(1)
+    noise = rng.random(y.shape) * 0.2  # first evaluation: probabilities unrelated to the labels
+    separable = 0.1 + 0.3 * y + rng.random(y.shape) * 0.05  # positives 0.4-0.45, negatives 0.1-0.15
+    worse = 0.1 + 0.15 * y + rng.random(y.shape) * 0.2  # overlapping
+    evals = [noise, separable, worse]
+    assert max(float(s.max()) for s in evals) < 0.5
+    fixed_best, fixed = _select(evals, y, tuned=False)
+    assert [m["micro_f1"] for m in fixed] == [0.0, 0.0, 0.0]
+    best, tuned = _select(evals, y)
+    assert best == 1 and tuned[1]["micro_f1"] == pytest.approx(1.0)
+    assert fixed_best == 1  # even untuned, the tie at 0 now breaks on the validation loss, not "first"
+
+
+def test_a_metric_tied_at_its_floor_breaks_on_the_validation_loss():
+    """A class never predicted (macro-F1 at its floor at every evaluation) and a regression R²
+    below zero at every evaluation tie; the checkpoint kept is the one with the lowest loss."""
+    y = np.array([0] * 6 + [1] * 6 + [2] * 6)
+
+    def probs(p_true: float) -> np.ndarray:  # always predicts class 0 (accuracy ties), unsure to varying degrees
+        s = np.full((len(y), 3), 0.05)
+        s[:, 0] = 0.6
+        s[y != 0, y[y != 0]] = p_true
+        return s / s.sum(axis=1, keepdims=True)
+
+    best, recs = _select([probs(0.1), probs(0.3), probs(0.2)], y, "classification", "accuracy")
+    assert len({r["accuracy"] for r in recs}) == 1 and best == 1
+
+    from tunery.pipeline import make_metric_fn, threshold_decision
+
+    yr = np.linspace(0, 1, 20)
+    fn = make_metric_fn("regression", yr, [], "r2", threshold_decision("regression", yr, fixed=0.5, per_label=False))
+    assert fn(np.full(20, 3.0))["loss"] > fn(np.full(20, 2.0))["loss"]
+
+
+def test_tuned_thresholds_are_per_label_only_with_enough_positives():
+    from tunery.evaluate.metrics import tune_thresholds
+
+    y = np.zeros((100, 2), dtype=int)
+    y[:30, 0] = 1
+    y[:3, 1] = 1  # 3 positives: too few for a threshold of its own
+    p = np.full((100, 2), 0.05)
+    p[:30, 0] = 0.85
+    p[30:40, 0] = 0.6  # label 0: the best cut is above 0.6
+    p[:3, 1] = 0.5
+    glob, per = tune_thresholds(y, p)
+    assert per[1] == glob and 0.6 < per[0] <= 0.85
+
+
+def test_positive_weights_grow_with_rarity_and_are_clipped():
+    from tunery.train.loop import label_pos_weight
+
+    y = np.zeros((1000, 3))
+    y[:500, 0] = 1  # balanced: 1
+    y[:100, 1] = 1  # 9 negatives per positive: 3
+    y[:1, 2] = 1  # 999: clipped
+    np.testing.assert_allclose(label_pos_weight(y, 10.0), [1.0, 3.0, 10.0])
+
+
+# -- one tiny end-to-end run, and its per-label thresholds through every consumer -------------------
+
+@pytest.fixture(scope="module")
+def tagged_run(tiny_backbone, tmp_path_factory) -> Path:
+    from tunery.config import RunConfig
+    from tunery.pipeline import train
+
+    tmp = tmp_path_factory.mktemp("mlq")
+    data = tmp / "tags.csv"
+    make_dataset("multilabel", n=240).to_csv(data, index=False)
+    cfg = RunConfig.model_validate({
+        "name": "mlq-tags", "output_dir": str(tmp / "runs"),
+        "data": {"train": str(data), "text_column": "text", "label_column": "tags"},
+        "model": {"backbone": tiny_backbone}, "train": fast_train(epochs=2, eval_every_steps=4),
+    })
+    return train(cfg)
+
+
+def test_a_run_selects_on_tuned_thresholds_and_records_how(tagged_run):
+    m = json.loads((tagged_run / "metrics.json").read_text())
+    meta = json.loads((tagged_run / "tunery.json").read_text())
+    assert m["training"]["selection"] == {"metric": "micro_f1", "tie_break": "validation loss",
+                                          "threshold": "tuned per evaluation"}
+    assert len(meta["thresholds"]) == len(meta["label_names"]) == 3 and meta["thresholds"] == m["thresholds"]
+    evals = [json.loads(line) for line in (tagged_run / "log.jsonl").read_text().splitlines()]
+    evals = [r for r in evals if r.get("split") == "validation"]
+    assert len(evals) > 2 and all(math.isfinite(r["loss"]) for r in evals)
+    best = max(evals, key=lambda r: (r["micro_f1"], -r["loss"]))
+    assert m["training"]["best_step"] == best["step"]
+    assert m["model"]["validation"]["threshold"] == meta["thresholds"]  # the final metrics use them too
+
+
+@pytest.fixture(scope="module")
+def forced_run(tagged_run, tmp_path_factory) -> Path:
+    """The run with thresholds that make the decision visible: food never on, sports always on,
+    tech at the global threshold."""
+    run = tmp_path_factory.mktemp("forced") / "mlq-forced"
+    shutil.copytree(tagged_run, run)
+    meta = json.loads((run / "tunery.json").read_text())
+    assert meta["label_names"] == LABELS
+    meta["thresholds"] = [1.0, 0.0, meta["threshold"]]
+    (run / "tunery.json").write_text(json.dumps(meta))
+    return run
+
+
+def _check(labels_per_row: list[list[str]]) -> None:
+    assert labels_per_row and all("food" not in ls and "sports" in ls for ls in labels_per_row)
+
+
+TEXTS = ["pizza goal laptop the film", "soup the plot story", "chip code match team"]
+
+
+def test_predict_and_prediction_columns_use_per_label_thresholds(forced_run):
+    from tunery.predict import load
+
+    predictor = load(forced_run)
+    _check([p["labels"] for p in predictor.predict(TEXTS)])
+    cols = predictor.prediction_columns(predictor.predict_scores(TEXTS))
+    _check([s.split("|") for s in cols["pred_labels"]])
+
+
+def test_python_api_uses_per_label_thresholds(forced_run):
+    from tunery.api import TextClassifier
+
+    _check(TextClassifier.load(forced_run).predict(TEXTS))
+
+
+def test_evaluate_uses_per_label_thresholds(forced_run, tmp_path):
+    from tunery.pipeline import evaluate_run
+
+    data = tmp_path / "eval.csv"
+    make_dataset("multilabel", n=40, seed=7).to_csv(data, index=False)
+    m = evaluate_run(forced_run, data=data)
+    model = m["model"] if "model" in m else m
+    pc = model["per_class"]
+    assert model["threshold"][:2] == [1.0, 0.0]
+    assert pc["food"]["recall"] == 0.0 and pc["sports"]["recall"] == 1.0
+
+
+def test_serve_uses_per_label_thresholds(forced_run):
+    import time
+
+    from fastapi.testclient import TestClient
+
+    from tunery.serve.app import create_app
+    from tunery.serve.keys import create_key
+    from tunery.store import Store
+
+    store = Store()
+    key, _ = create_key(store, tenant="acme", plan="pro")
+    with TestClient(create_app({"tags": forced_run}, store=store)) as client:
+        deadline = time.monotonic() + 60
+        while client.get("/readyz").status_code != 200:
+            assert time.monotonic() < deadline, client.get("/readyz").json()
+            time.sleep(0.05)
+        r = client.post("/v1/models/tags/predict", json={"texts": TEXTS}, headers={"Authorization": f"Bearer {key}"})
+    assert r.status_code == 200, r.text
+    _check([p["labels"] for p in r.json()["predictions"]])
