@@ -2,7 +2,7 @@
 they contain (PER, ORG, LOC, MISC; [] for none), converted by bench/multilabel.py. tunery with its
 defaults (minilm-l6) must beat its own TF-IDF baseline on micro-F1 and on macro-F1, and its chosen
 checkpoint must be the best evaluation (not the first one by default, as when every evaluation tied
-at 0.0). Seeded subsamples of the given train / valid / test split keep it near a minute on 2 cores;
+at 0.0). Seeded subsamples of the given train / valid / test split (3,000 training samples) keep it short;
 bench/multilabel.py measures the whole set (figures in docs/benchmarks.md)."""
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ import pytest
 from tests.conftest import REPO, SHARED_DATA
 
 CONLL = SHARED_DATA / "conll2003"
-TRAIN_ROWS, VALIDATION_ROWS, TEST_ROWS = 1500, 500, 1000
+# the subsample measured in docs/benchmarks.md (tunery 0.814 / 0.797 micro / macro-F1, baseline 0.663 / 0.657)
+TRAIN_ROWS, VALIDATION_ROWS, TEST_ROWS, SEED = 1000, 500, 1000, 42
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not (CONLL / "train.txt").exists(), reason=f"no CoNLL-2003 at {CONLL}")]
@@ -37,12 +38,11 @@ def conll_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("conll-multilabel")
     split = bench.conll_multilabel(CONLL)
     sizes = {"train": TRAIN_ROWS, "validation": VALIDATION_ROWS, "test": TEST_ROWS}
-    files = {k: bench.write_jsonl(bench.subsample(rows, sizes[k], seed=0), tmp / f"{k}.jsonl")
+    files = {k: bench.write_jsonl(bench.subsample(rows, sizes[k], seed=SEED), tmp / f"{k}.jsonl")
              for k, rows in split.items()}
     cfg = config_from_dict({"name": "conll-multilabel", "output_dir": str(tmp / "runs"),
                             "data": {"train": str(files["train"]), "validation": str(files["validation"]),
-                                     "test": str(files["test"]), "text_column": "text", "label_column": "labels",
-                                     "max_length": 64},
+                                     "test": str(files["test"]), "text_column": "text", "label_column": "labels"},
                             "model": {"backbone": "minilm-l6"}, "task": {"type": "multilabel"},
                             "train": {"progress": False}})  # everything else: tunery's defaults
     run = pipeline.train(cfg)
