@@ -78,9 +78,10 @@ def test_task_end_to_end_through_cli(kind, tmp_path, tiny_backbone):
         prob_cols = [c for c in preds.columns if c.startswith("pred_prob_")]
         assert preds[prob_cols].sum(axis=1).round(4).eq(1.0).all()
     elif task == "multilabel":
-        # the threshold tuned on validation is the one prediction uses
-        assert meta["threshold"] == metrics["threshold"]
-        chosen = preds[[f"pred_prob_{n}" for n in meta["label_names"]]].to_numpy() >= meta["threshold"]
+        # the thresholds tuned on validation (per label, where tunery.json has them) are those prediction uses
+        assert meta["threshold"] == metrics["threshold"] and meta["thresholds"] == metrics["thresholds"]
+        decide = meta["thresholds"] if meta["thresholds"] is not None else meta["threshold"]
+        chosen = preds[[f"pred_prob_{n}" for n in meta["label_names"]]].to_numpy() >= decide
         expected = ["|".join(n for n, c in zip(meta["label_names"], row) if c) for row in chosen]
         assert preds["pred_labels"].fillna("").astype(str).tolist() == expected
     else:
