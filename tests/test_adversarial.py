@@ -79,7 +79,12 @@ def test_fgm_training_learns_and_saves_a_plain_model(tmp_path, tiny_backbone):
     adv = {"method": "fgm", "epsilon": 0.05}
     run = pipeline.train(run_config(tmp_path, tiny_backbone, "fgm", adversarial=adv, epochs=8))
     m = json.loads((run / "metrics.json").read_text())
-    assert m["model"]["test"]["accuracy"] >= 0.9
+    # It learned: the kept checkpoint is right on 23 of 24 validation rows, and on test (24 rows,
+    # chance 0.5) it makes at most 4 mistakes. Two checkpoints tie at 0.958 on validation; since
+    # issue 10 the tie goes to the lower validation loss (the later one, 0.875 on test), where the
+    # first one (at least 0.9 on test) was kept before: a floor of 0.9 on test judged that choice.
+    assert m["training"]["best_validation"] >= 0.9
+    assert m["model"]["test"]["accuracy"] >= 0.8
     assert yaml.safe_load((run / "config.yaml").read_text())["train"]["adversarial"] == adv
     model = AutoModelForSequenceClassification.from_pretrained(run / "model")  # a plain model
     assert model.config.num_hidden_layers == 2
