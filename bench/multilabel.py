@@ -31,18 +31,16 @@ import os
 import sys
 import tempfile
 import time
-from datetime import datetime
 from pathlib import Path
 
 BENCH_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH_DIR))
 
-from sst2 import (captured_warnings, eprint, loadavg, machine_info, run_part, smoke_backbone,  # noqa: E402
+from sst2 import (captured_warnings, eprint, loadavg, run_part, smoke_backbone, start_result,  # noqa: E402
                   write_result)
 
 REPO = BENCH_DIR.parent
 DEFAULT_DATA = (REPO.parent / "shared" / "data" / "conll2003").resolve()
-RESULTS = BENCH_DIR / "results"
 LABELS = ["PER", "ORG", "LOC", "MISC"]
 SPLITS = {"train": "train.txt", "validation": "valid.txt", "test": "test.txt"}
 
@@ -313,11 +311,7 @@ def main(argv: list[str] | None = None) -> dict:
             ap.error(f"--{flag.replace('_', '-')} must be at least 10")
 
     started = time.time()
-    out = (Path(args.out) if args.out else None if args.smoke
-           else RESULTS / f"multilabel-{datetime.now().strftime('%Y%m%d-%H%M%S')}.json")
-    result: dict = {"benchmark": "multilabel-conll2003", "smoke": args.smoke,
-                    "started": datetime.now().isoformat(timespec="seconds"),
-                    "argv": sys.argv[1:] if argv is None else argv, "machine": machine_info()}
+    out, result = start_result("multilabel-conll2003", "multilabel", args, argv)
     with tempfile.TemporaryDirectory(prefix="tunery-bench-") as tmp_s:
         tmp = Path(tmp_s)
         os.environ.setdefault("TUNERY_HOME", str(tmp / "home"))

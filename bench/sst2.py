@@ -296,6 +296,15 @@ def slice_tunery_config(train_file: Path, dev_file: Path, runs_dir: Path, name: 
 # Accelerate's AcceleratorState is a process-wide singleton: once the HF Trainer has set it up
 # (fp32), tunery's Accelerator(mixed_precision="bf16") in the same process raises. A fresh process
 # per part also keeps the comparison fair (no warm allocator, no logging settings leaking across).
+def start_result(benchmark: str, stem: str, args, argv) -> tuple[Path | None, dict]:
+    """Where a benchmark's JSON goes (--out; none for --smoke; else bench/results/<stem>-<time>.json)
+    and the opening fields of its result: name, smoke, start time, argv, machine."""
+    out = (Path(args.out) if args.out else None if args.smoke
+           else RESULTS / f"{stem}-{datetime.now().strftime('%Y%m%d-%H%M%S')}.json")
+    return out, {"benchmark": benchmark, "smoke": args.smoke, "started": datetime.now().isoformat(timespec="seconds"),
+                 "argv": sys.argv[1:] if argv is None else argv, "machine": machine_info()}
+
+
 def run_part(kind: str, spec: dict, tmp: Path, *, script: str = __file__) -> dict:
     """Run `script --_worker kind SPEC OUT` in a fresh process; its result JSON (the worker writes OUT)."""
     import subprocess
@@ -418,10 +427,7 @@ def main(argv: list[str] | None = None) -> dict:
         ap.error("--slice-rows must be at least 2")
 
     started = time.time()
-    out = (Path(args.out) if args.out else None if args.smoke
-           else RESULTS / f"sst2-{datetime.now().strftime('%Y%m%d-%H%M%S')}.json")
-    result: dict = {"benchmark": "sst2", "smoke": args.smoke, "started": datetime.now().isoformat(timespec="seconds"),
-                    "argv": sys.argv[1:] if argv is None else argv, "machine": machine_info()}
+    out, result = start_result("sst2", "sst2", args, argv)
     with tempfile.TemporaryDirectory(prefix="tunery-bench-") as tmp_s:
         tmp = Path(tmp_s)
         # The tunery store (runs table) goes to a throwaway home, not the repository's .tunery/.
