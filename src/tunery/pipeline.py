@@ -518,7 +518,7 @@ def _train_and_write(p: Prepared, model, work: Path, *, resume: bool, callbacks)
                                        "thresholds": thresholds,
                                        "model": metrics, "baseline": baseline, "training": training,
                                        **({"verdict": verdict} if verdict else {})})
-    _write_report(work, p, meta, metrics, baseline, scores, y, training, decide)
+    _write_report(work, p, meta, metrics, baseline, scores, y, training, decide, verdict)
     write_json(work / META, meta)  # written last: its presence marks a complete run
     final = final_dir(work)
     work.rename(final)
@@ -575,13 +575,12 @@ def _fold_scaling(model, mean: float, scale: float) -> None:
         head.bias.mul_(scale).add_(mean)
 
 
-def _write_report(work: Path, p: Prepared, meta: dict, metrics: dict, baseline, scores, y, training, threshold):
+def _write_report(work: Path, p: Prepared, meta: dict, metrics: dict, baseline, scores, y, training, threshold,
+                  verdict: dict | None):
     from tunery.evaluate.report import summarize_splits, write_report
+    from tunery.evaluate.verdict import read_history
 
-    history = []
-    log_path = work / "log.jsonl"
-    if log_path.exists():
-        history = [json.loads(line) for line in log_path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    history = read_history(work)
     run_info = {"run": meta["name"], "backbone": f"{meta['backbone']} ({meta['method']})", "task": meta["task"],
                 "data": p.cfg.data.train, "split": training["split"],
                 "train / validation / test rows": f"{training['n_train']} / {training['n_validation']} / {training['n_test']}",
@@ -590,11 +589,10 @@ def _write_report(work: Path, p: Prepared, meta: dict, metrics: dict, baseline, 
                 "data warnings": len(p.report.warnings)}
     predictions = {split: (_texts(getattr(p.data, split)), y[split], s) for split, s in scores.items()}
     frames = {split: getattr(p.data, split) for split in ("train", "validation", "test")}
-    written = json.loads((work / "metrics.json").read_text(encoding="utf-8"))  # the verdict, if any
     write_report(work / "report.html", title=f"tunery run {meta['name']}", run_info=run_info, task=meta["task"],
                  label_names=meta["label_names"], metrics=metrics, baseline=baseline, predictions=predictions,
                  history=history, n_errors=p.cfg.evaluate.n_errors, threshold=threshold,
-                 calibration_bins=p.cfg.evaluate.calibration_bins, verdict=written.get("verdict"),
+                 calibration_bins=p.cfg.evaluate.calibration_bins, verdict=verdict,
                  data_summary=summarize_splits(frames, meta["task"], meta["label_names"]),
                  findings=p.report.to_dict()["findings"], config=p.cfg.to_dict(),
                  origins={split: _origins(frames[split]) for split in scores})
