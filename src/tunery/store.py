@@ -58,9 +58,9 @@ from tunery.errors import RunError
 
 __all__ = ["Base", "ModelVersion", "RunRecord", "RunStatus", "Store", "default_db_url", "tunery_home", "user_home"]
 
-RunStatus = Literal["running", "completed", "failed", "interrupted"]
+RunStatus = Literal["running", "completed", "failed", "interrupted", "pruned"]
 RUN_STATUSES: tuple[str, ...] = get_args(RunStatus)
-FINAL_STATUSES: tuple[str, ...] = ("completed", "failed", "interrupted")
+FINAL_STATUSES: tuple[str, ...] = ("completed", "failed", "interrupted", "pruned")  # pruned: a search stopped it
 
 MODEL_NAME_RULE = "1-128 characters: letters, digits, '-', '_' or '.', starting with a letter or digit"
 _MODEL_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
@@ -198,6 +198,8 @@ class RunRow(Base):
     host: Mapped[str] = mapped_column(String(255))
     pid: Mapped[int | None]
     attempts: Mapped[int] = mapped_column(default=1)
+    study: Mapped[str | None] = mapped_column(String(255), index=True)  # the tuning study it is a trial of
+    trial: Mapped[int | None]  # its trial number in that study
 
 
 class ModelVersionRow(Base):
@@ -329,6 +331,8 @@ class RunRecord:
     pid: int | None
     attempts: int
     progress: dict[str, Any] = field(default_factory=dict)
+    study: str | None = None
+    trial: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: timestamps as ISO-8601 UTC strings."""
@@ -351,6 +355,8 @@ class RunRecord:
             pid=row.pid,
             attempts=row.attempts,
             progress=dict(row.progress or {}),
+            study=row.study,
+            trial=row.trial,
         )
 
 
@@ -414,6 +420,14 @@ def _check_name(value: str, what: str) -> str:
     if not isinstance(value, str) or not _MODEL_NAME_RE.fullmatch(value):
         raise RunError(f"{what} {value!r} is not valid: use {MODEL_NAME_RULE}")
     return value
+
+
+def _check_status(status: str) -> str:
+    if status not in RUN_STATUSES:
+        raise ValueError(
+            f"status {status!r} is not one of {', '.join(RUN_STATUSES)}" + _did_you_mean(status, list(RUN_STATUSES))
+        )
+    return status
 
 
 def _pid_alive(pid: int) -> bool:
@@ -591,7 +605,7 @@ class Store:
         self,
         name: str,
         *,
-        status: Literal["completed", "failed", "interrupted"],
+        status: Literal["completed", "failed", "interrupted", "pruned"],
         metrics: dict[str, Any] | None = None,
         error: str | None = None,
     ) -> None:
@@ -611,23 +625,34 @@ class Store:
         with self._session(write=True) as s:
             s.delete(self._run_row(s, name, lock=True))
 
-    _UPDATABLE = ("path", "config", "metrics", "error", "task", "backbone", "progress")
-    _READ_ONLY = ("name", "status", "started_at", "finished_at", "host", "pid", "attempts")
+    _UPDATABLE = ("path", "config", "metrics", "error", "task", "backbone", "progress", "study", "trial")
+    _READ_ONLY = ("name", "started_at", "finished_at", "host", "pid", "attempts")
 
     def update_run(self, name: str, **fields: Any) -> None:
         """Update a run in place, typically its progress while it trains.
 
-        ``path``, ``config``, ``metrics``, ``error``, ``task``, ``backbone`` replace those fields;
-        ``progress={...}`` and any other keyword (``step=120, best_metric=0.91``) are merged into
-        ``progress``. Status, pid and timestamps change only through start_run / finish_run.
+        ``path``, ``config``, ``metrics``, ``error``, ``task``, ``backbone``, ``study``, ``trial``
+        replace those fields; ``status`` sets the status (a final one also sets ``finished_at``,
+        "running" clears it); ``progress={...}`` and any other keyword (``step=120,
+        best_metric=0.91``) are merged into ``progress``. Pid, host and start time change only
+        through start_run.
         """
         blocked = sorted(set(fields) & set(self._READ_ONLY))
         if blocked:
             raise TypeError(
                 f"update_run cannot set {', '.join(blocked)}: use start_run / finish_run for those"
             )
+        status = fields.pop("status", None)
+        if status is not None:
+            _check_status(status)
         with self._session(write=True) as s:
             row = self._run_row(s, name, lock=True)
+            if status is not None:
+                row.status = status
+                if status == "running":
+                    row.finished_at = None
+                elif row.finished_at is None:
+                    row.finished_at = _now()
             progress = dict(row.progress or {})
             progress.update(fields.pop("progress", None) or {})
             for key in self._UPDATABLE:
@@ -649,20 +674,22 @@ class Store:
             record = self.get_run(name)
         return record
 
-    def list_runs(self, *, status: str | None = None, limit: int = 50) -> list[RunRecord]:
-        """Runs, newest first. Dead 'running' runs on this host are reported (and stored) as
-        'interrupted' first, which is what a SIGKILLed run looks like."""
-        if status is not None and status not in RUN_STATUSES:
-            raise ValueError(
-                f"status {status!r} is not one of {', '.join(RUN_STATUSES)}"
-                + _did_you_mean(status, list(RUN_STATUSES))
-            )
+    def list_runs(
+        self, *, status: str | None = None, study: str | None = None, limit: int = 50
+    ) -> list[RunRecord]:
+        """Runs, newest first; only those with this ``status``, or of this tuning ``study``, when
+        given. Dead 'running' runs on this host are reported (and stored) as 'interrupted' first,
+        which is what a SIGKILLed run looks like."""
+        if status is not None:
+            _check_status(status)
         if limit < 1:
             raise ValueError(f"limit must be at least 1, got {limit}")
         self._reap_stale()
         query = select(RunRow).order_by(RunRow.started_at.desc(), RunRow.id.desc()).limit(limit)
         if status is not None:
             query = query.where(RunRow.status == status)
+        if study is not None:
+            query = query.where(RunRow.study == study)
         with self._session() as s:
             return [RunRecord._from_row(row) for row in s.scalars(query)]
 
