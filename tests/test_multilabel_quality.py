@@ -210,3 +210,62 @@ def test_serve_uses_per_label_thresholds(forced_run):
         r = client.post("/v1/models/tags/predict", json={"texts": TEXTS}, headers={"Authorization": f"Bearer {key}"})
     assert r.status_code == 200, r.text
     _check([p["labels"] for p in r.json()["predictions"]])
+
+
+# -- losses -------------------------------------------------------------------------------------------
+
+def test_multilabel_losses_focus_on_hard_cells_and_weigh_positives():
+    import torch
+
+    from tunery.train import losses
+    from tunery.train.losses import multilabel_loss
+
+    logits = torch.tensor([[4.0, -4.0, 0.0], [-6.0, 3.0, 0.5]])
+    y = torch.tensor([[1.0, 0.0, 1.0], [0.0, 0.0, 0.0]])
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, y)
+    assert torch.isclose(multilabel_loss(logits, y, "bce"), bce)
+    # focal and asl weigh the easy cells (confidently right) less than bce: smaller losses
+    assert multilabel_loss(logits, y, "focal") < bce and multilabel_loss(logits, y, "asl") < bce
+    # asl: a negative far below the margin gives exactly no loss; a confidently wrong one still does
+    easy_neg = multilabel_loss(torch.tensor([[-6.0]]), torch.tensor([[0.0]]), "asl")
+    assert easy_neg == 0
+    assert multilabel_loss(torch.tensor([[3.0]]), torch.tensor([[0.0]]), "asl") > 0.5
+    # pos_weight multiplies the positive term only
+    w = torch.tensor([1.0, 1.0, 3.0])
+    for kind in losses.MULTILABEL_LOSSES:
+        assert multilabel_loss(logits, y, kind, pos_weight=w) > multilabel_loss(logits, y, kind)
+        assert torch.isclose(multilabel_loss(logits[1:], y[1:], kind, pos_weight=w),
+                             multilabel_loss(logits[1:], y[1:], kind))  # row 2 has no positives
+    with pytest.raises(ValueError, match="not one of bce, focal, asl"):
+        multilabel_loss(logits, y, "hinge")
+
+
+def test_the_loss_is_a_validated_config_choice_recorded_in_the_run(tagged_run):
+    from tunery.config import ConfigError, config_from_dict
+
+    m = json.loads((tagged_run / "metrics.json").read_text())
+    assert m["training"]["multilabel_loss"] == "bce"
+    with pytest.raises(ConfigError, match="multilabel_loss"):
+        config_from_dict({"data": {"train": "x.csv"}, "train": {"multilabel_loss": "hinge"}}, source="t")
+
+
+# -- the report's per-label table --------------------------------------------------------------------
+
+def test_report_per_label_table_puts_the_baseline_beside_the_model_and_names_unlearned_labels():
+    from tunery.evaluate.report import _per_class_table
+
+    model = {"per_class": {"food": {"precision": 0.9, "recall": 0.8, "f1": 0.847, "support": 40},
+                           "sports": {"precision": 0.5, "recall": 0.6, "f1": 0.545, "support": 30},
+                           "tech": {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 5}}}
+    base = {"per_class": {"food": {"precision": 0.7, "recall": 0.6, "f1": 0.646, "support": 40},
+                          "sports": {"precision": 0.7, "recall": 0.7, "f1": 0.7, "support": 30},
+                          "tech": {"precision": 0.5, "recall": 0.2, "f1": 0.286, "support": 5}}}
+    html = _per_class_table(model, base, LABELS, [0.4, 0.55, 0.5])
+    for header in ("support", "precision", "recall", "threshold", "baseline precision", "baseline recall",
+                   "baseline F1", "Δ F1"):
+        assert f"<th>{header}</th>" in html
+    assert ">0.5500<" in html  # sports' own threshold
+    assert ">0.2000<" in html  # the baseline's recall on tech
+    assert "does not learn tech" in html
+    assert "The baseline does better on sports, tech" in html
+    assert html.count('class="num worse"') == 2

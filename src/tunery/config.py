@@ -182,6 +182,10 @@ class TrainConfig(_Part):
         10.0, ge=1, description="multi-label: weigh each label's positives in the loss by "
         "sqrt(negatives / positives), at most this; null: unweighted"
     )
+    multilabel_loss: Literal["bce", "focal", "asl"] = Field(
+        "bce", description="multi-label: bce (binary cross-entropy), focal (gamma 2) or asl (asymmetric loss, "
+        "Ridnik et al. 2021); see train/losses.py"
+    )
     log_every_steps: int = Field(20, ge=1)
     num_threads: int | None = Field(None, ge=1, le=THREADS_MAX, description="torch threads; default all cores")
     progress: bool = True
@@ -205,6 +209,18 @@ class RunConfig(_Part):
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    search: dict[str, dict[str, Any]] | None = Field(
+        None, description="tunery tune: the settings to search, by dotted key, e.g. {train.lr: {log: [1e-5, 5e-4]}}; "
+        "kinds: log, float, int (a [low, high] range) or choice (a list); empty: defaults that fit the backbone"
+    )
+
+    @field_validator("search")
+    @classmethod
+    def _check_search(cls, search: dict[str, dict[str, Any]] | None) -> dict[str, dict[str, Any]] | None:
+        if search:
+            for key, spec in search.items():
+                check_search_param(key, spec)
+        return search
 
     @field_validator("name")
     @classmethod
@@ -220,6 +236,62 @@ class RunConfig(_Part):
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
+
+
+SEARCH_KINDS = ("log", "float", "int", "choice")
+# Settings a search may not vary: they name the run or where it goes, or hold the search itself.
+_NOT_SEARCHABLE = ("name", "output_dir", "search")
+
+
+def searchable_keys(model: type[BaseModel] = None, prefix: str = "") -> list[str]:
+    """Every dotted config key a `search:` section may name (the leaves of RunConfig)."""
+    model = model or RunConfig
+    keys = []
+    for name, field in model.model_fields.items():
+        dotted = f"{prefix}{name}"
+        if not prefix and name in _NOT_SEARCHABLE:
+            continue
+        ann = field.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            keys += searchable_keys(ann, dotted + ".")
+        else:
+            keys.append(dotted)
+    return keys
+
+
+def check_search_param(key: str, spec: Any) -> None:
+    """One `search:` entry: a known dotted key and exactly one kind with a valid range or list;
+    ValueError naming the key, the problem and the valid forms."""
+    valid = searchable_keys()
+    if key not in valid:
+        close = difflib.get_close_matches(key, valid, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ValueError(f"{key!r} is not a setting that can be searched{hint}; searchable keys: {', '.join(valid)}")
+    forms = "log: [low, high], float: [low, high], int: [low, high] or choice: [a, b, ...]"
+    if not isinstance(spec, dict) or len(spec) != 1:
+        raise ValueError(f"{key}: give exactly one of {forms} (got {_shown(spec)})")
+    kind, values = next(iter(spec.items()))
+    if kind not in SEARCH_KINDS:
+        close = difflib.get_close_matches(str(kind), SEARCH_KINDS, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ValueError(f"{key}: unknown kind {kind!r}{hint}; valid kinds: {', '.join(SEARCH_KINDS)}")
+    if kind == "choice":
+        if not isinstance(values, list) or not values:
+            raise ValueError(f"{key}: choice takes a non-empty list of values, e.g. choice: [16, 32] "
+                             f"(got {_shown(values)})")
+        return
+    number = int if kind == "int" else (int, float)
+    if (not isinstance(values, list) or len(values) != 2
+            or not all(isinstance(v, number) and not isinstance(v, bool) for v in values)):
+        example = "[1, 5]" if kind == "int" else "[1e-5, 5e-4]"
+        raise ValueError(f"{key}: {kind} takes [low, high] with {'whole ' if kind == 'int' else ''}numbers, e.g. "
+                         f"{kind}: {example} (got {_shown(values)})")
+    low, high = values
+    if not low < high:
+        raise ValueError(f"{key}: {kind}: [{low}, {high}]: low must be below high")
+    if kind == "log" and low <= 0:
+        raise ValueError(f"{key}: log: [{low}, {high}]: a log range must be above 0; use float: for a range "
+                         "that starts at 0")
 
 
 def check_run_name(name: str) -> str:

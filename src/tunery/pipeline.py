@@ -506,6 +506,7 @@ def _train_and_write(p: Prepared, model, work: Path, *, resume: bool, callbacks)
                               "threshold": "tuned per evaluation" if tuned else
                               ("fixed" if data.task == "multilabel" else "none")},
                 "pos_weight_max": cfg.train.pos_weight_max if data.task == "multilabel" else None,
+                "multilabel_loss": cfg.train.multilabel_loss if data.task == "multilabel" else None,
                 "stopped_early": state.stopped_early,
                 "samples_seen": state.samples_seen, "train_seconds": round(state.train_seconds, 2),
                 "samples_per_s": round(state.samples_seen / max(state.train_seconds, 1e-9), 2),

@@ -421,23 +421,51 @@ def _metrics_table(task: str, model: dict, base: dict | None) -> str:
     return _table(headers, rows)
 
 
-def _per_class_table(model: dict, base: dict | None, label_names: list[str]) -> str:
+def _per_class_table(model: dict, base: dict | None, label_names: list[str], thresholds=None) -> str:
+    """Per label: the model's precision, recall, F1 and support, its decision threshold (multi-label,
+    per label), the baseline's precision, recall and F1 beside them, and the F1 difference; then a
+    note naming the labels the model does not learn (F1 under 0.1 with examples present) and those
+    where the baseline does better, so a user sees which labels need more data."""
     pc, bpc = model.get("per_class") or {}, (base or {}).get("per_class")
     shown = _shown_classes(label_names, pc)
-    rows = []
+    per_label_t = thresholds is not None and np.ndim(thresholds) == 1 and len(thresholds) == len(label_names)
+    rows, unlearned, behind = [], [], []
     for name in shown:
         r = pc.get(name)
         if r is None:
             continue
-        row = [f"<th>{escape(name)}</th>", _td(r.get("precision")), _td(r.get("recall")),
-               _td(r.get("f1")), _td(r.get("support"))]
+        row = [f"<th>{escape(name)}</th>", _td(r.get("support")), _td(r.get("precision")), _td(r.get("recall")),
+               _td(r.get("f1"))]
+        if per_label_t:
+            row.append(_td(float(np.asarray(thresholds)[label_names.index(name)])))
+        f1 = r.get("f1")
+        if (r.get("support") or 0) > 0 and f1 is not None and f1 < 0.1:
+            unlearned.append(name)
         if bpc is not None:
-            row.append(_td((bpc.get(name) or {}).get("f1")))
+            b = bpc.get(name) or {}
+            delta = None if f1 is None or b.get("f1") is None else f1 - b["f1"]
+            if delta is not None and delta < 0:
+                behind.append(name)
+            row += [_td(b.get("precision")), _td(b.get("recall")), _td(b.get("f1")),
+                    _td(delta, "worse" if delta is not None and delta < 0 else "")]
         rows.append(row)
     if not rows:
         return ""
-    headers = ["label", "precision", "recall", "F1", "support"] + (["baseline F1"] if bpc else [])
-    return _table(headers, rows) + _shown_note(len(shown), len(label_names), "labels")
+    headers = (["label", "support", "precision", "recall", "F1"] + (["threshold"] if per_label_t else [])
+               + (["baseline precision", "baseline recall", "baseline F1", "Δ F1"] if bpc is not None else []))
+    notes = []
+    if unlearned:
+        notes.append(f"The model does not learn {_names(unlearned)} (F1 under 0.1): more labelled examples of "
+                     "them, or merging them with a related label, is the usual fix.")
+    if behind:
+        notes.append(f"The baseline does better on {_names(behind)}.")
+    note = "".join(f'<p class="muted">{escape(n)}</p>' for n in notes)
+    return _table(headers, rows) + note + _shown_note(len(shown), len(label_names), "labels")
+
+
+def _names(names: list[str], most: int = 8) -> str:
+    shown = ", ".join(names[:most])
+    return shown + (f" and {len(names) - most} more" if len(names) > most else "")
 
 
 def _top_confusions_table(confusions: list[dict], per_class: dict) -> str:
@@ -518,7 +546,8 @@ def _split_section(
         parts.append(_metrics_table(task, model, base))
         if task != "regression":
             parts.append("<h3>Per class</h3>" if task == "classification" else "<h3>Per label</h3>")
-            parts.append(_per_class_table(model, base, label_names))
+            parts.append(_per_class_table(model, base, label_names,
+                                          threshold if task == "multilabel" else None))
     if pred is None:
         return "\n".join(parts)
     texts, y, scores = pred

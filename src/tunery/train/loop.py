@@ -29,6 +29,7 @@ from tunery.tasks import Task
 from tunery.train.adversarial import EmbeddingAdversary
 from tunery.train.batching import Encoded, batch_order, collate, eval_order
 from tunery.train.callbacks import Callback
+from tunery.train.losses import multilabel_loss
 from tunery.train.checkpoint import load_checkpoint, load_weights, recover, save_checkpoint, save_weights
 
 log = logging.getLogger(__name__)
@@ -226,6 +227,10 @@ class Trainer:
         for cb in self.callbacks:
             getattr(cb, event)(*args)
 
+    def _stop_requested(self) -> str | None:
+        """The reason a callback gave for ending training now (`Callback.stop_reason`), or None."""
+        return next((cb.stop_reason for cb in self.callbacks if getattr(cb, "stop_reason", None)), None)
+
     def _log(self, record: dict) -> None:
         with open(self.workdir / "log.jsonl", "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
@@ -370,8 +375,11 @@ class Trainer:
                         window_start = time.perf_counter()
                     self._emit("on_step", state)
 
-                    finished = state.step >= total_steps
-                    if state.step % eval_every == 0 or finished:
+                    # A callback may ask to end now (a deadline): the run ends at its best checkpoint,
+                    # evaluating here only when it has none yet.
+                    stop = self._stop_requested()
+                    finished = state.step >= total_steps or stop
+                    if state.step % eval_every == 0 or (finished and not (stop and state.best_step is not None)):
                         if ema is not None:
                             ema.swap()
                         self._evaluate(model, validation, state, accelerator, ckpt_dir)
@@ -382,6 +390,7 @@ class Trainer:
                                 and state.evals_without_improvement >= cfg.early_stopping_patience):
                             state.stopped_early = True
                             finished = True
+                        finished = finished or self._stop_requested()  # e.g. a pruner, on the evaluation
                     if state.step % ckpt_every == 0 or finished:
                         save_checkpoint(ckpt_dir / "last", accelerator.unwrap_model(model), optimizer, scheduler,
                                         {"state": state.to_dict(), "rng": _rng_state(),
@@ -407,7 +416,7 @@ class Trainer:
             return torch.nn.functional.cross_entropy(logits, labels)
         if self.task.problem_type == "multi_label_classification":
             pw = None if self.pos_weight is None else self.pos_weight.to(logits.device)
-            return torch.nn.functional.binary_cross_entropy_with_logits(logits, labels, pos_weight=pw)
+            return multilabel_loss(logits, labels, self.cfg.multilabel_loss, pos_weight=pw)
         return torch.nn.functional.mse_loss(logits.squeeze(-1), labels)
 
     def _evaluate(self, model, validation: Encoded, state: TrainState, accelerator, ckpt_dir: Path) -> None:
