@@ -287,6 +287,28 @@ def _print_verdict(verdict: Optional[dict]) -> None:
             out.print(f"  - {escape(c['message'])}", highlight=False, soft_wrap=True)
 
 
+def _print_per_label(model: dict, baseline: Optional[dict], title: str, most: int = 30) -> None:
+    """Multi-label: per label, support, precision, recall, F1 and the baseline's F1, weakest first
+    (the `most` weakest when there are more), so the labels the model does not learn stand out."""
+    per, base = model.get("per_class") or {}, (baseline or {}).get("per_class") or {}
+    if not per:
+        return
+    rows = sorted(per.items(), key=lambda kv: (kv[1].get("f1") is None, kv[1].get("f1") or 0.0))
+    table = Table(title=title if len(rows) <= most else f"{title}: the {most} weakest of {len(rows)}")
+    for col in ("label", "support", "precision", "recall", "F1", "baseline F1"):
+        table.add_column(col, justify="left" if col == "label" else "right")
+    fmt = lambda v: "-" if not isinstance(v, (int, float)) else f"{v:.4f}"  # noqa: E731
+    for name, r in rows[:most]:
+        b = (base.get(name) or {}).get("f1")
+        f1 = r.get("f1")
+        colour = "red" if (r.get("support") or 0) > 0 and (f1 or 0) < 0.1 else \
+            "yellow" if isinstance(b, float) and isinstance(f1, float) and f1 < b else ""
+        cell = f"[{colour}]{fmt(f1)}[/]" if colour else fmt(f1)
+        table.add_row(escape(str(name)), str(r.get("support", "-")), fmt(r.get("precision")), fmt(r.get("recall")),
+                      cell, fmt(b))
+    out.print(table)
+
+
 def _print_summary(run: Path) -> None:
     metrics = json.loads((run / "metrics.json").read_text())
     out.print(f"run {escape(run.name)}", highlight=False, soft_wrap=True)  # whole, never wrapped
@@ -298,6 +320,10 @@ def _print_summary(run: Path) -> None:
         base = (metrics.get("baseline") or {}).get(split, {}).get(metrics["metric"])
         table.add_row(split, f"{m.get(metrics['metric']):.4f}", "-" if base is None else f"{base:.4f}")
     out.print(table)
+    if metrics.get("task") == "multilabel":
+        split = "test" if "test" in metrics["model"] else next(iter(metrics["model"]), None)
+        if split is not None:
+            _print_per_label(metrics["model"][split], (metrics.get("baseline") or {}).get(split), f"per label, {split}")
     _print_verdict(metrics.get("verdict"))
     out.print(f"run:     {run}\nreport:  {run / 'report.html'}\n"
               f"predict: tunery predict {run} --input FILE --output predictions.csv\n"
@@ -325,6 +351,8 @@ def evaluate(run: str = typer.Argument(..., help="run directory, run name or reg
             b = (result.get("baseline") or {}).get(k)
             table.add_row(k, f"{v:.4f}", "-" if not isinstance(b, float) else f"{b:.4f}")
     out.print(table)
+    if "micro_f1" in result["model"]:  # multi-label
+        _print_per_label(result["model"], result.get("baseline"), "per label")
     _print_verdict(result.get("verdict"))
     out.print(f"report: {result['report']}", highlight=False)
 
@@ -353,15 +381,40 @@ def predict(run: str = typer.Argument(..., help="run directory, run name or regi
 
 
 @app.command()
-def backbones():
-    """List the packaged backbone aliases."""
-    from tunery.backbones import list_backbones
+def backbones(aliases: Optional[list[str]] = typer.Argument(None, help="aliases to show (default: all)"),
+              probe: bool = typer.Option(False, "--probe", help="(re)measure the cost of each installed backbone "
+                                         "shown on this machine (seconds to half a minute each), then show it")):
+    """The packaged backbones: size, licence, whether installed, and the measured cost on this machine."""
+    from tunery.backbones import backbone_info, is_installed, list_backbones
+    from tunery.errors import BackboneError
+    from tunery.probe import cached_cost, probe_cost
 
+    infos = list_backbones()
+    if aliases:
+        unknown = [a for a in aliases if backbone_info(a) is None]
+        if unknown:
+            raise BackboneError(f"no backbone alias {', '.join(map(repr, unknown))}; the aliases are "
+                                f"{', '.join(b.alias for b in infos)}")
+        wanted = {backbone_info(a).alias for a in aliases}
+        infos = [b for b in infos if b.alias in wanted]
     table = Table()
-    for col in ("alias", "params (M)", "languages", "lr", "description", "package"):
+    for col in ("alias", "model", "params (M)", "layers", "hidden", "licence", "languages", "lr", "installed",
+                "train s / 1k tokens", "inference s / 1k tokens"):
         table.add_column(col)
-    for b in list_backbones():
-        table.add_row(b.alias, f"{b.params_m}", b.languages, f"{b.recommended_lr:g}", b.description, b.package)
+    for b in infos:
+        installed = is_installed(b.alias)
+        cost = None
+        if installed and probe:
+            with err.status(f"probing {b.alias} ..."):
+                cost = probe_cost(b.alias, remeasure=True)
+        elif installed:
+            cost = cached_cost(b.alias)
+        train_cost = f"{cost['train_s_per_1k_tokens']:.3g}" if cost else (
+            "not measured (tunery backbones --probe)" if installed else "-")
+        infer_cost = f"{cost['infer_s_per_1k_tokens']:.3g}" if cost else "-"
+        table.add_row(b.alias, b.description.split(":")[0], f"{b.params_m}", str(b.layers), str(b.hidden),
+                      b.licence, b.languages, f"{b.recommended_lr:g}",
+                      "yes" if installed else f"no: {escape(b.install)}", train_cost, infer_cost)
     out.print(table)
 
 
@@ -560,7 +613,7 @@ def models_register(run: str = typer.Argument(..., help="completed run directory
     """Register a completed run as the next version of a model. A run that loses to its baseline
     is refused unless --force; one already registered under NAME, unless --again."""
     from tunery.evaluate.verdict import verdict_line
-    from tunery.rundir import find_run
+    from tunery.refs import find_run
     from tunery.store import Store
 
     run_dir = find_run(run)

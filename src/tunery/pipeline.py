@@ -22,7 +22,8 @@ from tunery.backbones import resolve_backbone
 from tunery.config import NAME_MAX_BYTES, RunConfig, load_config, save_config
 from tunery.errors import ConfigError, RunError
 from tunery.pooling import add_mean_pooling_layer, model_pooling, resolve_pooling
-from tunery.rundir import META, final_dir, find_resumable, follow_umask, partial_dir, write_json
+from tunery.refs import find_resumable
+from tunery.rundir import META, final_dir, follow_umask, partial_dir, write_json
 from tunery.tasks import Task, get_task
 from tunery.train.batching import Encoded, encode
 from tunery.train.callbacks import Callback, LoggingCallback

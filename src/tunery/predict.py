@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from tunery.errors import DataError, RunError
-from tunery.rundir import META, find_run, read_meta
+from tunery.refs import find_run
+from tunery.rundir import META, read_meta
 from tunery.tasks import Task, get_task
 from tunery.train.batching import encode
 

@@ -94,23 +94,10 @@ def read_meta(run: Path) -> dict:
     return json.loads((run / META).read_text(encoding="utf-8"))
 
 
-def _store_lookup(ref: str):
-    from tunery.store import Store, registered_run
-
-    store = Store()
-    try:
-        version = store.resolve_model(ref)
-    except RunError as model_err:
-        try:
-            return Path(store.get_run(ref).path)
-        except RunError:
-            raise model_err from None
-    return registered_run(version)  # says where a moved run was and how to re-point it
-
-
-def find_run(ref: str | Path) -> Path:
-    """A completed run from a path, a run name, or a registry name (`sentiment`, `sentiment@2`,
-    `sentiment:prod`)."""
+def run_at_path(ref: str | Path) -> Path | None:
+    """The completed run directory ``ref`` names as a path; None when ``ref`` is no path here and
+    may be a name (`tunery.refs.find_run` looks names up). A RunError when the path is an
+    unfinished run or not a run directory."""
     path = Path(ref)
     if is_complete(path):
         return path.resolve()
@@ -120,24 +107,15 @@ def find_run(ref: str | Path) -> Path:
         raise RunError(f"{str(ref)!r} is not a tunery run directory (it has no {META} and model/)")
     if "/" in str(ref) and not any(c in str(ref) for c in "@:"):
         raise RunError(f"run directory {str(ref)!r} does not exist")
-    found = _store_lookup(str(ref))
-    if not is_complete(found):
-        raise RunError(f"{str(ref)!r} points to {found}, which is not a complete run directory")
-    return found
+    return None
 
 
-def find_resumable(ref: str | Path) -> Path:
-    """The .partial directory of an interrupted run, from its path or name."""
+def find_partial(ref: str | Path, extra: list[Path] = ()) -> Path:
+    """The .partial directory of an interrupted run at ``ref`` (a path), or the first of ``extra``
+    (where a name was recorded) that is one."""
     path = Path(ref)
     candidates = [path] if path.name.endswith(PARTIAL) else [partial_dir(path)]
-    if not path.exists() and "/" not in str(ref):
-        try:
-            from tunery.store import Store
-
-            recorded = Path(Store().get_run(str(ref)).path)
-            candidates.append(recorded if recorded.name.endswith(PARTIAL) else partial_dir(recorded))
-        except RunError:
-            pass
+    candidates += list(extra)
     for c in candidates:
         if (c / "config.yaml").is_file():
             return c

@@ -19,7 +19,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 
 from tunery.errors import ConfigError, RunError
-from tunery.store import ApiKeyRow, Store, TenantRow, _check_name, _did_you_mean
+from tunery.store import ApiKeyRow, Store, TenantRow, check_name, did_you_mean
 
 PREFIX = "tny"
 _KEY_RE = re.compile(rf"{PREFIX}_([0-9a-f]{{12}})_([A-Za-z0-9_-]{{43}})")
@@ -72,10 +72,10 @@ def create_key(
     A new tenant needs a ``plan``; for an existing tenant a different ``plan`` moves the tenant
     (and every key it has) to it. ``known_plans`` (the serve config's) validates the plan name.
     """
-    _check_name(tenant, "tenant")
+    check_name(tenant, "tenant")
     if plan is not None and known_plans is not None and plan not in known_plans:
         raise ConfigError(
-            f"plan {plan!r} is not defined{_did_you_mean(plan, known_plans)}; plans: "
+            f"plan {plan!r} is not defined{did_you_mean(plan, known_plans)}; plans: "
             f"{', '.join(sorted(known_plans))} (set plans in the serve config, TUNERY_SERVE_CONFIG)"
         )
     if models is not None:
@@ -86,7 +86,7 @@ def create_key(
     now = datetime.now(timezone.utc)
     for _ in range(2):  # second pass: the tenant was created concurrently
         try:
-            with store._session(write=True) as s:
+            with store.transaction() as s:
                 row = s.scalars(select(TenantRow).where(TenantRow.name == tenant).with_for_update()).one_or_none()
                 if row is None:
                     if plan is None:
@@ -112,7 +112,7 @@ def list_keys(store: Store, *, tenant: str | None = None) -> list[KeyInfo]:
     query = select(ApiKeyRow, TenantRow.plan).join(TenantRow, TenantRow.name == ApiKeyRow.tenant)
     if tenant is not None:
         query = query.where(ApiKeyRow.tenant == tenant)
-    with store._session() as s:
+    with store.read() as s:
         return [_info(k, plan) for k, plan in s.execute(query.order_by(ApiKeyRow.created_at, ApiKeyRow.id))]
 
 
@@ -120,7 +120,7 @@ def revoke_key(store: Store, key_id: str) -> KeyInfo:
     """Revoke by key id (the part after ``tny_``); the full key works too. Idempotent."""
     match = _KEY_RE.fullmatch(key_id)
     key_id = match.group(1) if match else key_id
-    with store._session(write=True) as s:
+    with store.transaction() as s:
         row = s.execute(
             select(ApiKeyRow, TenantRow.plan)
             .join(TenantRow, TenantRow.name == ApiKeyRow.tenant)
@@ -139,7 +139,7 @@ def authenticate(store: Store, token: str) -> KeyInfo | None:
     """The key's record if ``token`` is a valid, unrevoked key; else None."""
     match = _KEY_RE.fullmatch(token or "")
     key_id, secret = match.groups() if match else ("", "")
-    with store._session() as s:
+    with store.read() as s:
         row = s.execute(
             select(ApiKeyRow, TenantRow.plan)
             .join(TenantRow, TenantRow.name == ApiKeyRow.tenant)

@@ -185,7 +185,7 @@ def record(store: Store, events: list[UsageEvent]) -> list[Outcome]:
     in one statement.
     """
     outcomes: list[Outcome] = []
-    with store._session(write=True) as s:
+    with store.transaction() as s:
         counters = _lock_counters(s, events)
         billed: list[dict[str, Any]] = []
         for ev in events:
@@ -284,20 +284,20 @@ def lookup_idempotent(s, key_id: str, idempotency_key: str) -> IdempotencyRow | 
 
 def sweep_idempotency(store: Store, older_than: datetime) -> int:
     """Delete the idempotency records created before ``older_than``; returns how many."""
-    with store._session(write=True) as s:
+    with store.transaction() as s:
         return s.execute(delete(IdempotencyRow).where(IdempotencyRow.created_at < older_than)).rowcount or 0
 
 
 def find_idempotent(store: Store, key_id: str, idempotency_key: str) -> tuple[str, dict[str, Any]] | None:
     """(request hash, stored response) of an earlier request with this key, if any."""
-    with store._session() as s:
+    with store.read() as s:
         row = lookup_idempotent(s, key_id, idempotency_key)
         return None if row is None else (row.request_hash, dict(row.response))
 
 
 def quota_used(store: Store, tenant: str, plan: Plan, at: datetime) -> int:
     """Units of the plan's quota the tenant has used this month (0 if none)."""
-    with store._session() as s:
+    with store.read() as s:
         value = s.scalar(
             select(_UNIT_COLUMN[plan.quota_unit]).where(
                 QuotaCounterRow.tenant == tenant, QuotaCounterRow.period == period_of(at)
@@ -354,7 +354,7 @@ def usage_report(
     if end is not None:
         after = end + timedelta(days=1)
         query = query.where(UsageRow.created_at < datetime(after.year, after.month, after.day, tzinfo=timezone.utc))
-    with store._session() as s:
+    with store.read() as s:
         plans = dict(s.execute(select(TenantRow.name, TenantRow.plan)).all())
         rows = s.execute(query).all()
     out = []

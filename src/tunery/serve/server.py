@@ -10,7 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tunery.errors import RunError
-from tunery.rundir import find_run, is_complete
+from tunery.refs import find_run
+from tunery.rundir import is_complete
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +27,7 @@ def resolve_models(specs: list[str]) -> list[ModelSpec]:
     """``sentiment``, ``sentiment@2``, ``sentiment:prod``, a run directory or run name, each
     optionally as ``served-name=...``. Registry refs are pinned to a version here, so every
     worker serves the same one."""
-    from tunery.store import Store, _check_name
+    from tunery.store import Store, check_name
 
     if not specs:
         raise RunError("give at least one model to serve: a registry name (sentiment, sentiment@2, "
@@ -38,7 +39,7 @@ def resolve_models(specs: list[str]) -> list[ModelSpec]:
         if not sep:
             served, target = "", spec
         spec_out = _resolve_one(target, served, store)
-        _check_name(spec_out.name, "served model name")
+        check_name(spec_out.name, "served model name")
         if spec_out.name in out:
             raise RunError(f"two models would be served as {spec_out.name!r} ({out[spec_out.name].ref} and "
                            f"{spec_out.ref}); name them: NAME=REF, e.g. stable=sentiment@1 canary=sentiment@2")
