@@ -31,6 +31,8 @@ keys_app = typer.Typer(no_args_is_help=True, help="API keys for tunery serve: cr
 usage_app = typer.Typer(no_args_is_help=True, help="Metered usage of tunery serve.")
 app.add_typer(keys_app, name="keys")
 app.add_typer(usage_app, name="usage")
+db_app = typer.Typer(no_args_is_help=True, help="The store's database: its schema revision, and upgrades.")
+app.add_typer(db_app, name="db")
 out = Console()
 err = Console(stderr=True)
 
@@ -836,6 +838,40 @@ def usage_report(tenant: Optional[str] = typer.Option(None, help="default: every
     cost = sum(r["cost"] or 0 for r in rows)
     out.print(f"{len(rows)} rows; {sum(r['requests'] for r in rows)} requests, {sum(r['texts'] for r in rows)} "
               f"texts, {sum(r['tokens'] for r in rows)} tokens; cost {cost:.4f}", highlight=False)
+
+
+_DB_URL_HELP = "a database URL (default: TUNERY_DB_URL, else the SQLite file in TUNERY_HOME)"
+
+
+@db_app.command("current")
+@_guard
+def db_current(url: Optional[str] = typer.Option(None, "--url", help=_DB_URL_HELP),
+               check: bool = typer.Option(False, "--check", help="exit 1 unless tunery can use the database as it "
+                                          "is (at the newest revision, or empty)")):
+    """Show the database's schema revision and whether it needs `tunery db upgrade`."""
+    from tunery.store import migrate
+
+    state = migrate.current(url)
+    out.print(f"database: {state.where}\nrevision: {state.describe()}\nhead:     {migrate.HEAD}", markup=False,
+              highlight=False, soft_wrap=True)
+    if check and state.kind not in ("current", "empty"):
+        raise typer.Exit(1)
+
+
+@db_app.command("upgrade")
+@_guard
+def db_upgrade(url: Optional[str] = typer.Option(None, "--url", help=_DB_URL_HELP)):
+    """Bring the database's schema to this tunery's revision, keeping every row (all or nothing)."""
+    from tunery.store import migrate
+
+    before, after = migrate.upgrade(url)
+    if before.kind == "current":
+        out.print(f"{after.where}: already at revision {after.revision}; nothing to do", markup=False,
+                  highlight=False, soft_wrap=True)
+    else:
+        was = "an empty database" if before.kind == "empty" else f"revision {before.effective_revision}"
+        out.print(f"{after.where}: upgraded from {was} to {after.revision}", markup=False, highlight=False,
+                  soft_wrap=True)
 
 
 def main() -> None:  # pragma: no cover

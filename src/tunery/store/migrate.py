@@ -72,7 +72,8 @@ class SchemaState:
         """One line for people: the revision and what it means."""
         return {
             "empty": "empty (tunery creates its tables at first use)",
-            "unstamped": "0001 (made before tunery had migrations; `tunery db upgrade` records it)",
+            "unstamped": f"0001 (made before tunery had schema migrations; older than this tunery's {HEAD}: "
+                         "run `tunery db upgrade`)",
             "current": f"{HEAD} (head: up to date)",
             "behind": f"{self.revision} (older than this tunery's {HEAD}: run `tunery db upgrade`)",
             "unknown": f"{self.revision} (unknown to this tunery, whose newest is {HEAD}: a newer tunery "
