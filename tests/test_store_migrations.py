@@ -227,7 +227,7 @@ def test_an_upgrade_can_be_undone_and_redone(tmp_path) -> None:
     store.close()
     engine = connect(url)
     with engine.begin() as conn:
-        command.downgrade(migrate._alembic_config(conn), "0001")
+        command.downgrade(migrate.alembic_config(conn), "0001")
     engine.dispose()
     assert _revision(url) == "0001"
     migrate.upgrade(url)
@@ -238,7 +238,7 @@ def test_an_upgrade_can_be_undone_and_redone(tmp_path) -> None:
 def test_the_revisions_in_code_are_the_scripts_shipped() -> None:
     from alembic.script import ScriptDirectory
 
-    scripts = ScriptDirectory.from_config(migrate._alembic_config())
+    scripts = ScriptDirectory.from_config(migrate.alembic_config())
     assert scripts.get_current_head() == migrate.HEAD
     assert [s.revision for s in reversed(list(scripts.walk_revisions()))] == list(migrate.REVISIONS)
 

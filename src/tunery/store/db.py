@@ -108,8 +108,8 @@ class Database:
             except BaseException:
                 engine.dispose()
                 raise
-            # Write transactions carry this option; on SQLite it turns BEGIN into BEGIN IMMEDIATE.
             self._read = sessionmaker(engine, expire_on_commit=False)
+            # Write transactions carry this option; on SQLite it turns BEGIN into BEGIN IMMEDIATE.
             self._write = sessionmaker(engine.execution_options(tunery_write=True), expire_on_commit=False)
             self._engine = engine
 

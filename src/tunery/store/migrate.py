@@ -139,7 +139,9 @@ def schema_lock(engine: Engine, url: str) -> Iterator[Connection]:
         raise
 
 
-def _alembic_config(connection: Connection | None = None):
+def alembic_config(connection: Connection | None = None):
+    """Alembic's Config for tunery's revisions, with ``connection`` for env.py to run them on (for
+    alembic.command.upgrade, downgrade, revision ...); no alembic.ini is read."""
     from alembic.config import Config
 
     config = Config()
@@ -151,7 +153,7 @@ def _alembic_config(connection: Connection | None = None):
 def _run_upgrade(conn: Connection, target: str = "head") -> None:
     from alembic import command
 
-    command.upgrade(_alembic_config(conn), target)
+    command.upgrade(alembic_config(conn), target)
 
 
 def columns_at(revision: str) -> dict[str, set[str]]:

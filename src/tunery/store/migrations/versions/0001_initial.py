@@ -29,6 +29,12 @@ def _create(name: str, *elements) -> None:
         op.create_table(name, *elements)
 
 
+def _index(name: str, table: str, columns: list[str]) -> None:
+    existing = {ix["name"] for ix in sa.inspect(op.get_bind()).get_indexes(table)}
+    if name not in existing:
+        op.create_index(op.f(name), table, columns)
+
+
 def upgrade() -> None:
     _create(
         "runs",
@@ -144,12 +150,6 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name=op.f("pk_idempotency")),
         sa.UniqueConstraint("key_id", "idempotency_key", name=op.f("uq_idempotency_key_id_idempotency_key")),
     )
-
-
-def _index(name: str, table: str, columns: list[str]) -> None:
-    existing = {ix["name"] for ix in sa.inspect(op.get_bind()).get_indexes(table)}
-    if name not in existing:
-        op.create_index(op.f(name), table, columns)
 
 
 def downgrade() -> None:
