@@ -41,8 +41,8 @@ RARE_KEEP = {"MISC": 0.025, "ORG": 0.05}  # share of train rows that keep the la
 
 # name -> train config overrides (on top of tunery's defaults)
 VARIANTS: dict[str, dict] = {
-    "bce": {"pos_weight_max": None},
     "bce+pw10": {"pos_weight_max": 10.0},
+    "bce": {"pos_weight_max": None},
     "focal": {"pos_weight_max": None, "multilabel_loss": "focal"},
     "asl": {"pos_weight_max": None, "multilabel_loss": "asl"},
     "asl+pw10": {"pos_weight_max": 10.0, "multilabel_loss": "asl"},
@@ -116,7 +116,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data-dir", default=str(multilabel.DEFAULT_DATA))
-    ap.add_argument("--sets", default="entities,rare,pos", help="comma-separated: entities, rare, pos")
+    ap.add_argument("--sets", default="pos,rare,entities", help="comma-separated: entities, rare, pos")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch threads per run (default: all cores; 1 on a shared machine, where threads spin-wait)")
     ap.add_argument("--variants", default=",".join(VARIANTS), help=f"comma-separated of: {', '.join(VARIANTS)}")
     ap.add_argument("--seeds", default="42", help="comma-separated training and subsample seeds")
     ap.add_argument("--rows", default="2000,1000,2000", help="train,validation,test subsample sizes")
@@ -153,6 +155,8 @@ def main(argv: list[str] | None = None) -> dict:
                                                    backbone=backbone)
                     cfg["name"] = f"{set_name}-{variant}-{seed}"
                     cfg["train"].update(VARIANTS[variant], seed=seed)
+                    if args.threads:
+                        cfg["train"]["num_threads"] = args.threads
                     eprint(f"[ablation] {cfg['name']} ...")
                     res = run_part("tunery", {"config": cfg}, tmp, script=multilabel.__file__)
                     row = {"set": set_name, "variant": variant, "seed": seed, "train_stats": counts,

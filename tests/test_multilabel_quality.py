@@ -269,3 +269,14 @@ def test_report_per_label_table_puts_the_baseline_beside_the_model_and_names_unl
     assert "does not learn tech" in html
     assert "The baseline does better on sports, tech" in html
     assert html.count('class="num worse"') == 2
+
+
+def test_cli_evaluate_prints_each_label_beside_the_baseline(tagged_run):
+    from tests.integration.helpers import cli
+
+    res = cli("evaluate", str(tagged_run), cwd=tagged_run.parent)
+    table = res.stdout[res.stdout.index("per label"):]
+    for header in ("support", "precision", "recall", "baseline F1"):
+        assert header in table
+    for label in LABELS:
+        assert label in table

@@ -33,6 +33,8 @@ app.add_typer(keys_app, name="keys")
 app.add_typer(usage_app, name="usage")
 db_app = typer.Typer(no_args_is_help=True, help="The store's database: its schema revision, and upgrades.")
 app.add_typer(db_app, name="db")
+studies_app = typer.Typer(no_args_is_help=True, help="Tuning studies (tunery tune): list, show.")
+app.add_typer(studies_app, name="studies")
 out = Console()
 err = Console(stderr=True)
 
@@ -872,6 +874,116 @@ def db_upgrade(url: Optional[str] = typer.Option(None, "--url", help=_DB_URL_HEL
         was = "an empty database" if before.kind == "empty" else f"revision {before.effective_revision}"
         out.print(f"{after.where}: upgraded from {was} to {after.revision}", markup=False, highlight=False,
                   soft_wrap=True)
+
+
+def _print_study(result) -> None:
+    done = f"{result.complete} complete, {result.pruned} pruned, {result.failed} failed"
+    if result.best_trial is None:
+        out.print(f"study {result.study}: no complete trial ({done}); report: {result.report}", markup=False,
+                  highlight=False, soft_wrap=True)
+        return
+    params = ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in result.best_params.items())
+    lines = [f"study {result.study}: {done}",
+             f"best: trial {result.best_trial}, validation {result.metric} {result.best_value:.4f} ({params})",
+             f"run: {result.best_run}", f"report: {result.report}"]
+    if result.registered:
+        lines.append(f"registered {result.registered}")
+    out.print("\n".join(lines), markup=False, highlight=False, soft_wrap=True)
+
+
+@app.command()
+@_guard
+def tune(config: Optional[Path] = typer.Argument(None, help="run config (YAML) with an optional search: section"),
+         set_: list[str] = typer.Option([], "--set", help="override a key: --set train.epochs=4"),
+         budget: Optional[str] = typer.Option(None, help="time for the whole study, e.g. 30m, 1h30m"),
+         trials: Optional[int] = typer.Option(None, help="the number of trials, across all workers and machines"),
+         workers: int = typer.Option(1, help="trials run at once on this machine, each in its own process"),
+         study: Optional[str] = typer.Option(None, help="the study's name (default: from the data and the time)"),
+         pruner: str = typer.Option("median", help="median | sha (successive halving) | hyperband"),
+         keep: str = typer.Option("best", help="best: other trials drop their weights (metrics, config and report "
+                                  "stay) | all"),
+         register: Optional[str] = typer.Option(None, help="register the best run under this model name"),
+         join: Optional[str] = typer.Option(None, "--join", help="add workers to the study of this name"),
+         resume: Optional[str] = typer.Option(None, "--resume", help="continue the stopped study of this name"),
+         verbose: bool = typer.Option(False, "--verbose", "-v")):
+    """Search hyperparameters: each trial is a real run; the first is the config's own recipe, so
+    the best is never worse than it. Storage: the store's database (TUNERY_DB_URL for PostgreSQL)."""
+    from tunery.config import load_config
+    from tunery.tune import join_study, parse_duration, resume_study, run_study
+
+    _setup_logging(verbose)
+    budget_s = parse_duration(budget) if budget is not None else None
+    if join or resume:
+        if join and resume:
+            _fail(TuneryError("give --join STUDY or --resume STUDY, not both"))
+        if config is not None or set_:
+            _fail(TuneryError(f"--{'join' if join else 'resume'} uses the study's own config; drop CONFIG and --set"))
+        if join:
+            if budget is not None or trials is not None:
+                _fail(TuneryError("--join works within the study's own budget and trials; drop --budget and "
+                                  "--trials (change them with --resume)"))
+            result = join_study(join, workers=workers)
+        else:
+            result = resume_study(resume, budget_s=budget_s, trials=trials, workers=workers)
+    elif config is None:
+        _fail(TuneryError("give a config file (tunery init DATA writes one), --join STUDY or --resume STUDY"))
+    else:
+        cfg = load_config(config, overrides=set_)
+        result = run_study(cfg, budget_s=budget_s, trials=trials, workers=workers, study=study, pruner=pruner,
+                           keep=keep, register=register)
+    _print_study(result)
+    if result.best_trial is None:
+        raise typer.Exit(1)
+
+
+@studies_app.command("list")
+@_guard
+def studies_list():
+    """Studies in the store's database, with their trials and best value."""
+    from tunery.tune import study as studies
+
+    table = Table("study", "metric", "trials", "complete", "pruned", "failed", "best", "best run")
+    for name in studies.names():
+        st = studies.load(name)
+        rows = studies.rows(st)
+        best = studies.best_trial(st)
+        s = st.user_attrs.get(studies.SETTINGS) or {}
+        count = {k: sum(r.state == k for r in rows) for k in ("complete", "pruned", "fail")}
+        table.add_row(escape(name), s.get("metric", "-"), str(len(rows)), str(count["complete"]),
+                      str(count["pruned"]), str(count["fail"]), f"{best.value:.4f}" if best else "-",
+                      escape(best.user_attrs.get("run", "-")) if best else "-")
+    out.print(table)
+
+
+@studies_app.command("show")
+@_guard
+def studies_show(name: str = typer.Argument(..., help="the study's name")):
+    """A study's settings and trials: state, validation value, parameters, time, run."""
+    from tunery.tune import study as studies
+
+    st = studies.load(name)
+    s = studies.settings(st)
+    best = studies.best_trial(st)
+    out.print(f"study {name}: {s['metric']} ({s['direction']}), pruner {s['pruner']}, trials "
+              f"{s.get('trials') or 'no cap'}, keep {s['keep']}; runs in {s['output_dir']}", markup=False,
+              highlight=False, soft_wrap=True)
+    rows = studies.rows(st)
+    keys = sorted({k for r in rows for k in r.params})
+    table = Table("trial", "state", s["metric"], *keys, "seconds", "note", "run")
+    for r in rows:
+        note = "; ".join(x for x in [("best" if best is not None and r.number == best.number else ""),
+                                      (f"stopped: {r.stopped_by}" if r.stopped_by else ""),
+                                      (f"retry of {r.retry_of}" if r.retry_of is not None else "")] if x)
+        table.add_row(str(r.number), r.state, "-" if r.value is None else f"{r.value:.4f}",
+                      *[_param_text(r.params.get(k)) for k in keys],
+                      "-" if r.seconds is None else f"{r.seconds:.0f}", note, escape(r.run or "-"))
+    out.print(table)
+
+
+def _param_text(value) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.3g}" if isinstance(value, float) else escape(str(value))
 
 
 def main() -> None:  # pragma: no cover
