@@ -20,7 +20,7 @@ from tests.pg import pg_server, pg_url  # noqa: F401  (fixtures)
 from tunery.serve import metering
 from tunery.serve.keys import list_keys
 from tunery.store import Base, SchemaError, Store, migrate
-from tunery.store.db import connect
+from tunery.store.engine import connect
 
 LEGACY_SQL = Path(__file__).with_name("store_schema_before_migrations.sql")
 AT = datetime(2026, 11, 17, 12, 0, tzinfo=timezone.utc)

@@ -4,15 +4,17 @@ database reached by URL: ``sqlite:///<TUNERY_HOME>/tunery.db`` by default, any S
 never live ORM rows; code that works on the tables directly (the server's metering and keys) does
 it in ``store.transaction()`` / ``store.read()``.
 
-Parts: ``home`` (where the database is), ``db`` (engine, transactions), ``migrate`` and
-``migrations/`` (Alembic revisions; ``tunery db upgrade``), ``base`` (the declarative Base and
-shared types), ``runs``, ``models`` (the registry), ``serving`` (serve's tables).
+Parts: ``home`` (where the database is), ``engine`` (the engine for a URL), ``db`` (connecting,
+transactions), ``migrate`` and ``migrations/`` (Alembic revisions; ``tunery db upgrade``), ``base``
+(the declarative Base and shared types), ``runs``, ``models`` (the registry), ``serving`` (serve's
+tables).
 """
 
 from __future__ import annotations
 
 from tunery.store.base import MODEL_NAME_RULE, Base, UTCDateTime, check_name, did_you_mean
-from tunery.store.db import SQLITE_BUSY_TIMEOUT_MS, Database
+from tunery.store.db import Database
+from tunery.store.engine import SQLITE_BUSY_TIMEOUT_MS
 from tunery.store.home import default_db_url, tunery_home, user_home
 from tunery.store.migrate import SchemaError
 from tunery.store.models import REF_FORMS, ModelAliasRow, ModelRegistry, ModelVersion, ModelVersionRow

@@ -23,7 +23,7 @@ from sqlalchemy import Connection, Engine, inspect, text
 from sqlalchemy.engine import make_url
 
 from tunery.errors import RunError
-from tunery.store.db import connect, hide_password
+from tunery.store.engine import connect, hide_password
 from tunery.store.home import default_db_url
 
 __all__ = ["HEAD", "REVISIONS", "SchemaError", "SchemaState", "VERSION_TABLE", "current", "prepare", "upgrade"]
