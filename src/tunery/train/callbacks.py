@@ -13,7 +13,12 @@ log = logging.getLogger("tunery.train")
 class Callback:
     """The hooks the loop calls, each doing nothing here. `state` is the loop's TrainState (step,
     total_steps, epoch, best_metric, best_step, samples_seen, ...); `record` holds a logging step's
-    figures (step, epoch, loss, lr, samples_per_s) or an evaluation's (the validation metrics, best)."""
+    figures (step, epoch, loss, lr, samples_per_s) or an evaluation's (the validation metrics, best).
+
+    A callback ends training early by setting `stop_reason` (e.g. "deadline", "pruned") in a hook: the
+    loop stops after that step or evaluation, and the run keeps its best checkpoint as usual."""
+
+    stop_reason: str | None = None
 
     def on_train_begin(self, state, n_train: int) -> None: ...
     def on_step(self, state) -> None: ...
@@ -72,3 +77,35 @@ class RichProgress(Callback):
         if self.progress is not None:
             self.progress.stop()
             self.progress = None
+
+
+class Deadline(Callback):
+    """Ends training in time for the final evaluation to finish by `deadline` (seconds on `clock`,
+    time.time by default: a wall-clock instant that other processes and machines share).
+
+    The time kept for what follows training is `reserve_s` plus `eval_factor` times the longest
+    validation pass seen so far (the final evaluation scores validation and test, then writes the
+    report). Checked at every optimizer step; the loop then stops at its best checkpoint."""
+
+    def __init__(self, deadline: float, *, reserve_s: float = 0.0, eval_factor: float = 3.0, clock=None) -> None:
+        import time
+
+        self.deadline = deadline
+        self.reserve_s = reserve_s
+        self.eval_factor = eval_factor
+        self.clock = clock or time.time
+        self.eval_seconds = 0.0
+        self.stop_reason = None
+
+    def reserve(self) -> float:
+        """Seconds kept back from training for the final evaluation."""
+        return self.reserve_s + self.eval_factor * self.eval_seconds
+
+    def on_evaluate(self, state, record: dict) -> None:
+        self.eval_seconds = max(self.eval_seconds, float(record.get("eval_seconds") or 0.0))
+
+    def on_step(self, state) -> None:
+        if self.stop_reason is None and self.clock() + self.reserve() >= self.deadline:
+            log.info("deadline: stopping at step %d of %d to leave %.0f s for the final evaluation",
+                     state.step, state.total_steps, self.reserve())
+            self.stop_reason = "deadline"

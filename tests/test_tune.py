@@ -1,0 +1,161 @@
+"""tunery tune: one study on SQLite run by 2 local workers through `tunery tune --join` (module-scoped,
+shared by the tests below), in which one trial process is SIGKILLed mid-trial and one trial has an
+absurd learning rate; then the search-space, budget and deadline rules without any study.
+
+The study: trial 0 is the config's own recipe, 1 and 2 are sampled, 3 has train.lr = 1.0. Trial 2's
+process is killed once it trains; with 2 workers, trial 3 starts only after two trials completed,
+so the median pruner has a bar to hold it to."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import fast_train, make_dataset
+from tests.integration.helpers import cli
+
+STUDY = "toy"
+ABSURD_LR = 1.0
+
+
+def _kill_when_training(run_dir: Path, url: str, done: threading.Event, killed: list) -> None:
+    """SIGKILL the process training `run_dir` once its log has a line (it is mid-trial)."""
+    from tunery.store import Store
+
+    log = Path(str(run_dir) + ".partial") / "log.jsonl"
+    while not done.is_set():
+        if log.exists() and log.stat().st_size:
+            pid = Store(url).get_run(run_dir.name).pid
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+            assert b"tunery.tune.trial" in cmdline, cmdline  # only ever a trial process of ours
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+            return
+        done.wait(0.05)
+
+
+@pytest.fixture(scope="module")
+def study(tiny_backbone, tmp_path_factory):
+    from tunery.config import load_config
+    from tunery.tune import study as studies
+    from tunery.tune.worker import create_study
+
+    home = tmp_path_factory.mktemp("tune")
+    old = os.environ.get("TUNERY_HOME")
+    os.environ["TUNERY_HOME"] = str(home / ".tunery")
+    url = f"sqlite:///{home / '.tunery' / 'tunery.db'}"
+    make_dataset("binary", n=240).to_csv(home / "reviews.csv", index=False)
+    config = home / "tune.yaml"
+    config.write_text(yaml.safe_dump({
+        "output_dir": str(home / "runs"), "data": {"train": "reviews.csv"}, "model": {"backbone": tiny_backbone},
+        "train": fast_train(), "evaluate": {"baseline": False},
+        "search": {"train.lr": {"log": [3e-3, 8e-3]}, "train.batch_size": {"choice": [16, 32]}}}))
+    create_study(load_config(config), study=STUDY, trials=3, heartbeat_s=1, url=url)
+    studies.load(STUDY, url).enqueue_trial({"train.lr": ABSURD_LR}, user_attrs={"recipe": "absurd"})
+    done, killed = threading.Event(), []
+    killer = threading.Thread(target=_kill_when_training,
+                              args=(home / "runs" / STUDY / f"{STUDY}-t0002", url, done, killed))
+    killer.start()
+    try:
+        proc = cli("tune", "--join", STUDY, "--workers", "2", cwd=home, timeout=900)
+    finally:
+        done.set()
+        killer.join()
+        if old is None:
+            os.environ.pop("TUNERY_HOME", None)
+        else:
+            os.environ["TUNERY_HOME"] = old
+    return {"url": url, "home": home, "stdout": proc.stdout, "killed": killed, "config": config,
+            "study": studies.load(STUDY, url)}
+
+
+def _trials(study, *states):
+    from optuna.trial import TrialState
+
+    return [t for t in study["study"].get_trials() if not states or t.state in [TrialState[s] for s in states]]
+
+
+def test_two_workers_finish_exactly_the_requested_trials_each_enqueued_config_once(study):
+    finished = _trials(study, "COMPLETE", "PRUNED")
+    assert len(finished) == 4
+    assert [t.user_attrs.get("recipe") for t in finished].count("default") == 1
+    assert [t.params["train.lr"] for t in finished].count(ABSURD_LR) == 1
+    default = next(t for t in finished if t.user_attrs.get("recipe") == "default")
+    assert default.params == {"train.lr": 5e-3, "train.batch_size": 16}  # the config's own recipe
+
+
+def test_a_killed_trial_is_failed_and_retried_with_the_same_parameters(study):
+    from tunery.store import Store
+
+    assert study["killed"], "the trial process was never seen training"
+    failed = _trials(study, "FAIL")
+    assert [t.number for t in failed] == [2]
+    retries = [t for t in study["study"].get_trials() if t.system_attrs.get("failed_trial") == 2]
+    assert len(retries) == 1 and retries[0].state.name in ("COMPLETE", "PRUNED")
+    assert retries[0].params == failed[0].params
+    assert Store(study["url"]).get_run(f"{STUDY}-t0002").status == "interrupted"
+
+
+def test_a_trial_with_an_absurd_learning_rate_is_pruned_and_its_run_kept(study):
+    from tunery.store import Store
+
+    absurd = next(t for t in _trials(study) if t.params.get("train.lr") == ABSURD_LR)
+    assert absurd.state.name == "PRUNED"
+    assert absurd.user_attrs["stopped_by"] == "pruned"
+    record = Store(study["url"]).get_run(absurd.user_attrs["run"])
+    assert (record.status, record.study, record.trial) == ("pruned", STUDY, absurd.number)
+    assert (Path(absurd.user_attrs["run_dir"]) / "metrics.json").exists()
+
+
+def test_every_trial_is_a_run_linked_to_its_study(study):
+    from tunery.store import Store
+
+    records = Store(study["url"]).list_runs(study=STUDY)
+    assert sorted(r.trial for r in records) == [t.number for t in _trials(study)]
+
+
+def test_the_best_run_is_kept_and_predicts_and_the_others_drop_their_weights(study):
+    import tunery
+    from tunery.tune.study import best_trial
+
+    best = best_trial(study["study"])
+    assert str(best.user_attrs["run_dir"]) in study["stdout"]
+    clf = tunery.load(best.user_attrs["run_dir"])
+    assert clf.predict("a wonderful film")["label"] in ("positive", "negative")
+    for t in _trials(study, "COMPLETE", "PRUNED"):
+        run = Path(t.user_attrs["run_dir"])
+        assert (run / "metrics.json").exists() and (run / "config.yaml").exists()
+        assert (run / "model").exists() == (t.number == best.number)
+
+
+def test_study_html_draws_the_study_offline_and_links_each_run(study):
+    page = (study["home"] / "runs" / STUDY / "study.html").read_text()
+    for title in ("Optimisation history", "Intermediate values", "Parameter importances", "Parallel coordinates"):
+        assert title in page
+    assert "<script src=" not in page and "Plotly.newPlot" in page  # plotly.js inline: no network
+    for t in _trials(study, "COMPLETE", "PRUNED"):
+        assert f"href='{t.user_attrs['run']}/report.html'" in page
+
+
+def test_studies_list_and_show(study, monkeypatch):
+    monkeypatch.setenv("TUNERY_HOME", str(study["home"] / ".tunery"))
+    listing = cli("studies", "list", cwd=study["home"]).stdout
+    assert STUDY in listing
+    shown = cli("studies", "show", STUDY, cwd=study["home"]).stdout
+    assert "pruned" in shown and "retry of 2" in shown and "best" in shown
+
+
+def test_join_of_a_finished_study_runs_nothing_more(study, monkeypatch):
+    monkeypatch.setenv("TUNERY_HOME", str(study["home"] / ".tunery"))
+    before = len(_trials(study))
+    cli("tune", "--join", STUDY, cwd=study["home"])
+    from tunery.tune import study as studies
+
+    assert len(studies.load(STUDY, study["url"]).get_trials()) == before
