@@ -651,6 +651,7 @@ def evaluate_run(ref: str | Path, *, data: str | Path | None = None) -> dict:
 
     predictor = load(ref)
     run_dir, meta = predictor.run_dir, predictor.meta
+    tfidf = meta.get("backend") == "tfidf"  # the run is the baseline: nothing separate to compare with
     cfg = load_config(run_dir / "config.yaml")
     task, label_names = predictor.task, predictor.label_names
     n_labels = len(label_names)
@@ -670,7 +671,7 @@ def evaluate_run(ref: str | Path, *, data: str | Path | None = None) -> dict:
         log.warning("no baseline and no test split: %s changed since the run was trained", ", ".join(changed))
     else:
         try:
-            prepared = prepare_run(cfg, quiet=True)  # its warnings were shown when it trained
+            prepared = (prepare_data if tfidf else prepare_run)(cfg, quiet=True)  # its warnings were shown
             train_frame = prepared.data.train
         except Exception as e:  # noqa: BLE001 - the training file may be gone; the model still evaluates
             log.warning("no baseline: the run's training data cannot be prepared again (%s)", e)
@@ -695,7 +696,9 @@ def evaluate_run(ref: str | Path, *, data: str | Path | None = None) -> dict:
     shown = texts if pairs is None else [f"{a} [SEP] {b}" for a, b in zip(texts, pairs)]
     baseline = None
     verdict = None
-    if train_frame is not None and cfg.evaluate.baseline:
+    if tfidf:
+        log.info("no baseline beside run %s: it is the TF-IDF baseline", run_dir.name)
+    elif train_frame is not None and cfg.evaluate.baseline:
         b = baseline_scores(meta["task"], _texts(train_frame), task.y_true(train_frame["label"].tolist(), n_labels),
                             {name: shown}, n_labels=n_labels, seed=cfg.train.seed)
         baseline = compute_metrics(meta["task"], y, b[name], label_names, threshold=threshold,
@@ -706,6 +709,7 @@ def evaluate_run(ref: str | Path, *, data: str | Path | None = None) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     result = {"run": str(run_dir), "data": str(data) if data else "test split", "n": len(texts),
               "model": metrics, "baseline": baseline, "report": str(out_dir / "report.html"),
+              **({"baseline_note": "this run is the TF-IDF baseline"} if tfidf else {}),
               **({"verdict": verdict} if verdict else {})}
     write_json(out_dir / "metrics.json", result)
     from tunery.evaluate.report import write_report
@@ -720,3 +724,124 @@ def evaluate_run(ref: str | Path, *, data: str | Path | None = None) -> dict:
                  origins={name: _origins(frame) if data is None else
                           _named_origins(list(range(1, len(texts) + 1)), [str(data)] * len(texts))})
     return result
+
+
+def prepare_data(cfg: RunConfig, *, quiet: bool = False) -> Prepared:
+    """`prepare_run` for a run with no tokenizer (the TF-IDF baseline): read, validate and split
+    the data; no backbone is resolved and no truncation or vocabulary check is made."""
+    from tunery.data.validate import prepare
+
+    data, report = prepare(cfg.data, cfg.task)
+    report.raise_for_errors()
+    for finding in report.warnings:
+        log.log(logging.DEBUG if quiet else logging.WARNING, "%s", finding.message)
+    return Prepared(cfg, None, None, data, report, get_task(data.task))
+
+
+def train_baseline(cfg: RunConfig, *, store=None) -> Path:
+    """Fit the TF-IDF baseline as a run of its own (tunery.json "backend": "tfidf"): the data is
+    read, validated and split as `train` does (no tokenizer: the baseline reads whole texts), the
+    model is fitted on train (multi-label thresholds tuned on validation, as a model run's are) and
+    evaluated on validation and test; the run directory holds config.yaml, data_report.json,
+    metrics.json (metrics under "model", no "baseline": the run is the baseline), report.html, model/
+    (tfidf.json, tfidf.safetensors) and tunery.json, and the store records it like any run.
+    Everything is checked before anything is written; on failure nothing is kept. Returns the run."""
+    import difflib
+
+    from tunery.evaluate.baseline import TfidfModel
+    from tunery.evaluate.metrics import compute_metrics, default_metric, metric_names, tune_thresholds
+    from tunery.evaluate.report import summarize_splits, write_report
+    from tunery.store import Store
+
+    fresh_name = cfg.name is None
+    cfg = cfg.model_copy(update={"name": cfg.name or _default_name(cfg)})
+    final = Path(cfg.output_dir) / cfg.name
+    store = store or Store()
+    if not fresh_name and (why := _name_in_use(store, cfg.name, final)):
+        raise RunError(why)
+    _check_output_dir(Path(cfg.output_dir))
+    prepared = prepare_data(cfg)
+    data, report = prepared.data, prepared.report
+    metric = cfg.train.metric or default_metric(data.task)
+    valid = metric_names(data.task)
+    if metric not in valid and not metric.startswith("per_class."):
+        close = difflib.get_close_matches(metric, valid, n=1)
+        raise ConfigError(f"train.metric {metric!r} is not a {data.task} metric"
+                          + (f" (did you mean {close[0]!r}?)" if close else "") + f"; valid: {', '.join(valid)}")
+    task, label_names = prepared.task, list(data.label_names)
+    n_labels = len(label_names)
+    cfg, work, made = _claim(store, cfg, fresh_name=fresh_name)
+    started = time.time()
+    try:
+        save_config(cfg, work / "config.yaml")
+        write_json(work / "data_report.json", report.to_dict())
+        write_json(work / "data_digest.json", {k: _file_digest(getattr(cfg.data, k))
+                                               for k in ("train", "validation", "test")})
+        store.start_run(name=cfg.name, path=str(work.resolve()), config=cfg.to_dict(), task=data.task,
+                        backbone="tfidf", new=True)
+        model = TfidfModel.fit(data.task, _texts(data.train), task.y_true(data.train["label"].tolist(), n_labels),
+                               n_labels=n_labels, seed=cfg.train.seed)
+        fit_seconds = time.time() - started
+        frames = {split: getattr(data, split) for split in ("train", "validation", "test")}
+        texts = {split: _texts(frames[split]) for split in ("validation", "test") if len(frames[split])}
+        scores = {split: model.scores(t) for split, t in texts.items()}
+        y = {split: task.y_true(frames[split]["label"].tolist(), n_labels) for split in scores}
+        threshold, thresholds = cfg.task.problem_threshold, None
+        tuned = data.task == "multilabel" and "validation" in scores
+        if tuned:  # as a model run's: tuned on validation, per label when asked
+            threshold, per = tune_thresholds(y["validation"], scores["validation"])
+            thresholds = per if cfg.task.per_label_threshold else None
+        decide = thresholds if thresholds is not None else threshold
+        metrics = {split: compute_metrics(data.task, y[split], s, label_names, threshold=decide,
+                                          calibration_bins=cfg.evaluate.calibration_bins)
+                   for split, s in scores.items()}
+        (work / "model").mkdir()
+        model.save(work / "model")
+        follow_umask(work / "model")
+        meta = {"tunery_version": __version__, "name": cfg.name, "backend": "tfidf", "task": data.task,
+                "label_names": label_names, "threshold": threshold, "thresholds": thresholds,
+                "label_mean": 0.0, "label_scale": 1.0, "backbone": "tfidf", "backbone_path": None, "method": "tfidf",
+                "text_column": data.text_column, "text_pair_column": data.text_pair_column,
+                "label_column": data.label_column, "label_delimiter": data.label_delimiter,
+                "max_length": None,  # the whole text is read
+                "metric": metric, "created_at": datetime.now(timezone.utc).isoformat()}
+        training = {"backend": "tfidf", "steps": 0, "n_features": model.n_features,
+                    "selection": {"metric": metric, "threshold": "tuned per evaluation" if tuned else
+                                  ("fixed" if data.task == "multilabel" else "none")},
+                    "train_seconds": round(fit_seconds, 2), "wall_seconds": round(time.time() - started, 2),
+                    "n_train": len(data.train), "n_validation": len(data.validation), "n_test": len(data.test),
+                    "split": data.split_note}
+        write_json(work / "metrics.json", {"task": data.task, "metric": metric, "threshold": threshold,
+                                           "thresholds": thresholds, "model": metrics, "baseline": None,
+                                           "baseline_note": "this run is the TF-IDF baseline",
+                                           "training": training})
+        write_report(work / "report.html", title=f"tunery run {cfg.name} (TF-IDF baseline)",
+                     run_info={"run": cfg.name, "backend": "TF-IDF baseline (word 1-2-grams, char 2-5-grams; "
+                               "linear model)", "task": data.task, "data": cfg.data.train, "split": data.split_note,
+                               "train / validation / test rows": f"{len(data.train)} / {len(data.validation)} / "
+                                                                 f"{len(data.test)}",
+                               "selection metric": metric, "features": f"{model.n_features:,}",
+                               "fit time": f"{fit_seconds:.1f} s", "data warnings": len(report.warnings)},
+                     task=data.task, label_names=label_names, metrics=metrics, baseline=None,
+                     predictions={split: (texts[split], y[split], s) for split, s in scores.items()},
+                     n_errors=cfg.evaluate.n_errors, threshold=decide,
+                     calibration_bins=cfg.evaluate.calibration_bins,
+                     data_summary=summarize_splits(frames, data.task, label_names),
+                     findings=report.to_dict()["findings"], config=cfg.to_dict(),
+                     origins={split: _origins(frames[split]) for split in scores})
+        write_json(work / META, meta)  # written last: its presence marks a complete run
+        work.rename(final)
+    except BaseException as err:
+        shutil.rmtree(work, ignore_errors=True)  # nothing to continue from: a fit is redone in seconds
+        _remove_created(made)
+        try:
+            store.delete_run(cfg.name)
+        except Exception as store_err:  # noqa: BLE001 - the store may sit on the same full disk
+            log.warning("could not remove the record of run %r: %s", cfg.name, store_err)
+        if isinstance(err, OSError):
+            raise RunError(f"cannot write run {cfg.name!r} in {work.parent}: {_os_reason(err)}; nothing was "
+                           "kept") from err
+        raise
+    store.update_run(cfg.name, path=str(final.resolve()))
+    store.finish_run(cfg.name, status="completed", metrics=metrics)
+    return final

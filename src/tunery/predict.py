@@ -262,13 +262,9 @@ def load(run: str | Path, *, batch_size: int = 64, precision: str = "fp32") -> P
     ``precision``: "fp32"; "bf16" (autocast: faster on CPUs with AVX512-BF16/AMX and on GPUs, with
     probabilities that differ in the third decimal); "auto" picks bf16 where it is fast.
 
-    Raises RunError (a TuneryError) naming the run and the fix when it is missing, unfinished or damaged."""
-    from tunery.train.loop import resolve_precision
-
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    from tunery.pipeline import _quiet_transformers
-
+    Raises RunError (a TuneryError) naming the run and the fix when it is missing, unfinished or damaged.
+    A TF-IDF run (tunery.json "backend": "tfidf", from `tunery baseline`) loads as a
+    `tunery.predict_tfidf.TfidfPredictor`."""
     if not isinstance(run, (str, os.PathLike)) or not str(run).strip():
         raise RunError(f"run {run!r}: give a run directory, run name or registry name, e.g. "
                        "tunery.load('runs/my-run') or tunery.load('sentiment@2') (`tunery runs list` shows them)")
@@ -278,6 +274,18 @@ def load(run: str | Path, *, batch_size: int = 64, precision: str = "fp32") -> P
         raise RunError(f"run {str(run)!r} cannot be looked up ({err}); give a run directory, run name or "
                        "registry name (`tunery runs list` shows them)") from None
     meta = _read_run_meta(run_dir)
+    if meta.get("backend", "transformers") != "transformers":
+        if meta["backend"] != "tfidf":
+            raise RunError(f"{run_dir / META}: backend {meta['backend']!r} is not one this tunery loads "
+                           "(transformers, tfidf); upgrade tunery or use the version that wrote the run")
+        from tunery.predict_tfidf import load_tfidf
+
+        return load_tfidf(run_dir, meta, batch_size=batch_size)
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from tunery.pipeline import _quiet_transformers
+    from tunery.train.loop import resolve_precision
+
     _quiet_transformers()
     try:
         model = AutoModelForSequenceClassification.from_pretrained(run_dir / "model")
