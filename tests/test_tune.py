@@ -20,6 +20,7 @@ import yaml
 
 from tests.conftest import fast_train, make_dataset
 from tests.integration.helpers import cli
+from tests.pg import pg_server, pg_url  # noqa: F401  (fixtures)
 
 STUDY = "toy"
 ABSURD_LR = 1.0
@@ -101,6 +102,8 @@ def test_a_killed_trial_is_failed_and_retried_with_the_same_parameters(study):
     assert len(retries) == 1 and retries[0].state.name in ("COMPLETE", "PRUNED")
     assert retries[0].params == failed[0].params
     assert Store(study["url"]).get_run(f"{STUDY}-t0002").status == "interrupted"
+    killed = study["home"] / "runs" / STUDY / f"{STUDY}-t0002.partial"
+    assert not (killed / "checkpoints").exists()  # its training state went with --keep best
 
 
 def test_a_trial_with_an_absurd_learning_rate_is_pruned_and_its_run_kept(study):
@@ -159,3 +162,49 @@ def test_join_of_a_finished_study_runs_nothing_more(study, monkeypatch):
     from tunery.tune import study as studies
 
     assert len(studies.load(STUDY, study["url"]).get_trials()) == before
+
+
+def _toy_config(home: Path, backbone: str, **extra) -> Path:
+    make_dataset("binary", n=240).to_csv(home / "reviews.csv", index=False)
+    config = home / "tune.yaml"
+    config.write_text(yaml.safe_dump({
+        "output_dir": str(home / "runs"), "data": {"train": "reviews.csv"}, "model": {"backbone": backbone},
+        "train": fast_train(epochs=2), "evaluate": {"baseline": False}, **extra}))
+    return config
+
+
+def test_a_study_on_postgresql_with_two_workers_finishes_its_trials_once_each(pg_url, tiny_backbone, tmp_path,
+                                                                           monkeypatch):
+    from optuna.trial import TrialState
+
+    from tunery.config import load_config
+    from tunery.store import Store
+    from tunery.tune import run_study
+    from tunery.tune import study as studies
+
+    monkeypatch.setenv("TUNERY_DB_URL", pg_url)  # the trials' store records go there too
+    config = _toy_config(tmp_path, tiny_backbone, search={"train.lr": {"log": [3e-3, 8e-3]}})
+    result = run_study(load_config(config), trials=2, workers=2, study="pg", heartbeat_s=1)
+    trials = studies.load("pg", pg_url).get_trials()
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 2
+    assert trials[0].params == {"train.lr": 5e-3} and trials[1].params != trials[0].params
+    assert sorted(r.trial for r in Store(pg_url).list_runs(study="pg")) == [0, 1]
+    assert result.best_run is not None and (result.best_run / "model").is_dir()
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["tune.yaml"], "give --budget (e.g. 30m), --trials N, or both"),
+    (["tune.yaml", "--budget", "30x"], "budget '30x' is not a duration; write e.g. 30m"),
+    (["tune.yaml", "--trials", "2", "--pruner", "asha"], "--pruner 'asha' is not one of median, sha, hyperband"),
+    (["bad.yaml", "--trials", "2"], "bad.yaml: search: 'train.lrr' is not a setting that can be searched (did you "
+                                    "mean 'train.lr'?)"),
+    (["--join", "nosuch"], "no study named 'nosuch'"),
+    (["--resume", "nosuch", "--trials", "3"], "no study named 'nosuch'"),
+    (["tune.yaml", "--join", "x"], "--join uses the study's own config; drop CONFIG and --set"),
+])
+def test_tune_refuses_what_it_cannot_run_with_the_fix(tmp_path, tiny_backbone, args, expected):
+    _toy_config(tmp_path, tiny_backbone)
+    bad = yaml.safe_load((tmp_path / "tune.yaml").read_text())
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump({**bad, "search": {"train.lrr": {"log": [1e-4, 1e-3]}}}))
+    proc = cli("tune", *args, cwd=tmp_path, expect=1)
+    assert expected in " ".join(proc.stderr.split())

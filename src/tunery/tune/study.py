@@ -241,3 +241,14 @@ def fail_stale(study) -> None:
     with warnings.catch_warnings():  # "experimental" since Optuna 2.9
         warnings.simplefilter("ignore")
         optuna.storages.fail_stale_trials(study)
+
+
+def requeue(study, trial) -> None:
+    """Queue a trial again with its parameters, as a retry of it (an interrupted trial)."""
+    import warnings
+
+    from optuna.storages import RetryHeartbeatStaleTrialCallback
+
+    with warnings.catch_warnings():  # "experimental" since Optuna 2.8
+        warnings.simplefilter("ignore")
+        RetryHeartbeatStaleTrialCallback(max_retry=3)(study, trial)

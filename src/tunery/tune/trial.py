@@ -109,11 +109,8 @@ def run_trial(study_name: str, *, url: str | None = None, threads: int | None = 
     """Run one trial of the study; returns its number, or None when there was none to run."""
     import optuna
 
-    from tunery import pipeline
-    from tunery.config import config_from_dict
     from tunery.store import Store
-    from tunery.train.callbacks import Deadline, LoggingCallback
-    from tunery.tune import space, study as studies
+    from tunery.tune import study as studies
 
     study = studies.load(study_name, url)
     studies.fail_stale(study)  # dead trials elsewhere: failed and queued again
@@ -128,28 +125,11 @@ def run_trial(study_name: str, *, url: str | None = None, threads: int | None = 
             return None
     backend = study._storage  # noqa: SLF001
     with Heartbeat(backend, trial._trial_id, s.get("heartbeat_s", studies.HEARTBEAT_S)):  # noqa: SLF001
-        base = config_from_dict(s["config"], source=f"study {study_name}")
-        dists = space.distributions(s["search"])
-        params = space.suggest(trial, dists)
         name = f"{study_name}-t{trial.number:04d}"
-        train_update = {"progress": False}
-        if threads and base.train.num_threads is None:
-            train_update["num_threads"] = threads
-        cfg = space.apply(base, params, source=f"study {study_name} trial {trial.number}")
-        cfg = cfg.model_copy(update={"name": name, "output_dir": s["output_dir"],
-                                     "train": cfg.train.model_copy(update=train_update)})
-        store = Store()
         trial.set_user_attr("run", name)
-        report = TrialReport(trial, s["metric"], clock=clock,
-                             on_begin=lambda: _link(store, name, study_name, trial.number))
-        callbacks = [LoggingCallback(), report]
-        deadline = None
-        if s.get("deadline") is not None:
-            deadline = Deadline(s["deadline"], reserve_s=10.0, clock=clock)
-            callbacks.append(deadline)
-        log.info("trial %d: %s", trial.number, params)
+        store = Store(url) if url else Store()
         try:
-            run_dir = pipeline.train(cfg, callbacks=callbacks, store=store)
+            run_dir, report, deadline = _train(trial, s, name, store, study_name, threads=threads, clock=clock)
         except BaseException as err:
             trial.set_user_attr("error", f"{type(err).__name__}: {err}"[:1000])
             study.tell(trial, state=optuna.trial.TrialState.FAIL)
@@ -157,6 +137,8 @@ def run_trial(study_name: str, *, url: str | None = None, threads: int | None = 
             if isinstance(err, Exception):
                 log.error("trial %d failed: %s", trial.number, err)
                 return trial.number
+            # Ctrl-C or SIGTERM: not the trial's fault; it is queued again for --resume
+            studies.requeue(study, study.trials[trial.number])
             raise
         metrics = json.loads((run_dir / "metrics.json").read_text())
         value = metrics["training"]["best_validation"]
@@ -177,6 +159,32 @@ def run_trial(study_name: str, *, url: str | None = None, threads: int | None = 
         log.info("trial %d %s: %s %s (%.0f s)", trial.number, "pruned" if report.stop_reason == "pruned" else "done",
                  s["metric"], value, finished - STARTED)
     return trial.number
+
+
+def _train(trial, s: dict, name: str, store, study_name: str, *, threads: int | None, clock):
+    """The trial's config (the study's, with its parameters), trained as a run with the callbacks
+    that report, prune and keep the deadline; returns the run directory and those callbacks."""
+    from tunery import pipeline
+    from tunery.config import config_from_dict
+    from tunery.train.callbacks import Deadline, LoggingCallback
+    from tunery.tune import space
+
+    base = config_from_dict(s["config"], source=f"study {study_name}")
+    params = space.suggest(trial, space.distributions(s["search"]))
+    cfg = space.apply(base, params, source=f"study {study_name} trial {trial.number}")
+    train_update = {"progress": False}
+    if threads and base.train.num_threads is None:  # the machine's cores, shared between its workers
+        train_update["num_threads"] = threads
+    cfg = cfg.model_copy(update={"name": name, "output_dir": s["output_dir"],
+                                 "train": cfg.train.model_copy(update=train_update)})
+    report = TrialReport(trial, s["metric"], clock=clock, on_begin=lambda: _link(store, name, study_name, trial.number))
+    callbacks = [LoggingCallback(), report]
+    deadline = None
+    if s.get("deadline") is not None:
+        deadline = Deadline(s["deadline"], reserve_s=10.0, clock=clock)
+        callbacks.append(deadline)
+    log.info("trial %d: %s", trial.number, params)
+    return pipeline.train(cfg, callbacks=callbacks, store=store), report, deadline
 
 
 def main(argv: list[str] | None = None) -> int:

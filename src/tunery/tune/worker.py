@@ -101,20 +101,27 @@ def drop_weights(study) -> list[str]:
     report and store record stay): disk does not grow with the number of trials."""
     from optuna.trial import TrialState
 
+    from tunery.rundir import partial_dir
+
     best = studies.best_trial(study)
+    out = Path(studies.settings(study)["output_dir"])
     dropped = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)):
         if best is not None and t.number == best.number:
             continue
         run_dir = t.user_attrs.get("run_dir")
-        model = Path(run_dir) / "model" if run_dir else None
-        if model is not None and model.is_dir():
-            shutil.rmtree(model, ignore_errors=True)
-            dropped.append(t.user_attrs.get("run"))
+        heavy = [Path(run_dir) / "model"] if run_dir else []
+        if t.state == TrialState.FAIL and t.user_attrs.get("run"):  # a failed or killed trial's training state
+            unfinished = partial_dir(out / t.user_attrs["run"])
+            heavy += [unfinished / "model", unfinished / "checkpoints"]
+        for path in heavy:
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+                dropped.append(str(path))
     return dropped
 
 
-def _register(run_dir: Path, name: str) -> str | None:
+def _register(run_dir: Path, name: str, url: str | None = None) -> str | None:
     import json
 
     from tunery.store import Store
@@ -125,7 +132,7 @@ def _register(run_dir: Path, name: str) -> str | None:
         log.warning("not registering %s as %r: the best trial does not beat its baseline (%s)", run_dir.name, name,
                     verdict.get("summary"))
         return None
-    version = Store().register_model(name, run_path=str(run_dir), run_name=run_dir.name, metrics=doc.get("model"),
+    version = (Store(url) if url else Store()).register_model(name, run_path=str(run_dir), run_name=run_dir.name, metrics=doc.get("model"),
                                      refuse_duplicate=True)
     return version.ref
 
@@ -146,7 +153,7 @@ def finish(study_name: str, *, url: str | None = None, register: str | None = No
     registered = None
     register = register or s.get("register")
     if register and best_run is not None:
-        registered = _register(best_run, register)
+        registered = _register(best_run, register, url)
     report = write_report(study, Path(s["output_dir"]) / "study.html")
     trials = study.get_trials(deepcopy=False)
     return StudyResult(
@@ -173,6 +180,10 @@ def create_study(cfg: RunConfig, *, study: str | None = None, budget_s: float | 
 
     if budget_s is None and trials is None:
         raise ConfigError("give --budget (e.g. 30m), --trials N, or both: a study needs an end")
+    if pruner not in studies.PRUNERS:
+        raise ConfigError(f"--pruner {pruner!r} is not one of {', '.join(studies.PRUNERS)}")
+    if keep not in studies.KEEP:
+        raise ConfigError(f"--keep {keep!r} is not one of {', '.join(studies.KEEP)}")
     if trials is not None and trials < 1:
         raise ConfigError(f"--trials {trials}: give at least 1")
     name = study or default_study_name(cfg)
