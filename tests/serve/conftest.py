@@ -146,7 +146,7 @@ def usage_rows(server: Server, **filters) -> list:
 
     store = server.store()
     try:
-        with store._session() as s:
+        with store.read() as s:
             query = select(UsageRow)
             for k, v in filters.items():
                 query = query.where(getattr(UsageRow, k) == v)

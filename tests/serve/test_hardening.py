@@ -401,13 +401,13 @@ def test_idempotency_records_older_than_the_retention_are_swept(tmp_path):
     assert ServeConfig().idempotency_retention_hours == 24
     store = Store(f"sqlite:///{tmp_path / 'idem.db'}")
     now = datetime.now(timezone.utc)
-    with store._session(write=True) as s:
+    with store.transaction() as s:
         for key, age in (("old", timedelta(hours=25)), ("new", timedelta(hours=23))):
             s.add(IdempotencyRow(key_id="k", idempotency_key=key, request_hash="h", response={}, created_at=now - age))
     meter = metering.Meter(store, idempotency_retention=timedelta(hours=24))
     meter.start()  # the meter thread sweeps when it starts, then every retention / 24
     meter.stop()
-    with store._session() as s:
+    with store.read() as s:
         kept = sorted(s.scalars(select(IdempotencyRow.idempotency_key)))
     store.close()
     assert kept == ["new"]

@@ -44,7 +44,7 @@ def _event(request_id: str, plan: Plan, *, tenant: str = "acme", key_id: str = "
 
 
 def _count(store: Store, *where, table=UsageRow) -> int:
-    with store._session() as s:
+    with store.read() as s:
         return s.scalar(select(func.count()).select_from(table).where(*where))
 
 
@@ -225,7 +225,7 @@ def test_quota_admits_exactly_q_requests_across_processes(store, pg_url):
     assert all(o[5] and o[5] > 0 for o in outcomes if o[3] == "over_quota")  # Retry-After given
     assert _count(store, UsageRow.tenant == "acme") == quota
     assert metering.quota_used(store, "acme", QUOTA_PLAN, AT) == quota
-    with store._session() as s:
+    with store.read() as s:
         assert set(s.scalars(select(UsageRow.request_id))) == {o[0] for o in outcomes if o[3] == "billed"}
 
 
@@ -244,7 +244,7 @@ def test_an_idempotency_key_raced_by_processes_bills_once_and_all_get_one_respon
     assert len(outcomes) == WORKERS * len(keys)
     assert Counter(o[3] for o in outcomes) == {"billed": len(keys), "replay": (WORKERS - 1) * len(keys)}
     assert Counter(o[1] for o in outcomes if o[3] == "billed") == Counter(keys)  # each key billed exactly once
-    with store._session() as s:
+    with store.read() as s:
         stored = {r.idempotency_key: r.response for r in s.scalars(select(IdempotencyRow))}
         assert sorted(s.scalars(select(UsageRow.idempotency_key))) == sorted(keys)
     assert sorted(stored) == sorted(keys)
@@ -270,7 +270,7 @@ def test_the_first_requests_of_a_month_raced_by_processes_are_all_billed(store, 
     outcomes, _ = _run_workers(_new_month_events, pg_url, months)
 
     assert Counter(o[3] for o in outcomes) == {"billed": WORKERS * months * 2}
-    with store._session() as s:
+    with store.read() as s:
         counters = dict(s.execute(select(QuotaCounterRow.period, QuotaCounterRow.requests)).all())
     assert len(counters) == months and set(counters.values()) == {WORKERS * 2}
 
@@ -305,7 +305,7 @@ def test_usage_report_groups_by_utc_day_and_prices_by_plan(store, pg_url):
         conn.execute(text(f'ALTER DATABASE "{engine.url.database}" SET timezone TO \'Asia/Tokyo\''))
     engine.dispose()
     store.close()  # reconnect: the setting applies to new sessions
-    with store._session() as s:
+    with store.read() as s:
         assert s.scalar(text("SHOW timezone")) == "Asia/Tokyo"
 
     plan = Plan()

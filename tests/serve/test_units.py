@@ -90,7 +90,7 @@ def test_seconds_to_next_period_reaches_the_first_of_next_month():
 def test_key_is_stored_only_as_a_hash():
     store = Store()
     key, info = create_key(store, tenant="acme", plan="pro")
-    with store._session() as s:
+    with store.read() as s:
         from sqlalchemy import text
 
         dump = " ".join(str(v) for row in s.execute(text("SELECT * FROM api_keys")) for v in row)
