@@ -279,3 +279,22 @@ def test_db_current_and_db_upgrade_commands(tmp_path) -> None:
     other = tmp_path / "new.db"
     assert "upgraded from an empty database to 0002" in cli("db", "upgrade", "--url", f"sqlite:///{other}",
                                                             cwd=tmp_path).stdout
+
+
+@pytest.mark.parametrize("first", ["optuna", "tunery"])
+def test_an_optuna_study_shares_the_database_in_either_order(tmp_path, first) -> None:
+    optuna = pytest.importorskip("optuna")
+    url = f"sqlite:///{tmp_path / 'tunery.db'}"
+
+    def study():
+        storage = optuna.storages.RDBStorage(url)
+        optuna.create_study(study_name="s", storage=storage, load_if_exists=True).enqueue_trial({"x": 1})
+        return optuna.get_all_study_names(storage)
+
+    if first == "optuna":
+        study()
+    store = Store(url)
+    store.start_run(name="r", path="runs/r", config={})
+    assert study() == ["s"]  # Optuna keeps its own alembic_version; tunery's is tunery_alembic_version
+    assert store.get_run("r").status == "running" and _revision(url) == migrate.HEAD
+    store.close()
