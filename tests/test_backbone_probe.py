@@ -51,9 +51,15 @@ def test_backbones_lists_size_licence_installation_and_cost(tmp_path, monkeypatc
         assert expected in listing, expected
 
     monkeypatch.setattr(probe, "_measure", lambda alias: {"train_s_per_1k_tokens": 0.4321,
-                                                           "infer_s_per_1k_tokens": 0.0123})
+                                                           "infer_s_per_1k_tokens": 0.0123, "device": "cpu"})
+    monkeypatch.setattr(probe, "_load_avg", lambda: 0.0)
     probed = cli("backbones", "--probe", cwd=tmp_path).stdout
-    assert "0.432" in probed and "0.0123" in probed and "not measured" not in probed
+    assert "0.432 " in probed and "0.0123 " in probed and "not measured" not in probed and "busy" not in probed
     assert "0.432" in cli("backbones", "minilm", cwd=tmp_path).stdout  # cached, and a synonym selects
+    # a probe taken while other work held the CPU is marked, with the command that re-measures it
+    monkeypatch.setattr(probe, "_load_avg", lambda: 99.0)
+    busy = cli("backbones", "minilm-l6", "--probe", cwd=tmp_path).stdout
+    assert "0.432*" in busy and "minilm-l6: measured while the machine was busy (load 99.0" in busy
+    assert "tunery backbones minilm-l6 --probe" in busy
     bad = cli("backbones", "no-such-backbone", cwd=tmp_path, expect=None)
     assert bad.returncode != 0 and "no backbone alias 'no-such-backbone'" in bad.stderr

@@ -423,7 +423,7 @@ def backbones(aliases: Optional[list[str]] = typer.Argument(None, help="aliases 
     """The packaged backbones: size, licence, whether installed, and the measured cost on this machine."""
     from tunery.backbones import backbone_info, is_installed, list_backbones
     from tunery.errors import BackboneError
-    from tunery.probe import cached_cost, probe_cost
+    from tunery.probe import busy_when_measured, cached_cost, probe_cost
 
     infos = list_backbones()
     if aliases:
@@ -442,28 +442,34 @@ def backbones(aliases: Optional[list[str]] = typer.Argument(None, help="aliases 
                 cost = probe_cost(b.alias, remeasure=True)
         elif installed:
             cost = cached_cost(b.alias)
+        busy = "*" if cost and busy_when_measured(cost) else ""
         rows.append((b, "yes" if installed else f"no: {b.install}",
-                     (f"{cost['train_s_per_1k_tokens']:.3g}", f"{cost['infer_s_per_1k_tokens']:.3g}") if cost else
-                     None if installed else ("-", "-")))
+                     (f"{cost['train_s_per_1k_tokens']:.3g}{busy}", f"{cost['infer_s_per_1k_tokens']:.3g}{busy}")
+                     if cost else None if installed else ("-", "-"), cost if busy else None))
     unmeasured = "not measured (tunery backbones --probe)"
     table = Table()
     for col in ("alias", "model", "params (M)", "layers", "hidden", "licence", "languages", "lr", "installed",
                 "train s / 1k tokens", "inference s / 1k tokens"):
         table.add_column(col)
-    for b, installed, cost in rows:
+    for b, installed, cost, _ in rows:
         table.add_row(b.alias, b.description.split(":")[0], f"{b.params_m}", str(b.layers), str(b.hidden),
                       b.licence, b.languages, f"{b.recommended_lr:g}", escape(installed),
                       *(cost or (unmeasured, "-")))
+    busy = [(b.alias, c) for b, _, _, c in rows if c]
+    notes = [f"* {alias}: measured while the machine was busy (load {c['load_avg']} on {c['cpus']} CPUs), so "
+             f"too slow; re-measure when it is idle: tunery backbones {alias} --probe" for alias, c in busy]
     if _fits(table):
         out.print(table)
-        return
-    for b, installed, cost in rows:  # too narrow for the table: one block per backbone
-        out.print(f"[bold]{b.alias}[/]  {escape(b.description)}", highlight=False, soft_wrap=True)
-        for line in (f"{b.params_m}M parameters, {b.layers} layers, hidden {b.hidden}, {b.licence}, "
-                     f"languages {b.languages}, lr {b.recommended_lr:g}", f"installed: {installed}",
-                     f"cost here: {cost[0]} s per 1k training tokens, {cost[1]} s per 1k inference tokens"
-                     if cost and cost[0] != "-" else f"cost here: {'-' if cost else unmeasured}"):
-            out.print(Padding(escape(line), (0, 0, 0, 2)), highlight=False, soft_wrap=True)
+    else:
+        for b, installed, cost, _ in rows:  # too narrow for the table: one block per backbone
+            out.print(f"[bold]{b.alias}[/]  {escape(b.description)}", highlight=False, soft_wrap=True)
+            for line in (f"{b.params_m}M parameters, {b.layers} layers, hidden {b.hidden}, {b.licence}, "
+                         f"languages {b.languages}, lr {b.recommended_lr:g}", f"installed: {installed}",
+                         f"cost here: {cost[0]} s per 1k training tokens, {cost[1]} s per 1k inference tokens"
+                         if cost and cost[0] != "-" else f"cost here: {'-' if cost else unmeasured}"):
+                out.print(Padding(escape(line), (0, 0, 0, 2)), highlight=False, soft_wrap=True)
+    for note in notes:
+        out.print(escape(note), highlight=False, soft_wrap=True)
 
 
 # --------------------------------------------------------------------------------------------

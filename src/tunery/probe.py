@@ -103,9 +103,24 @@ def probe_cost(alias: str, *, remeasure: bool = False) -> dict:
         if cached is not None:
             return cached
     result = _measure(alias)
-    result |= {"machine": machine_key(), "measured_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    result |= {"machine": machine_key(), "measured_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+               "load_avg": _load_avg(), "cpus": os.cpu_count()}
     _store(alias, result)
     return result
+
+
+def _load_avg() -> float | None:
+    try:
+        return round(os.getloadavg()[0], 2)
+    except OSError:  # not on every platform
+        return None
+
+
+def busy_when_measured(cost: dict) -> bool:
+    """Whether other work competed for the CPU while `cost` was measured (1-minute load average
+    above the CPU count): its figures are then too high, and worth re-measuring on an idle machine."""
+    load, cpus = cost.get("load_avg"), cost.get("cpus")
+    return cost.get("device") == "cpu" and load is not None and bool(cpus) and load > cpus
 
 
 def estimated_seconds(alias: str, n_train_tokens: int, epochs: float, *, n_eval_tokens: int = 0) -> float:
