@@ -207,6 +207,12 @@ def test_damaged_files_are_refused_naming_the_file(runs, tmp_path):
     settings.write_text(json.dumps(doc))
     with pytest.raises(RunError, match=r"tfidf\.json: views\[0\] vocabulary does not map its n-grams to columns"):
         tunery.load(run)
+    doc["views"][0]["vocabulary"] = json.loads((runs["binary"] / "model" / "tfidf.json").read_text())[
+        "views"][0]["vocabulary"]
+    doc["views"][0]["params"]["token_pattern"] = "(unclosed"
+    settings.write_text(json.dumps(doc))
+    with pytest.raises(RunError, match=r"tfidf\.json: its settings do not score a text"):
+        tunery.load(run)
     settings.write_text("{not json")
     with pytest.raises(RunError, match=r"tfidf\.json: cannot be read"):
         tunery.load(run)

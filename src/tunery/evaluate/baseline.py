@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -192,7 +193,7 @@ class TfidfModel:
             tensors["coef"] = np.ascontiguousarray(np.concatenate([np.atleast_2d(h.coef_) for h in fitted]))
             tensors["intercept"] = np.ascontiguousarray(np.concatenate([np.atleast_1d(h.intercept_) for h in fitted]))
         save_file(tensors, str(directory / WEIGHTS_FILE), metadata={"format": FORMAT})
-        (directory / SETTINGS_FILE).write_text(json.dumps(doc, ensure_ascii=False), encoding="utf-8")
+        (directory / SETTINGS_FILE).write_text(json.dumps(doc), encoding="utf-8")  # ASCII: any n-gram survives
 
     @classmethod
     def load(cls, directory: str | Path) -> TfidfModel:
@@ -201,7 +202,12 @@ class TfidfModel:
         directory = Path(directory)
         doc = _read_settings(directory / SETTINGS_FILE)
         tensors = _read_weights(directory / WEIGHTS_FILE)
-        return _build(doc, tensors, directory)
+        model = _build(doc, tensors, directory)
+        try:  # settings that only fail when used (a token_pattern that is no regex, a bad norm) fail here
+            model.scores(["a text, to check the settings"])
+        except (ValueError, TypeError, re.error) as err:
+            raise _bad(directory / SETTINGS_FILE, f"its settings do not score a text ({err})") from None
+        return model
 
 
 _FIX = "the run directory is damaged: restore it from a copy or fit the baseline again (tunery baseline)"
