@@ -177,19 +177,43 @@ def test_a_study_on_postgresql_with_two_workers_finishes_its_trials_once_each(pg
                                                                            monkeypatch):
     from optuna.trial import TrialState
 
-    from tunery.config import load_config
     from tunery.store import Store
-    from tunery.tune import run_study
     from tunery.tune import study as studies
 
-    monkeypatch.setenv("TUNERY_DB_URL", pg_url)  # the trials' store records go there too
+    monkeypatch.setenv("TUNERY_DB_URL", pg_url)  # the study and the trials' store records go there
     config = _toy_config(tmp_path, tiny_backbone, search={"train.lr": {"log": [3e-3, 8e-3]}})
-    result = run_study(load_config(config), trials=2, workers=2, study="pg", heartbeat_s=1)
+    proc = cli("tune", str(config), "--trials", "2", "--workers", "2", "--study", "pg", "--register", "pgmodel",
+               cwd=tmp_path, timeout=900)
     trials = studies.load("pg", pg_url).get_trials()
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 2
     assert trials[0].params == {"train.lr": 5e-3} and trials[1].params != trials[0].params
     assert sorted(r.trial for r in Store(pg_url).list_runs(study="pg")) == [0, 1]
-    assert result.best_run is not None and (result.best_run / "model").is_dir()
+    best = studies.best_trial(studies.load("pg", pg_url))
+    assert "registered pgmodel@1" in proc.stdout
+    assert Store(pg_url).resolve_model("pgmodel@1").run_path == best.user_attrs["run_dir"]
+
+
+def test_resume_refuses_fewer_trials_than_the_study_has(study, monkeypatch):
+    monkeypatch.setenv("TUNERY_HOME", str(study["home"] / ".tunery"))
+    proc = cli("tune", "--resume", STUDY, "--trials", "3", cwd=study["home"], expect=1)
+    assert f"--trials 3: study '{STUDY}' already has 4 trials; give a larger total" in " ".join(proc.stderr.split())
+
+
+def test_no_trial_starts_when_the_budget_is_spent_and_resume_asks_for_more_time(tmp_path, tiny_backbone):
+    from optuna.trial import TrialState
+
+    from tunery.config import load_config
+    from tunery.errors import TuneryError
+    from tunery.tune import resume_study, run_study
+    from tunery.tune import study as studies
+
+    cfg = load_config(_toy_config(tmp_path, tiny_backbone))
+    times = iter([0.0])  # the study is created at 0 with 60 s; its workers look at the clock at 61
+    result = run_study(cfg, budget_s=60, trials=3, study="spent", clock=lambda: next(times, 61.0))
+    assert (result.complete, result.best_trial) == (0, None)
+    assert [t.state for t in studies.load("spent").get_trials()] == [TrialState.WAITING] * 3
+    with pytest.raises(TuneryError, match="out of time; give it more with --budget"):
+        resume_study("spent", clock=lambda: 61.0)
 
 
 @pytest.mark.parametrize("args, expected", [
