@@ -41,13 +41,17 @@ RARE_KEEP = {"MISC": 0.025, "ORG": 0.05}  # share of train rows that keep the la
 
 # name -> train config overrides (on top of tunery's defaults)
 VARIANTS: dict[str, dict] = {
-    "bce+pw10": {"pos_weight_max": 10.0},
-    "bce": {"pos_weight_max": None},
-    "focal": {"pos_weight_max": None, "multilabel_loss": "focal"},
-    "asl": {"pos_weight_max": None, "multilabel_loss": "asl"},
-    "asl+pw10": {"pos_weight_max": 10.0, "multilabel_loss": "asl"},
-    "bce+pw10+head_lr1e-3": {"pos_weight_max": 10.0, "head_lr": 1e-3},
-    "bce+pw10+5ep": {"pos_weight_max": 10.0, "epochs": 5},
+    "bce+pw10": {"pos_weight_max": 10.0, "label_prior_bias": False},
+    "bce": {"pos_weight_max": None, "label_prior_bias": False},
+    "focal": {"pos_weight_max": None, "multilabel_loss": "focal", "label_prior_bias": False},
+    "asl": {"pos_weight_max": None, "multilabel_loss": "asl", "label_prior_bias": False},
+    "bce+pw10+prior": {"pos_weight_max": 10.0, "label_prior_bias": True},
+    "bce+pw10+prior+head_lr1e-3": {"pos_weight_max": 10.0, "label_prior_bias": True, "head_lr": 1e-3},
+    "bce+pw10+head_lr1e-3": {"pos_weight_max": 10.0, "label_prior_bias": False, "head_lr": 1e-3},
+    "asl+prior+head_lr1e-3": {"pos_weight_max": None, "multilabel_loss": "asl", "label_prior_bias": True,
+                              "head_lr": 1e-3},
+    "bce+pw10+prior+head_lr1e-3+10ep": {"pos_weight_max": 10.0, "label_prior_bias": True, "head_lr": 1e-3,
+                                        "epochs": 10},
 }
 
 

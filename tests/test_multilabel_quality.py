@@ -280,3 +280,38 @@ def test_cli_evaluate_prints_each_label_beside_the_baseline(tagged_run):
         assert header in table
     for label in LABELS:
         assert label in table
+
+
+def test_label_prior_bias_starts_each_label_at_its_weighted_frequency(tiny_backbone):
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    from tunery.train.loop import label_prior_bias, set_head_bias
+
+    y = np.zeros((100, 3))
+    y[:50, 0] = 1
+    y[:10, 1] = 1  # label 2 never occurs: its frequency is taken as 1 / (n + 1), not 0 (log 0)
+    b = label_prior_bias(y)
+    sig = 1 / (1 + np.exp(-b))
+    np.testing.assert_allclose(sig[:2], [0.5, 0.1], atol=1e-9)
+    assert 0 < sig[2] < 0.011
+    # with positive weights, the constant that minimises the weighted loss: w p / (w p + 1 - p)
+    bw = label_prior_bias(y, np.array([1.0, 3.0, 1.0]))
+    assert np.isclose(1 / (1 + np.exp(-bw[1])), 0.3 / (0.3 + 0.9))
+
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_backbone, num_labels=3,
+                                                               problem_type="multi_label_classification")
+    assert set_head_bias(model, b) == 1
+    np.testing.assert_allclose(model.classifier.bias.detach().numpy(), b, rtol=1e-6)
+    lora = get_peft_model(model, LoraConfig(task_type=TaskType.SEQ_CLS, r=2, target_modules=["query", "value"]))
+    assert set_head_bias(lora, -b) == 2  # the frozen original and the trained copy alike
+    with torch.no_grad():
+        out = lora(input_ids=torch.tensor([[1, 2, 3]])).logits
+    assert out.shape == (1, 3)
+
+
+def test_a_run_records_its_multilabel_training_choices(tagged_run):
+    tr = json.loads((tagged_run / "metrics.json").read_text())["training"]
+    assert tr["label_prior_bias"] is True and tr["multilabel_loss"] == "bce" and tr["pos_weight_max"] == 10.0

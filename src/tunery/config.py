@@ -186,6 +186,10 @@ class TrainConfig(_Part):
         "bce", description="multi-label: bce (binary cross-entropy), focal (gamma 2) or asl (asymmetric loss, "
         "Ridnik et al. 2021); see train/losses.py"
     )
+    label_prior_bias: bool = Field(
+        True, description="multi-label: start each label's output bias at the logit of its (weighted) "
+        "frequency in training instead of 0 (probability 0.5)"
+    )
     log_every_steps: int = Field(20, ge=1)
     num_threads: int | None = Field(None, ge=1, le=THREADS_MAX, description="torch threads; default all cores")
     progress: bool = True

@@ -408,7 +408,8 @@ def _train_and_write(p: Prepared, model, work: Path, *, resume: bool, callbacks)
 
     from tunery.evaluate.metrics import compute_metrics, default_metric, greater_is_better, tune_thresholds
     from tunery.train.checkpoint import as_os_error
-    from tunery.train.loop import Trainer, label_pos_weight, predict_scores, resolve_precision
+    from tunery.train.loop import (Trainer, label_pos_weight, label_prior_bias, predict_scores, resolve_precision,
+                                   set_head_bias)
 
     cfg, data, task = p.cfg, p.data, p.task
     started = time.time()
@@ -426,9 +427,12 @@ def _train_and_write(p: Prepared, model, work: Path, *, resume: bool, callbacks)
     metric_fn = make_metric_fn(data.task, y_val, label_names, metric, decision)
 
     pos_weight = None
-    if data.task == "multilabel" and cfg.train.pos_weight_max:
+    if data.task == "multilabel":
         y_train = task.y_true(enc["train"].labels, n_labels)
-        pos_weight = torch.as_tensor(label_pos_weight(y_train, cfg.train.pos_weight_max), dtype=torch.float32)
+        if cfg.train.pos_weight_max:
+            pos_weight = torch.as_tensor(label_pos_weight(y_train, cfg.train.pos_weight_max), dtype=torch.float32)
+        if cfg.train.label_prior_bias and not resume:
+            set_head_bias(model, label_prior_bias(y_train, None if pos_weight is None else pos_weight.numpy()))
     trainer = Trainer(model, task, cfg.train, n_labels=n_labels, pad_id=p.tokenizer.pad_token_id or 0,
                       workdir=work, metric=metric, greater_is_better=greater_is_better(metric),
                       metric_fn=metric_fn, callbacks=callbacks, pos_weight=pos_weight)
@@ -508,6 +512,7 @@ def _train_and_write(p: Prepared, model, work: Path, *, resume: bool, callbacks)
                               ("fixed" if data.task == "multilabel" else "none")},
                 "pos_weight_max": cfg.train.pos_weight_max if data.task == "multilabel" else None,
                 "multilabel_loss": cfg.train.multilabel_loss if data.task == "multilabel" else None,
+                "label_prior_bias": cfg.train.label_prior_bias if data.task == "multilabel" else None,
                 "stopped_early": state.stopped_early,
                 "samples_seen": state.samples_seen, "train_seconds": round(state.train_seconds, 2),
                 "samples_per_s": round(state.samples_seen / max(state.train_seconds, 1e-9), 2),

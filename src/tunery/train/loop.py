@@ -100,6 +100,31 @@ def label_pos_weight(y_train: np.ndarray, max_weight: float) -> np.ndarray:
     return np.clip(np.sqrt(neg / np.maximum(pos, 1.0)), 1.0, max_weight)
 
 
+def label_prior_bias(y_train: np.ndarray, pos_weight: np.ndarray | None = None) -> np.ndarray:
+    """Multi-label: each label's starting output bias, the logit of the constant prediction that
+    minimises its (positive-weighted) cross-entropy on the training labels, log(w p / (1 - p)) for a
+    label of frequency p and positive weight w (the "prior" initialisation of Lin et al. 2017).
+    A zero bias starts every label at probability 0.5, and the first hundreds of steps go to pushing
+    the rare labels' outputs down instead of learning which texts carry them."""
+    Y = np.asarray(y_train, dtype=float)
+    p = np.clip(Y.mean(axis=0), 1.0 / (len(Y) + 1), 1 - 1.0 / (len(Y) + 1))
+    w = np.ones_like(p) if pos_weight is None else np.asarray(pos_weight, dtype=float)
+    return np.log(w * p / (1 - p))
+
+
+def set_head_bias(model: torch.nn.Module, bias: np.ndarray) -> int:
+    """Set the output bias of the classification head(s) (a Linear named classifier/score with one
+    output per label, LoRA's saved copy included); the number of heads set."""
+    heads = [m for name, m in model.named_modules()
+             if isinstance(m, torch.nn.Linear) and m.out_features == len(bias) and m.bias is not None
+             and any(part in ("classifier", "score", "out_proj") for part in name.split("."))
+             and not name.endswith(("dense", "lora_A", "lora_B"))]
+    with torch.no_grad():
+        for head in heads:
+            head.bias.copy_(torch.as_tensor(bias, dtype=head.bias.dtype))
+    return len(heads)
+
+
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     assert cfg.lr is not None, "pipeline.resolve_defaults fills train.lr before training"
     groups = _param_groups(model, cfg)
