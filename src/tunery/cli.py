@@ -293,8 +293,12 @@ def baseline(source: Path = typer.Argument(..., help="a labelled data file, or a
         if not source.is_file():
             _fail(TuneryError(f"data file {str(source)!r} not found; give a labelled csv, tsv, jsonl or parquet "
                               "file, or a run config (YAML)"))
-        cfg = config_from_dict(apply_overrides({"data": {"train": str(source.resolve())}}, set_),
-                               source="tunery baseline")
+        tree = apply_overrides({"data": {"train": str(source.resolve())}}, set_)
+        data = tree.get("data") if isinstance(tree.get("data"), dict) else {}
+        for key in ("validation", "test"):  # absolute, as load_config makes them: the run re-reads them
+            if isinstance(data.get(key), str) and data[key]:
+                data[key] = str(Path(data[key]).resolve())
+        cfg = config_from_dict(tree, source="tunery baseline")
     if name is not None:
         try:
             cfg = cfg.model_copy(update={"name": check_run_name(name)})
