@@ -10,6 +10,7 @@ import pickle
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
 from tests.conftest import make_dataset
 from tests.integration.helpers import cli
@@ -133,9 +134,12 @@ def test_the_run_records_like_any_run_and_registers(runs, tmp_path):
 def test_cli_baseline_predict_and_evaluate(tmp_path):
     data = tmp_path / "reviews.csv"
     make_dataset("binary", n=240).to_csv(data, index=False)
-    done = cli("baseline", str(data), "--name", "tfidf-cli", cwd=tmp_path)
+    make_dataset("binary", n=40, seed=7).to_csv(tmp_path / "held-out.csv", index=False)
+    done = cli("baseline", "reviews.csv", "--name", "tfidf-cli", "--set", "data.test=held-out.csv", cwd=tmp_path)
     run = tmp_path / "runs" / "tfidf-cli"
     assert str(run.relative_to(tmp_path)) in done.stdout and (run / "tunery.json").is_file()
+    saved = yaml.safe_load((run / "config.yaml").read_text())["data"]
+    assert saved["test"] == str(tmp_path / "held-out.csv")  # absolute: the run re-reads it from anywhere
 
     cli("predict", "tfidf-cli", "-i", str(data), "-o", "out.csv", cwd=tmp_path)
     out = pd.read_csv(tmp_path / "out.csv")
