@@ -301,11 +301,15 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--epochs", type=float, default=None,
                     help="epochs of tunery and the Trainer (default: tunery's default, which the Trainer uses too)")
     ap.add_argument("--skip-hf", action="store_true", help="tunery and its baseline only")
+    ap.add_argument("--skip-tunery", action="store_true", help="the Trainer only (its figures do not depend on "
+                                                                "tunery's defaults, so it can run once for several tunery runs)")
     ap.add_argument("--out", default=None, help="JSON file (default bench/results/multilabel-<time>.json; "
                                                  "none with --smoke)")
     ap.add_argument("--smoke", action="store_true", help="seconds: generated rows, the tiny test backbone, "
                                                           "a temporary directory; the figures mean nothing")
     args = ap.parse_args(argv)
+    if args.skip_hf and args.skip_tunery:
+        ap.error("--skip-hf and --skip-tunery leave nothing to run")
     for flag in ("train_rows", "validation_rows", "test_rows"):
         if getattr(args, flag) is not None and getattr(args, flag) < 10:
             ap.error(f"--{flag.replace('_', '-')} must be at least 10")
@@ -335,10 +339,11 @@ def main(argv: list[str] | None = None) -> dict:
                           "validation_rows": args.validation_rows, "test_rows": args.test_rows,
                           "seed": args.seed, **{k: label_stats(v) for k, v in split.items()}}
         result["loadavg_before"] = loadavg()
-        eprint(f"[multilabel] tunery (defaults) on {len(split['train'])} train rows ...")
-        cfg = tunery_config(files, tmp / "runs", epochs=epochs, backbone=backbone if args.smoke else None)
-        result["tunery"] = run_part("tunery", {"config": cfg}, tmp, script=__file__)
-        result["loadavg_between"] = loadavg()
+        if not args.skip_tunery:
+            eprint(f"[multilabel] tunery (defaults) on {len(split['train'])} train rows ...")
+            cfg = tunery_config(files, tmp / "runs", epochs=epochs, backbone=backbone if args.smoke else None)
+            result["tunery"] = run_part("tunery", {"config": cfg}, tmp, script=__file__)
+            result["loadavg_between"] = loadavg()
         if not args.skip_hf:
             hf_epochs = epochs if epochs is not None else _tunery_default_epochs()
             eprint(f"[multilabel] transformers.Trainer on the same {len(split['train'])} rows, {hf_epochs} epochs ...")
@@ -346,7 +351,8 @@ def main(argv: list[str] | None = None) -> dict:
                                                    "backbone": backbone, "workdir": str(tmp / "hf"),
                                                    "epochs": hf_epochs}, tmp, script=__file__)
             result["loadavg_after"] = loadavg()
-        result["comparison"] = compare(result)
+        if "tunery" in result:
+            result["comparison"] = compare(result)
     return write_result(result, out, started)
 
 

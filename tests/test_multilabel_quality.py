@@ -315,3 +315,21 @@ def test_label_prior_bias_starts_each_label_at_its_weighted_frequency(tiny_backb
 def test_a_run_records_its_multilabel_training_choices(tagged_run):
     tr = json.loads((tagged_run / "metrics.json").read_text())["training"]
     assert tr["label_prior_bias"] is True and tr["multilabel_loss"] == "bce" and tr["pos_weight_max"] == 10.0
+
+
+def test_multilabel_defaults_give_small_sets_more_steps_and_the_head_a_faster_rate():
+    from tunery.config import config_from_dict
+    from tunery.pipeline import (MULTILABEL_MAX_EPOCHS, MULTILABEL_MIN_STEPS, resolve_defaults,
+                                 resolve_task_defaults)
+
+    cfg = resolve_defaults(config_from_dict({"data": {"train": "x.csv"}}, source="t"))
+    small = resolve_task_defaults(cfg, "multilabel", 2000)  # 63 steps an epoch
+    assert small.train.epochs == min(MULTILABEL_MAX_EPOCHS, math.ceil(MULTILABEL_MIN_STEPS / 63))
+    assert small.train.head_lr == 10 * cfg.train.lr
+    big = resolve_task_defaults(cfg, "multilabel", 100_000)
+    assert big.train.epochs == cfg.train.epochs and big.train.head_lr == 10 * cfg.train.lr
+    # what the config sets itself stays, null included; other tasks are untouched
+    mine = resolve_defaults(config_from_dict({"data": {"train": "x.csv"}, "train": {"epochs": 2, "head_lr": None}},
+                                             source="t"))
+    assert resolve_task_defaults(mine, "multilabel", 2000).train == mine.train
+    assert resolve_task_defaults(cfg, "classification", 2000) is cfg

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import math
 import json
 import logging
 import shutil
@@ -166,6 +167,31 @@ def resolve_defaults(cfg: RunConfig) -> RunConfig:
     return cfg
 
 
+# Multi-label defaults, chosen by bench/multilabel_ablation.py (docs/benchmarks.md): the new head learns at
+# 10x the backbone's rate, and small training sets get more epochs (early stopping still ends a run
+# that stops improving): at least MULTILABEL_MIN_STEPS optimizer steps, at most MULTILABEL_MAX_EPOCHS.
+MULTILABEL_HEAD_LR_FACTOR = 10.0
+MULTILABEL_MIN_STEPS = 1000
+MULTILABEL_MAX_EPOCHS = 10
+
+
+def resolve_task_defaults(cfg: RunConfig, task: str, n_train: int) -> RunConfig:
+    """Fill the defaults that depend on the task and the data size (known once the data is read),
+    leaving alone whatever the config sets itself, so config.yaml records what really ran."""
+    t = cfg.train
+    if task != "multilabel":
+        return cfg
+    update: dict = {}
+    if "head_lr" not in t.model_fields_set and t.head_lr is None and t.lr is not None:
+        update["head_lr"] = MULTILABEL_HEAD_LR_FACTOR * t.lr
+    if "epochs" not in t.model_fields_set and t.max_steps is None and n_train > 0:
+        steps_per_epoch = math.ceil(math.ceil(n_train / t.batch_size) / t.grad_accum_steps)
+        epochs = min(float(MULTILABEL_MAX_EPOCHS), max(t.epochs, math.ceil(MULTILABEL_MIN_STEPS / steps_per_epoch)))
+        if epochs != t.epochs:
+            update["epochs"] = float(epochs)
+    return cfg.model_copy(update={"train": t.model_copy(update=update)}) if update else cfg
+
+
 def _default_name(cfg: RunConfig) -> str:
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     # room for the stamp and a "-NN" that tells apart runs started in the same second
@@ -274,6 +300,8 @@ def train(cfg: RunConfig, *, callbacks: list[Callback] | None = None, store=None
         raise RunError(why)
     _check_output_dir(Path(cfg.output_dir))
     prepared = prepare_run(cfg)  # nothing is written before the data passed validation
+    cfg = resolve_task_defaults(cfg, prepared.data.task, len(prepared.data.train))
+    prepared = replace(prepared, cfg=cfg)
     model = preflight(prepared)
     # Record the pooling `auto` chose (it may depend on the hub cache): a resume rebuilds this model.
     cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"pooling": model_pooling(model)})})
