@@ -2,9 +2,11 @@
 shared by the tests below), in which one trial process is SIGKILLed mid-trial and one trial has an
 absurd learning rate; then the search-space, budget and deadline rules without any study.
 
-The study: trial 0 is the config's own recipe, 1 and 2 are sampled, 3 has train.lr = 1.0. Trial 2's
-process is killed once it trains; with 2 workers, trial 3 starts only after two trials completed,
-so the median pruner has a bar to hold it to."""
+The study: trial 0 is the config's own recipe, 1 to 3 are sampled, 4 has train.lr = 1.0. Trial 2's
+process is killed once it trains (its retry comes last). With 2 workers, a trial starts only after all
+but one of the trials before it finished, so when trial 4 starts, at least 2 of 0, 1 and 3 are
+complete: the median pruner has its bar. The objective is the validation ROC AUC, which tells the
+toy model from the absurd one at the first evaluation (0.8 against 0.5 or so)."""
 
 from __future__ import annotations
 
@@ -56,9 +58,9 @@ def study(tiny_backbone, tmp_path_factory):
     config = home / "tune.yaml"
     config.write_text(yaml.safe_dump({
         "output_dir": str(home / "runs"), "data": {"train": "reviews.csv"}, "model": {"backbone": tiny_backbone},
-        "train": fast_train(), "evaluate": {"baseline": False},
+        "train": fast_train(metric="roc_auc"), "evaluate": {"baseline": False},
         "search": {"train.lr": {"log": [3e-3, 8e-3]}, "train.batch_size": {"choice": [16, 32]}}}))
-    create_study(load_config(config), study=STUDY, trials=3, heartbeat_s=1, url=url)
+    create_study(load_config(config), study=STUDY, trials=4, heartbeat_s=1, url=url)
     studies.load(STUDY, url).enqueue_trial({"train.lr": ABSURD_LR}, user_attrs={"recipe": "absurd"})
     done, killed = threading.Event(), []
     killer = threading.Thread(target=_kill_when_training,
@@ -85,11 +87,13 @@ def _trials(study, *states):
 
 def test_two_workers_finish_exactly_the_requested_trials_each_enqueued_config_once(study):
     finished = _trials(study, "COMPLETE", "PRUNED")
-    assert len(finished) == 4
+    assert len(finished) == 5
     assert [t.user_attrs.get("recipe") for t in finished].count("default") == 1
     assert [t.params["train.lr"] for t in finished].count(ABSURD_LR) == 1
     default = next(t for t in finished if t.user_attrs.get("recipe") == "default")
     assert default.params == {"train.lr": 5e-3, "train.batch_size": 16}  # the config's own recipe
+    sampled = [t.params["train.lr"] for t in _trials(study) if t.number in (1, 2, 3)]
+    assert len(set(sampled)) == 3  # each trial process samples with a seed of its own
 
 
 def test_a_killed_trial_is_failed_and_retried_with_the_same_parameters(study):
@@ -112,6 +116,7 @@ def test_a_trial_with_an_absurd_learning_rate_is_pruned_and_its_run_kept(study):
     absurd = next(t for t in _trials(study) if t.params.get("train.lr") == ABSURD_LR)
     assert absurd.state.name == "PRUNED"
     assert absurd.user_attrs["stopped_by"] == "pruned"
+    assert len(absurd.intermediate_values) == 1  # at its first evaluation
     record = Store(study["url"]).get_run(absurd.user_attrs["run"])
     assert (record.status, record.study, record.trial) == ("pruned", STUDY, absurd.number)
     assert (Path(absurd.user_attrs["run_dir"]) / "metrics.json").exists()
@@ -195,8 +200,8 @@ def test_a_study_on_postgresql_with_two_workers_finishes_its_trials_once_each(pg
 
 def test_resume_refuses_fewer_trials_than_the_study_has(study, monkeypatch):
     monkeypatch.setenv("TUNERY_HOME", str(study["home"] / ".tunery"))
-    proc = cli("tune", "--resume", STUDY, "--trials", "3", cwd=study["home"], expect=1)
-    assert f"--trials 3: study '{STUDY}' already has 4 trials; give a larger total" in " ".join(proc.stderr.split())
+    proc = cli("tune", "--resume", STUDY, "--trials", "4", cwd=study["home"], expect=1)
+    assert f"--trials 4: study '{STUDY}' already has 5 trials; give a larger total" in " ".join(proc.stderr.split())
 
 
 def test_no_trial_starts_when_the_budget_is_spent_and_resume_asks_for_more_time(tmp_path, tiny_backbone):

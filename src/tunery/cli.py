@@ -966,6 +966,7 @@ def tune(config: Optional[Path] = typer.Argument(None, help="run config (YAML) w
     from tunery.tune import join_study, parse_duration, resume_study, run_study
 
     _setup_logging(verbose)
+    logging.getLogger("tunery.tune.worker").setLevel(logging.INFO)  # a line per finished trial
     budget_s = parse_duration(budget) if budget is not None else None
     if join or resume:
         if join and resume:
@@ -998,7 +999,11 @@ def studies_list():
 
     table = Table("study", "metric", "trials", "complete", "pruned", "failed", "best", "best run")
     for name in studies.names():
-        st = studies.load(name)
+        try:
+            st = studies.load(name)
+        except TuneryError:  # an Optuna study of someone else's in the same database
+            table.add_row(escape(name), "(not a tunery study)", *["-"] * 6)
+            continue
         rows = studies.rows(st)
         best = studies.best_trial(st)
         s = st.user_attrs.get(studies.SETTINGS) or {}

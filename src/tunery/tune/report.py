@@ -26,7 +26,8 @@ def _figures(study) -> list[tuple[str, object | None, str | None]]:
     from optuna import visualization as vis
 
     plots = [("Optimisation history", vis.plot_optimization_history),
-             ("Intermediate values (pruned trials stop early)", vis.plot_intermediate_values),
+             ("Intermediate values (step: training examples seen; pruned trials stop early)",
+              vis.plot_intermediate_values),
              ("Parameter importances", vis.plot_param_importances),
              ("Parallel coordinates", vis.plot_parallel_coordinate)]
     out = []

@@ -100,8 +100,12 @@ def names(url: str | None = None) -> list[str]:
     return optuna.get_all_study_names(storage(url))
 
 
-def load(name: str, url: str | None = None, *, heartbeat_s: int | None = None):
-    """The study called `name`, with its own pruner; TuneryError naming the studies there are."""
+def load(name: str, url: str | None = None, *, heartbeat_s: int | None = None, trial_number: int | None = None):
+    """The study called `name`, with its own pruner; TuneryError naming the studies there are.
+
+    `trial_number`: the study as that trial's process sees it, its sampler seeded by the study's seed
+    and the trial's number (every process starts a sampler of its own: with one seed for all, each
+    would draw the same "random" parameters)."""
     import optuna
 
     st = storage(url, heartbeat_s=heartbeat_s or HEARTBEAT_S)
@@ -113,9 +117,12 @@ def load(name: str, url: str | None = None, *, heartbeat_s: int | None = None):
                           f"{', '.join(known) or 'none'} (`tunery studies list`)") from None
     s = settings(study)
     if heartbeat_s is None and s.get("heartbeat_s", HEARTBEAT_S) != HEARTBEAT_S:
-        return load(name, url, heartbeat_s=s["heartbeat_s"])
+        return load(name, url, heartbeat_s=s["heartbeat_s"], trial_number=trial_number)
+    seed = s.get("seed")
+    if seed is not None and trial_number is not None:
+        seed = (seed + 7919 * (trial_number + 1)) % 2**32
     return optuna.load_study(study_name=name, storage=st, pruner=make_pruner(s["pruner"]),
-                             sampler=make_sampler(s.get("seed")))
+                             sampler=make_sampler(seed))
 
 
 def _shown_url(url: str) -> str:

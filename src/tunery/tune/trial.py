@@ -79,10 +79,10 @@ class Heartbeat:
         self._thread.join()
 
 
-def claim(study):
-    """A queued trial this process now owns (RUNNING), or None when the queue is empty. Claiming
-    is one conditional update in the database, so two workers never run the same trial."""
-    import optuna
+def claim(study) -> tuple[int, int] | None:
+    """(id, number) of a queued trial this process now owns (RUNNING), or None when the queue is
+    empty. Claiming is one conditional update in the database (on SQLite under the write lock taken
+    at BEGIN, study.py), so two workers never run the same trial."""
     from optuna.exceptions import UpdateFinishedTrialError
     from optuna.trial import TrialState
 
@@ -90,7 +90,7 @@ def claim(study):
     for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
         try:
             if backend.set_trial_state_values(t._trial_id, state=TrialState.RUNNING):  # noqa: SLF001
-                return optuna.Trial(study, t._trial_id)  # noqa: SLF001
+                return t._trial_id, t.number  # noqa: SLF001
         except UpdateFinishedTrialError:
             continue
     return None
@@ -115,14 +115,18 @@ def run_trial(study_name: str, *, url: str | None = None, threads: int | None = 
     study = studies.load(study_name, url)
     studies.fail_stale(study)  # dead trials elsewhere: failed and queued again
     s = studies.settings(study)
-    trial = claim(study)
-    if trial is None:
+    claimed = claim(study)
+    if claimed is None:
         if s.get("trials") is not None:
             return None
         study.enqueue_trial({})  # no cap: a new trial for this worker
-        trial = claim(study)
-        if trial is None:
+        claimed = claim(study)
+        if claimed is None:
             return None
+    trial_id, number = claimed
+    study = studies.load(study_name, url, trial_number=number)  # this trial's own sampler seed
+    study.get_trials(deepcopy=False)  # fills the storage's cache, which writing the trial's parameters needs
+    trial = optuna.Trial(study, trial_id)
     backend = study._storage  # noqa: SLF001
     with Heartbeat(backend, trial._trial_id, s.get("heartbeat_s", studies.HEARTBEAT_S)):  # noqa: SLF001
         name = f"{study_name}-t{trial.number:04d}"
