@@ -156,3 +156,13 @@ def test_a_run_that_hits_its_deadline_ends_at_its_best_checkpoint_and_is_evaluat
     assert evals == sorted({min(best_step, 12), best_step})
     assert (run / "tunery.json").exists() and (run / "model").is_dir()  # complete, and it has test metrics:
     assert "test" in json.loads((run / "metrics.json").read_text())["model"]
+
+
+def test_a_trial_resolves_what_the_config_leaves_unset_from_its_own_parameters():
+    """A multi-label head's lr follows the trial's lr, as `tunery train` would set it."""
+    from tunery.pipeline import MULTILABEL_HEAD_LR_FACTOR, resolve_task_defaults
+    from tunery.tune.space import apply
+
+    trial = apply(_cfg(batch_size=16), {"train.lr": 2e-4})
+    assert trial.train.model_fields_set == {"batch_size", "lr"}
+    assert resolve_task_defaults(trial, "multilabel", 1000).train.head_lr == MULTILABEL_HEAD_LR_FACTOR * 2e-4

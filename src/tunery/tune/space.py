@@ -73,8 +73,9 @@ def _set(tree: dict, dotted: str, value: Any) -> None:
 
 
 def apply(cfg: RunConfig, params: dict[str, Any], *, source: str = "search") -> RunConfig:
-    """The config with each dotted key set to its parameter value, validated as any config is."""
-    tree = cfg.to_dict()
+    """The config with each dotted key set to its parameter value, validated as any config is.
+    What `cfg` leaves unset stays unset, for the run to resolve (pipeline.resolve_defaults)."""
+    tree = cfg.model_dump(mode="json", exclude_unset=True)
     for key, value in params.items():
         _set(tree, key, json.loads(value) if isinstance(value, str) and value[:1] in "[{" else value)
     return config_from_dict(tree, source=source)

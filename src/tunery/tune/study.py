@@ -74,11 +74,14 @@ def _serialise_sqlite(engine) -> None:
     engine.dispose()  # connections made before the listeners: closed, new ones get them
 
 
-def make_pruner(name: str):
+def make_pruner(name: str, warmup_examples: int = 0):
+    """Optuna's pruner called `name`. Steps are training examples seen; `warmup_examples` (one epoch)
+    keeps the median pruner from stopping a trial on its first epoch, where a lower learning rate
+    starts slower but may end better."""
     import optuna
 
     if name == "median":  # the default recipe and one more trial set the bar
-        return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=0)
+        return optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=warmup_examples)
     if name == "sha":
         return optuna.pruners.SuccessiveHalvingPruner()
     if name == "hyperband":
@@ -121,7 +124,7 @@ def load(name: str, url: str | None = None, *, heartbeat_s: int | None = None, t
     seed = s.get("seed")
     if seed is not None and trial_number is not None:
         seed = (seed + 7919 * (trial_number + 1)) % 2**32
-    return optuna.load_study(study_name=name, storage=st, pruner=make_pruner(s["pruner"]),
+    return optuna.load_study(study_name=name, storage=st, pruner=make_pruner(s["pruner"], s.get("warmup_examples", 0)),
                              sampler=make_sampler(seed))
 
 
@@ -140,7 +143,8 @@ def settings(study) -> dict[str, Any]:
 
 def create(name: str, *, config: dict, search: dict, metric: str, direction: str, pruner: str,
            output_dir: str, trials: int | None, deadline: float | None, keep: str, register: str | None,
-           first_params: dict, url: str | None = None, heartbeat_s: int = HEARTBEAT_S, seed: int | None = None):
+           first_params: dict, url: str | None = None, heartbeat_s: int = HEARTBEAT_S, seed: int | None = None,
+           warmup_examples: int = 0):
     """Create the study with its settings and queue: the default recipe first, then one empty slot
     per further trial when the number of trials is capped (each slot is claimed by exactly one
     worker, so the cap holds across processes and machines)."""
@@ -154,12 +158,13 @@ def create(name: str, *, config: dict, search: dict, metric: str, direction: str
     if name in names(url):
         raise TuneryError(f"a study named {name!r} already exists; continue it with `tunery tune --resume {name}`, "
                           f"join it with `tunery tune --join {name}`, or choose another --study name")
-    study = optuna.create_study(study_name=name, storage=st, direction=direction, pruner=make_pruner(pruner),
+    study = optuna.create_study(study_name=name, storage=st, direction=direction,
+                                pruner=make_pruner(pruner, warmup_examples),
                                 sampler=make_sampler(seed))
     study.set_user_attr(SETTINGS, {
         "config": config, "search": search, "metric": metric, "direction": direction, "pruner": pruner,
         "output_dir": output_dir, "trials": trials, "deadline": deadline, "keep": keep, "register": register,
-        "heartbeat_s": heartbeat_s, "seed": seed, "created_at": time.time(),
+        "heartbeat_s": heartbeat_s, "seed": seed, "warmup_examples": warmup_examples, "created_at": time.time(),
     })
     study.enqueue_trial(first_params, user_attrs={"recipe": "default"})
     for _ in range((trials or 1) - 1):

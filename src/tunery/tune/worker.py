@@ -201,20 +201,24 @@ def create_study(cfg: RunConfig, *, study: str | None = None, budget_s: float | 
     if trials is not None and trials < 1:
         raise ConfigError(f"--trials {trials}: give at least 1")
     name = study or default_study_name(cfg)
+    # Trials start from what the config itself sets and resolve the rest as `tunery train` does (the
+    # backbone's lr, a multi-label head's lr from the trial's lr, ...).
+    base = {**cfg.model_dump(mode="json", exclude_unset=True)}
     cfg = pipeline.resolve_defaults(cfg)
     search = cfg.search or space.default_search(cfg)
+    base["search"] = search
     space.check_space(cfg, search)
     prepared = pipeline.prepare_run(cfg, quiet=True)  # the data is checked once, before any worker starts
+    cfg = pipeline.resolve_task_defaults(cfg, prepared.data.task, len(prepared.data.train))
     metric = cfg.train.metric or default_metric(prepared.data.task)
     dists = space.distributions(search)
     output_dir = str((Path(cfg.output_dir) / name).resolve())
-    base = cfg.model_copy(update={"search": search}).to_dict()
     studies.create(name, config=base, search=search, metric=metric,
                    direction="maximize" if greater_is_better(metric) else "minimize", pruner=pruner,
                    output_dir=output_dir, trials=trials,
                    deadline=None if budget_s is None else clock() + budget_s, keep=keep, register=register,
                    first_params=space.default_params(cfg, dists), url=url, heartbeat_s=heartbeat_s,
-                   seed=cfg.train.seed)
+                   seed=cfg.train.seed, warmup_examples=len(prepared.data.train) + 1)  # none in epoch 1
     return name
 
 
