@@ -166,3 +166,10 @@ def test_a_trial_resolves_what_the_config_leaves_unset_from_its_own_parameters()
     trial = apply(_cfg(batch_size=16), {"train.lr": 2e-4})
     assert trial.train.model_fields_set == {"batch_size", "lr"}
     assert resolve_task_defaults(trial, "multilabel", 1000).train.head_lr == MULTILABEL_HEAD_LR_FACTOR * 2e-4
+
+
+def test_a_trial_keeps_for_its_final_evaluation_what_earlier_trials_took():
+    from tunery.tune.budget import FINISH_RESERVE_S, finish_reserve
+
+    assert finish_reserve([]) == FINISH_RESERVE_S
+    assert finish_reserve([4.0, 40.0]) == 50.0

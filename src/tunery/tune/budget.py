@@ -3,8 +3,9 @@ are tested with a controllable clock, never with wall time.
 
 - A study's deadline is an instant (seconds since the epoch) that every worker, on any machine,
   reads from the study.
-- A trial trains until the deadline minus the time its final evaluation needs (train/callbacks.py
-  `Deadline`, checked at every optimizer step); it then ends at its best checkpoint.
+- A trial trains until the deadline (less the study's wrap-up) minus the time its final evaluation,
+  report and save need, as measured on earlier trials (train/callbacks.py `Deadline`, checked at every
+  optimizer step); it then ends at its best checkpoint.
 - No new trial starts when the time left cannot fit the shortest useful trial seen so far (up to
   its first evaluation, plus its final evaluation).
 """
@@ -56,6 +57,20 @@ def next_move(s: StudyState, now: float) -> str:
     if s.waiting:
         return "run"
     return "wait" if s.running else "done"
+
+
+# Seconds kept at the end of a study for its wrap-up (the best run kept, the others' weights dropped,
+# study.html): trials end this much before the deadline.
+WRAP_UP_S = 10.0
+# Seconds kept at the end of a trial for its final evaluation, report and save, before any trial has
+# measured it; then 1.25 times the longest measured.
+FINISH_RESERVE_S = 20.0
+
+
+def finish_reserve(measured: list[float]) -> float:
+    """Seconds a trial keeps for what follows its training (besides its evaluation passes, which the
+    Deadline callback adds as it measures them)."""
+    return max(FINISH_RESERVE_S, 1.25 * max(measured)) if measured else FINISH_RESERVE_S
 
 
 def time_left(deadline: float | None, now: float) -> float | None:

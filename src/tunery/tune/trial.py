@@ -148,6 +148,8 @@ def run_trial(study_name: str, *, url: str | None = None, threads: int | None = 
         value = metrics["training"]["best_validation"]
         finished = clock()
         trial.set_user_attr("run_dir", str(Path(run_dir).resolve()))
+        if report.train_end_at is not None:  # the final evaluation, report and save
+            trial.set_user_attr("finish_seconds", round(finished - report.train_end_at, 2))
         if report.first_eval_at is not None and report.train_end_at is not None:
             # the shortest useful trial: up to a first evaluation, then the final evaluation
             trial.set_user_attr("min_seconds", round(report.first_eval_at - STARTED + finished - report.train_end_at, 2))
@@ -171,7 +173,7 @@ def _train(trial, s: dict, name: str, store, study_name: str, *, threads: int | 
     from tunery import pipeline
     from tunery.config import config_from_dict
     from tunery.train.callbacks import Deadline, LoggingCallback
-    from tunery.tune import space
+    from tunery.tune import budget, space
 
     base = config_from_dict(s["config"], source=f"study {study_name}")
     params = space.suggest(trial, space.distributions(s["search"]))
@@ -185,7 +187,9 @@ def _train(trial, s: dict, name: str, store, study_name: str, *, threads: int | 
     callbacks = [LoggingCallback(), report]
     deadline = None
     if s.get("deadline") is not None:
-        deadline = Deadline(s["deadline"], reserve_s=10.0, clock=clock)
+        deadline = Deadline(s["deadline"] - budget.WRAP_UP_S, reserve_s=budget.finish_reserve(
+            [t.user_attrs["finish_seconds"] for t in trial.study.get_trials(deepcopy=False)
+             if "finish_seconds" in t.user_attrs]), clock=clock)
         callbacks.append(deadline)
     log.info("trial %d: %s", trial.number, params)
     return pipeline.train(cfg, callbacks=callbacks, store=store), report, deadline

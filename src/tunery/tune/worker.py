@@ -200,6 +200,7 @@ def create_study(cfg: RunConfig, *, study: str | None = None, budget_s: float | 
         raise ConfigError(f"--keep {keep!r} is not one of {', '.join(studies.KEEP)}")
     if trials is not None and trials < 1:
         raise ConfigError(f"--trials {trials}: give at least 1")
+    deadline = None if budget_s is None else clock() + budget_s  # the budget counts from here
     name = study or default_study_name(cfg)
     # Trials start from what the config itself sets and resolve the rest as `tunery train` does (the
     # backbone's lr, a multi-label head's lr from the trial's lr, ...).
@@ -216,7 +217,7 @@ def create_study(cfg: RunConfig, *, study: str | None = None, budget_s: float | 
     studies.create(name, config=base, search=search, metric=metric,
                    direction="maximize" if greater_is_better(metric) else "minimize", pruner=pruner,
                    output_dir=output_dir, trials=trials,
-                   deadline=None if budget_s is None else clock() + budget_s, keep=keep, register=register,
+                   deadline=deadline, keep=keep, register=register,
                    first_params=space.default_params(cfg, dists), url=url, heartbeat_s=heartbeat_s,
                    seed=cfg.train.seed, warmup_examples=len(prepared.data.train) + 1)  # none in epoch 1
     return name
