@@ -173,3 +173,16 @@ def test_a_trial_keeps_for_its_final_evaluation_what_earlier_trials_took():
 
     assert finish_reserve([]) == FINISH_RESERVE_S
     assert finish_reserve([4.0, 40.0]) == 50.0
+
+
+def test_each_pruner_by_name_and_the_median_waits_out_the_first_epoch():
+    import optuna
+
+    from tunery.tune.study import make_pruner
+
+    median = make_pruner("median", warmup_examples=193)
+    assert isinstance(median, optuna.pruners.MedianPruner) and median._n_warmup_steps == 193
+    assert isinstance(make_pruner("sha"), optuna.pruners.SuccessiveHalvingPruner)
+    assert isinstance(make_pruner("hyperband"), optuna.pruners.HyperbandPruner)
+    with pytest.raises(ConfigError, match="pruner 'asha' is not one of median, sha, hyperband"):
+        make_pruner("asha")
