@@ -254,7 +254,9 @@ class Trainer:
 
     def _stop_requested(self) -> str | None:
         """The reason a callback gave for ending training now (`Callback.stop_reason`), or None."""
-        return next((cb.stop_reason for cb in self.callbacks if getattr(cb, "stop_reason", None)), None)
+        # only a string counts: callbacks may be duck-typed objects whose __getattr__ answers anything
+        reasons = (getattr(cb, "stop_reason", None) for cb in self.callbacks)
+        return next((r for r in reasons if isinstance(r, str) and r), None)
 
     def _log(self, record: dict) -> None:
         with open(self.workdir / "log.jsonl", "a", encoding="utf-8") as f:
