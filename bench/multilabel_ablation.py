@@ -39,8 +39,14 @@ POS_TAGS = ["VBD", "VB", "VBN", "RB", "VBG", "VBZ", "PRP$", "VBP", "MD", "NNPS",
             "JJR", "JJS", "RBR", "EX"]
 RARE_KEEP = {"MISC": 0.025, "ORG": 0.05}  # share of train rows that keep the label (the rest are dropped)
 
-# name -> train config overrides (on top of tunery's defaults)
+# name -> train config overrides. "defaults..." are tunery's defaults as they are; every other variant
+# pins epochs (3) and head_lr (the backbone's lr) unless it names them, so that the data-size
+# defaults (pipeline.resolve_task_defaults) do not blur what each variant changes.
+PINNED = {"epochs": 3, "head_lr": None}
 VARIANTS: dict[str, dict] = {
+    "defaults": {},
+    "defaults+asl": {"multilabel_loss": "asl", "pos_weight_max": None},
+    "defaults-pos_weight": {"pos_weight_max": None},
     "bce+pw10": {"pos_weight_max": 10.0, "label_prior_bias": False},
     "bce": {"pos_weight_max": None, "label_prior_bias": False},
     "focal": {"pos_weight_max": None, "multilabel_loss": "focal", "label_prior_bias": False},
@@ -158,7 +164,7 @@ def main(argv: list[str] | None = None) -> dict:
                     cfg = multilabel.tunery_config(files, tmp / "runs", epochs=1 if args.smoke else None,
                                                    backbone=backbone)
                     cfg["name"] = f"{set_name}-{variant}-{seed}"
-                    cfg["train"].update(VARIANTS[variant], seed=seed)
+                    cfg["train"].update(({} if variant.startswith("defaults") else PINNED) | VARIANTS[variant], seed=seed)
                     if args.threads:
                         cfg["train"]["num_threads"] = args.threads
                     eprint(f"[ablation] {cfg['name']} ...")
