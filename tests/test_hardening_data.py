@@ -466,19 +466,10 @@ def test_column_mixing_lists_and_strings_is_a_clear_error(tmp_path):
 def test_baseline_caps_features_by_the_number_of_classes(monkeypatch):
     from tunery.evaluate import baseline
 
-    seen = []
-    real = baseline._features
-
-    def spy(*args, **kwargs):
-        X, Z = real(*args, **kwargs)
-        seen.append(X.shape[1])
-        return X, Z
-
-    monkeypatch.setattr(baseline, "_features", spy)
     rng = np.random.default_rng(0)
     texts = [" ".join(f"w{j}" for j in rng.integers(0, 5000, 12)) for _ in range(300)]
     y = np.arange(300) % 100
     monkeypatch.setattr(baseline, "_WEIGHT_BUDGET", 100 * 1_500)  # 1,500 n-grams per class and view
-    scores = baseline.baseline_scores("classification", texts, y, {"test": texts[:5]}, n_labels=100)
+    model = baseline.TfidfModel.fit("classification", texts, y, n_labels=100)
     # uncapped, these texts give about 16,000 word and char n-grams
-    assert scores["test"].shape == (5, 100) and seen[0] <= 2 * 1_500
+    assert model.scores(texts[:5]).shape == (5, 100) and model.n_features <= 2 * 1_500
