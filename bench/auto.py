@@ -5,7 +5,7 @@
     python bench/auto.py --budget 10m --datasets sst2 --threads 2
     python bench/auto.py --skip hf                # tunery auto and the default recipe only
     python bench/auto.py --work-dir /tmp/autobench   # keep the data files, runs and the HF checkpoints
-    python bench/auto.py --smoke                  # seconds: does the benchmark still run? (figures mean nothing)
+    python bench/auto.py --smoke                  # a minute: does it still run? (the systems at once; figures mean nothing)
 
 The data sets, each written once as train / validation / test CSVs (columns text,label) that every
 system reads:
@@ -45,6 +45,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -434,8 +435,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--work-dir", default=None, help="keep data files, runs and HF checkpoints here (default: a "
                                                       "temporary directory, deleted at the end)")
     ap.add_argument("--out", default=None, help="JSON file (default bench/results/auto-<time>.json; none with --smoke)")
-    ap.add_argument("--smoke", action="store_true", help="seconds: generated rows, the tiny test backbone, one data "
-                                                          "set, 2 trials each; the figures mean nothing")
+    ap.add_argument("--smoke", action="store_true", help="a minute: generated rows, the tiny test backbone, one data "
+                                                          "set, 2 trials each, the three systems at once; the figures "
+                                                          "mean nothing")
     args = ap.parse_args(argv)
     from tunery.errors import TuneryError
     from tunery.tune import parse_duration
@@ -498,18 +500,27 @@ def main(argv: list[str] | None = None) -> dict:
             if args.work_dir:
                 ds["files"] = {k: str(v) for k, v in files.items()}
             result["datasets"][name] = ds
-            for system in systems:
+
+            def run_system(system: str, name: str = name, files: dict = files, work: Path = work) -> dict:
                 eprint(f"[auto] {name}: {system} (budget {args.budget}) ...")
                 ds[f"loadavg_before_{system}"] = loadavg()
+                # --smoke runs the systems side by side: each its own store, so none waits on another's
+                sys_env = env | {"TUNERY_HOME": str(work / f"home-{system}")} if args.smoke and system != "auto" else env
                 if system == "auto":
-                    ds["auto"] = run_auto(files, work, env, args, budget_s, auto_extra, f"auto-{name}-{stamp}")
-                elif system == "default":
-                    ds["default"] = run_default(files, work, env, args, budget_s, backbone if args.smoke else None,
-                                                f"default-{name}-{stamp}")
-                else:
-                    ds["hf"] = run_hf(files, work, env, args, budget_s, backbone, DATASETS[name]["max_length"])
-                    if not args.work_dir:
-                        shutil.rmtree(work / "hf", ignore_errors=True)  # a checkpoint a trial: free the disk now
+                    return run_auto(files, work, sys_env, args, budget_s, auto_extra, f"auto-{name}-{stamp}")
+                if system == "default":
+                    return run_default(files, work, sys_env, args, budget_s, backbone if args.smoke else None,
+                                       f"default-{name}-{stamp}")
+                res = run_hf(files, work, sys_env, args, budget_s, backbone, DATASETS[name]["max_length"])
+                if not args.work_dir:
+                    shutil.rmtree(work / "hf", ignore_errors=True)  # a checkpoint a trial: free the disk now
+                return res
+
+            if args.smoke:  # seconds, not figures: the systems run at once (a smoke run's timings mean nothing)
+                with ThreadPoolExecutor(len(systems)) as pool:
+                    ds |= dict(zip(systems, pool.map(run_system, systems)))
+            else:  # one at a time, so that each has the machine to itself
+                ds |= {system: run_system(system) for system in systems}
         result["loadavg_end"] = loadavg()
         result["summary"] = summarize(result["datasets"])
         result["failed"] = [f"{n}.{s}" for n, ds in result["datasets"].items() for s in SYSTEMS

@@ -40,7 +40,8 @@ NO_SMOKE = {"mpnet_pooling.py": "needs pip install 'tunery[mpnet]' (438 MB) and 
 
 def test_every_bench_script_has_a_smoke_test():
     scripts = sorted(p.name for p in BENCH.glob("*.py") if p.name not in NO_SMOKE)
-    assert scripts == ["multilabel.py", "multilabel_ablation.py", "naive_server.py", "serve.py", "sst2.py"], \
+    assert scripts == ["auto.py", "multilabel.py", "multilabel_ablation.py", "naive_server.py", "serve.py",
+                       "sst2.py"], \
         f"bench/ has new scripts {scripts}: give each a --smoke mode and a test here"
 
 
@@ -59,6 +60,28 @@ def test_sst2_bench_smoke(tmp_path):
     for key in ("dev_accuracy", "validation_accuracy", "samples_per_s", "steps", "best_step", "pooling"):
         assert key in full["tunery"], key
     assert full["tunery"]["settings"]["epochs"] == 1
+
+
+def test_auto_bench_smoke(tmp_path):
+    """tunery auto, the default recipe and Trainer.hyperparameter_search on the same generated files."""
+    result = run_bench("auto.py", tmp_path=tmp_path)
+    assert result["benchmark"] == "auto" and result["systems"] == ["auto", "default", "hf"] and not result["failed"]
+    assert result["budget_s"] == 60 and {"commit", "dirty"} <= set(result["git"])
+    (name,) = result["datasets"]
+    ds = result["datasets"][name]
+    assert [ds["rows"][p]["rows"] for p in ("train", "validation", "test")] == [96, 32, 32]
+    for system in ("auto", "default", "hf"):
+        assert ds[system]["exit_code"] == 0 and isinstance(ds[system]["test_accuracy"], float), ds[system]
+        assert ds[system]["wall_s"] > 0
+    assert ds["auto"]["trials"] >= 1 and isinstance(ds["auto"]["within_budget"], bool)
+    hf = ds["hf"]
+    assert hf["trials"] == 2 and "checkpoint" in hf["scored"] and hf["chosen"]["params"]
+    assert hf["settings"]["train_sampling_strategy"] == "group_by_length" and hf["settings"]["bf16"] is True
+    assert ds["default"]["chosen"]["config"]["backbone"] == result["backbone"]["path"]
+    summary = result["summary"]
+    assert set(summary["per_dataset"]) == {name}
+    assert summary["average"]["auto_minus_default_points"] == summary["per_dataset"][name]["auto_minus_default_points"]
+    assert all(isinstance(t["met"], bool) for t in summary["targets"].values()), summary["targets"]
 
 
 def test_multilabel_ablation_bench_smoke(tmp_path):
