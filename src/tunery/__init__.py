@@ -3,6 +3,7 @@
     import tunery
     clf = tunery.TextClassifier(backbone="minilm-l6").fit(df, text="review", label="label")
     tunery.load("runs/my-run").predict(["great value"])
+    best = tunery.auto(df, text="review", label="label", budget="10m")   # search within a budget
 
 Heavy imports (torch, transformers) happen on first use, so `import tunery` stays fast.
 """
@@ -17,6 +18,7 @@ _EXPORTS = {
     "load": "tunery.predict",
     "Predictor": "tunery.predict",
     "TextClassifier": "tunery.api",
+    "auto": "tunery.api",
     "load_config": "tunery.config",
     "RunConfig": "tunery.config",
     "train": "tunery.pipeline",
@@ -28,7 +30,7 @@ _EXPORTS = {
 }
 
 if TYPE_CHECKING:  # pragma: no cover
-    from tunery.api import TextClassifier
+    from tunery.api import TextClassifier, auto
     from tunery.client import ApiError, Client
     from tunery.config import RunConfig, load_config
     from tunery.errors import TuneryError

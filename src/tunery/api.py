@@ -281,3 +281,57 @@ class TextClassifier:
         clf = cls(backbone=predictor.meta["backbone"], task=predictor.meta["task"])
         clf.predictor_, clf.run_dir_, clf.name_ = predictor, predictor.run_dir, predictor.meta["name"]
         return clf
+
+
+def auto(data, *, budget: str | float, text: str | None = None, label: str | None = None,
+         text_pair: str | None = None, validation=None, test=None, metric: str | None = None, task: str = "auto",
+         max_length: int = 128, backbone: str | None = None, output_dir: str | Path = "runs",
+         name: str | None = None, workers: int = 1, trials: int | None = None, register: str | None = None,
+         **train_options: Any) -> TextClassifier:
+    """`tunery auto` in Python: the best model `budget` ("10m", "1h", or seconds) affords on `data`
+    (a DataFrame or a file path; `validation`, `test` the same, else split from `data`), returned
+    as a fitted TextClassifier. Its `auto_` attribute holds the search's result (leaderboard,
+    objective, backbone and why, test metrics beside the TF-IDF baseline, wall time); the
+    classifier may be the TF-IDF baseline itself when it beats every trial on validation.
+
+    `backbone` fixes the backbone (default: the largest installed one the budget affords);
+    `train_options` fix train keys for every trial (`num_threads=1`); DataFrames are stored as
+    parquet under <output_dir>/.data/<name>/ for the trials, which run in processes of their own."""
+    from tunery.automl import default_name, run_auto
+    from tunery.data.validate import data_sources
+    from tunery.tune import parse_duration
+
+    budget_s = parse_duration(budget)
+    splits = {"train": data, "validation": validation, "test": test}
+    for split, value in splits.items():
+        if value is not None or split == "train":
+            _check_data(value, "data" if split == "train" else split, (text, label, text_pair))
+    unknown = set(train_options) - TextClassifier._TRAIN_KEYS
+    if unknown:
+        raise TypeError(f"tunery.auto got an unknown option {sorted(unknown)[0]!r}; train keys such as num_threads, "
+                        "seed or early_stopping_patience are accepted")
+    name = name or default_name(config_from_dict({"data": {"train": "data"}}, source="tunery.automl"))
+    folder = Path(output_dir) / ".data" / name
+    files = {k: None if v is None else _file_path(v, folder, k) for k, v in splits.items()}
+    cols = {"text_column": text, "label_column": label, "text_pair_column": text_pair}
+    cfg = config_from_dict({"output_dir": str(output_dir), "task": {"type": task},
+                            **({"model": {"backbone": backbone}} if backbone else {}),
+                            "data": {**{k: v for k, v in files.items() if v}, **{k: v for k, v in cols.items() if v},
+                                     "max_length": max_length},
+                            "train": {"progress": False, **train_options}}, source="tunery.automl")
+    written: list[Path] = []
+    try:
+        for split, value in splits.items():
+            if _write(value, files[split], "data" if split == "train" else split):
+                written.append(Path(files[split]))
+        with data_sources(_sources(splits, files)):
+            result = run_auto(cfg, budget_s=budget_s, metric=metric, workers=workers, trials=trials, name=name,
+                              register=register)
+    except BaseException:
+        if not (Path(output_dir) / name).exists():  # no run reads the copies: take them back
+            for path in written:
+                path.unlink(missing_ok=True)
+        raise
+    clf = TextClassifier.load(result.best_run)
+    clf.auto_ = result
+    return clf

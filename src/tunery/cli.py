@@ -283,28 +283,43 @@ def baseline(source: Path = typer.Argument(..., help="a labelled data file, or a
     """Fit the TF-IDF baseline as a run (seconds, no GPU): validated and split as `train` does;
     `predict`, `evaluate`, `serve`, `models register` and tunery.load take it like any run."""
     from tunery import pipeline
-    from tunery.config import apply_overrides, check_run_name, config_from_dict, load_config
 
     _setup_logging(verbose)
     _sigterm_as_interrupt()
-    if source.suffix.lower() in (".yaml", ".yml"):
-        cfg = load_config(source, overrides=set_)
-    else:
-        if not source.is_file():
-            _fail(TuneryError(f"data file {str(source)!r} not found; give a labelled csv, tsv, jsonl or parquet "
-                              "file, or a run config (YAML)"))
-        tree = apply_overrides({"data": {"train": str(source.resolve())}}, set_)
-        data = tree.get("data") if isinstance(tree.get("data"), dict) else {}
-        for key in ("validation", "test"):  # absolute, as load_config makes them: the run re-reads them
-            if isinstance(data.get(key), str) and data[key]:
-                data[key] = str(Path(data[key]).resolve())
-        cfg = config_from_dict(tree, source="tunery baseline")
+    cfg = _source_config(source, set_, "tunery baseline")
     if name is not None:
-        try:
-            cfg = cfg.model_copy(update={"name": check_run_name(name)})
-        except ValueError as e:
-            _fail(TuneryError(f"--name {name!r}: {e}"))
+        cfg = cfg.model_copy(update={"name": _checked_name(name)})
     _print_summary(pipeline.train_baseline(cfg))
+
+
+def _source_config(source: Path, set_: list[str], command: str, data_keys: Optional[dict] = None):
+    """The run config of a command that takes a data file or a config: a YAML file is loaded as
+    `train` loads it; a data file becomes `data.train` (with `data_keys` such as validation, test,
+    the columns), then --set applies. Data paths are made absolute: the runs re-read them."""
+    from tunery.config import apply_overrides, config_from_dict, load_config
+
+    given = {k: str(Path(v).resolve()) if k in ("validation", "test") else v
+             for k, v in (data_keys or {}).items() if v is not None}
+    if source.suffix.lower() in (".yaml", ".yml"):
+        return load_config(source, overrides=[*(f"data.{k}={v}" for k, v in given.items()), *set_])
+    if not source.is_file():
+        _fail(TuneryError(f"data file {str(source)!r} not found; give a labelled csv, tsv, jsonl or parquet "
+                          "file, or a run config (YAML)"))
+    tree = apply_overrides({"data": {"train": str(source.resolve()), **given}}, set_)
+    data = tree.get("data") if isinstance(tree.get("data"), dict) else {}
+    for key in ("validation", "test"):  # absolute, as load_config makes them: the run re-reads them
+        if isinstance(data.get(key), str) and data[key]:
+            data[key] = str(Path(data[key]).resolve())
+    return config_from_dict(tree, source=command)
+
+
+def _checked_name(name: str) -> str:
+    from tunery.config import check_run_name
+
+    try:
+        return check_run_name(name)
+    except ValueError as e:
+        _fail(TuneryError(f"--name {name!r}: {e}"))
 
 
 def _print_verdict(verdict: Optional[dict]) -> None:
@@ -989,6 +1004,84 @@ def tune(config: Optional[Path] = typer.Argument(None, help="run config (YAML) w
     _print_study(result)
     if result.best_trial is None:
         raise typer.Exit(1)
+
+
+def _print_leaderboard(result, most: int = 15) -> None:
+    board = Table("#", "candidate", "backbone", "key params", f"validation {result.metric}", "state", "time",
+                  title=f"tunery auto {result.name}: leaderboard (best on validation first)", title_justify="left")
+    shown = result.leaderboard[:most]
+    for i, c in enumerate(shown, 1):
+        params = ", ".join(f"{k.split('.')[-1]}={_param_text(v)}" for k, v in c.params.items()) or "-"
+        value = "-" if c.validation is None else f"{c.validation:.4f}"
+        mark = " *" if c.run_dir and Path(c.run_dir) == result.best_run else ""
+        board.add_row(str(i), c.name + mark, c.backbone, params, value, c.state,
+                      "-" if c.seconds is None else f"{c.seconds:.0f} s")
+    out.print(board)
+    if len(result.leaderboard) > most:
+        out.print(f"... and {len(result.leaderboard) - most} more in {result.summary}", markup=False)
+
+
+def _print_auto(result) -> None:
+    _print_leaderboard(result)
+    lines = [f"task: {result.task}; objective: validation {result.metric}",
+             f"backbone: {result.backbone_reason}",
+             f"chosen: {'the TF-IDF baseline (it beats every trial on validation)' if result.kind == 'baseline' else 'a fine-tuned model'}"
+             f" -> {result.best_run}"]
+    if result.test:
+        shown = f"test {result.metric} {result.test.get(result.metric, float('nan')):.4f}"
+        if result.kind == "model" and result.baseline_test and result.metric in result.baseline_test:
+            shown += f" (TF-IDF baseline {result.baseline_test[result.metric]:.4f})"
+        lines.append(shown)
+    else:
+        lines.append("no test split (data.test_fraction 0): `tunery evaluate RUN --data FILE` tests it")
+    lines.append(f"time: {result.wall_seconds:.0f} s of a {result.budget_seconds:.0f} s budget")
+    if result.study_report:
+        lines.append(f"study report: {result.study_report}")
+    lines.append(f"summary: {result.summary}")
+    if result.registered:
+        lines.append(f"registered {result.registered}")
+    out.print("\n".join(lines), markup=False, highlight=False, soft_wrap=True)
+
+
+@app.command()
+@_guard
+def auto(source: Path = typer.Argument(..., help="a labelled data file, or a run config (YAML)"),
+         budget: str = typer.Option(..., help="time for everything, e.g. 10m, 1h"),
+         validation: Optional[Path] = typer.Option(None, help="validation file (default: split from the data)"),
+         test: Optional[Path] = typer.Option(None, help="test file the chosen model is scored on (default: split "
+                                             "from the data)"),
+         metric: Optional[str] = typer.Option(None, help="objective on validation (default: accuracy, or macro_f1 "
+                                              "when classes are imbalanced; micro_f1 multi-label; rmse regression)"),
+         text_column: Optional[str] = typer.Option(None), label_column: Optional[str] = typer.Option(None),
+         text_pair_column: Optional[str] = typer.Option(None),
+         workers: int = typer.Option(1, help="trials run at once on this machine"),
+         trials: Optional[int] = typer.Option(None, help="at most this many trials (default: as many as the budget "
+                                              "allows)"),
+         name: Optional[str] = typer.Option(None, help="name of the search (default: data stem + time)"),
+         output_dir: Optional[str] = typer.Option(None, help="where the runs go (default: runs)"),
+         register: Optional[str] = typer.Option(None, help="register the chosen run under this model name"),
+         set_: list[str] = typer.Option([], "--set", help="fix a key: --set model.backbone=mpnet-base"),
+         verbose: bool = typer.Option(False, "--verbose", "-v")):
+    """The best model a budget affords, from data alone: infer the task, fit the TF-IDF baseline,
+    choose the backbone the budget affords, search the recipe, keep the best on validation (the
+    baseline when it wins), score it on the test split and print a leaderboard."""
+    from tunery.automl import run_auto
+    from tunery.tune import parse_duration
+
+    _setup_logging(verbose)
+    logging.getLogger("tunery.automl").setLevel(logging.INFO)
+    logging.getLogger("tunery.tune.worker").setLevel(logging.INFO)  # a line per finished trial
+    _sigterm_as_interrupt()
+    budget_s = parse_duration(budget)
+    cfg = _source_config(source, set_, "tunery auto",
+                         {"validation": validation, "test": test, "text_column": text_column,
+                          "label_column": label_column, "text_pair_column": text_pair_column})
+    if output_dir is not None:
+        cfg = cfg.model_copy(update={"output_dir": output_dir})
+    cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"progress": False})})
+    result = run_auto(cfg, budget_s=budget_s, metric=metric, workers=workers, trials=trials,
+                      name=_checked_name(name) if name else None, register=register)
+    _print_auto(result)
 
 
 @studies_app.command("list")

@@ -215,7 +215,12 @@ def _check_output_dir(out: Path) -> None:
     made: list[Path] = []
     try:
         for d in reversed(missing):
-            d.mkdir()
+            try:
+                d.mkdir()
+            except FileExistsError:  # another run (a parallel trial) made it since we looked: shared
+                if not d.is_dir():
+                    raise
+                continue
             made.append(d)
         tempfile.TemporaryDirectory(dir=out, prefix=".tunery-probe-").cleanup()
     except OSError as err:
@@ -223,7 +228,10 @@ def _check_output_dir(out: Path) -> None:
                           f"{err.filename or out}); {fix}") from None
     finally:
         for d in reversed(made):
-            d.rmdir()
+            try:
+                d.rmdir()
+            except OSError:  # a parallel run has put its own directory there meanwhile: it stays
+                pass
 
 
 def _name_in_use(store, name: str, final: Path) -> str | None:
@@ -432,24 +440,19 @@ def make_metric_fn(task: str, y_val: np.ndarray, label_names: list[str], metric:
 def _train_and_write(p: Prepared, model, work: Path, *, resume: bool, callbacks) -> tuple[Path, dict]:
     """Train, evaluate, write the run directory; returns it and the model's metrics per split."""
     import torch
-    from safetensors import SafetensorError
 
-    from tunery.evaluate.metrics import compute_metrics, default_metric, greater_is_better, tune_thresholds
-    from tunery.train.checkpoint import as_os_error
-    from tunery.train.loop import (Trainer, label_pos_weight, label_prior_bias, predict_scores, resolve_precision,
-                                   set_head_bias)
+    from tunery.evaluate.metrics import default_metric, greater_is_better
+    from tunery.train.loop import Trainer, label_pos_weight, label_prior_bias, set_head_bias
 
     cfg, data, task = p.cfg, p.data, p.task
     started = time.time()
     label_names = list(data.label_names)
     n_labels = len(label_names)
-    max_length = cfg.data.max_length
-    enc = p.encoded or {split: _encode_split(p.tokenizer, getattr(data, split), max_length)
+    enc = p.encoded or {split: _encode_split(p.tokenizer, getattr(data, split), cfg.data.max_length)
                         for split in ("train", "validation", "test")}
     y_val = task.y_true(enc["validation"].labels, n_labels)
     metric = cfg.train.metric or default_metric(data.task)
     threshold = cfg.task.problem_threshold
-    thresholds = None  # multi-label: one per label, in label_names order
     tuned = data.task == "multilabel" and len(y_val) > 0
     decision = threshold_decision(data.task, y_val, fixed=threshold, per_label=cfg.task.per_label_threshold)
     metric_fn = make_metric_fn(data.task, y_val, label_names, metric, decision)
@@ -465,11 +468,48 @@ def _train_and_write(p: Prepared, model, work: Path, *, resume: bool, callbacks)
                       workdir=work, metric=metric, greater_is_better=greater_is_better(metric),
                       metric_fn=metric_fn, callbacks=callbacks, pos_weight=pos_weight)
     state = trainer.fit(enc["train"], enc["validation"], resume=resume)
-    model = trainer.model
+    training = {"steps": state.step, "total_steps": state.total_steps, "best_step": state.best_step,
+                "best_validation": state.best_metric, "best_validation_loss": state.best_loss,
+                "selection": {"metric": metric, "tie_break": "validation loss",
+                              "threshold": "tuned per evaluation" if tuned else
+                              ("fixed" if data.task == "multilabel" else "none")},
+                "pos_weight_max": cfg.train.pos_weight_max if data.task == "multilabel" else None,
+                "multilabel_loss": cfg.train.multilabel_loss if data.task == "multilabel" else None,
+                "label_prior_bias": cfg.train.label_prior_bias if data.task == "multilabel" else None,
+                "stopped_early": state.stopped_early,
+                "samples_seen": state.samples_seen, "train_seconds": round(state.train_seconds, 2),
+                "samples_per_s": round(state.samples_seen / max(state.train_seconds, 1e-9), 2)}
+    return score_and_write(p, trainer.model, work, enc, training, accelerator=trainer.accelerator, started=started)
+
+
+def score_and_write(p: Prepared, model, work: Path, enc: dict, training: dict, *, accelerator=None,
+                    started: float | None = None) -> tuple[Path, dict]:
+    """The end of a run, whatever made its weights (training, or averaging trained runs: soup.py):
+    score validation and test, tune multi-label thresholds, fit the baseline beside, save the model
+    (plain-loadable), and write metrics.json (`training` completed with the common figures), the
+    report and tunery.json, then rename the .partial directory; returns it and the metrics."""
+    import torch
+    from safetensors import SafetensorError
+
+    from tunery.evaluate.metrics import compute_metrics, default_metric, tune_thresholds
+    from tunery.train.checkpoint import as_os_error
+    from tunery.train.loop import predict_scores, resolve_precision
+
+    cfg, data, task = p.cfg, p.data, p.task
+    started = time.time() if started is None else started
+    label_names = list(data.label_names)
+    n_labels = len(label_names)
+    max_length = cfg.data.max_length
+    y_val = task.y_true(enc["validation"].labels, n_labels)
+    metric = cfg.train.metric or default_metric(data.task)
+    threshold = cfg.task.problem_threshold
+    thresholds = None  # multi-label: one per label, in label_names order
+    tuned = data.task == "multilabel" and len(y_val) > 0
+    decision = threshold_decision(data.task, y_val, fixed=threshold, per_label=cfg.task.per_label_threshold)
 
     # Final evaluation with the best weights.
     scores = {split: predict_scores(model, task, enc[split], batch_size=cfg.train.eval_batch_size,
-                                    pad_id=p.tokenizer.pad_token_id or 0, accelerator=trainer.accelerator)
+                                    pad_id=p.tokenizer.pad_token_id or 0, accelerator=accelerator)
               for split in ("validation", "test") if len(enc[split])}
     if tuned:
         threshold, thresholds = decision(scores["validation"])
@@ -533,17 +573,7 @@ def _train_and_write(p: Prepared, model, work: Path, *, resume: bool, callbacks)
         "metric": metric,
         "created_at": datetime.now(timezone.utc).isoformat(),
     }
-    training = {"steps": state.step, "total_steps": state.total_steps, "best_step": state.best_step,
-                "best_validation": state.best_metric, "best_validation_loss": state.best_loss,
-                "selection": {"metric": metric, "tie_break": "validation loss",
-                              "threshold": "tuned per evaluation" if tuned else
-                              ("fixed" if data.task == "multilabel" else "none")},
-                "pos_weight_max": cfg.train.pos_weight_max if data.task == "multilabel" else None,
-                "multilabel_loss": cfg.train.multilabel_loss if data.task == "multilabel" else None,
-                "label_prior_bias": cfg.train.label_prior_bias if data.task == "multilabel" else None,
-                "stopped_early": state.stopped_early,
-                "samples_seen": state.samples_seen, "train_seconds": round(state.train_seconds, 2),
-                "samples_per_s": round(state.samples_seen / max(state.train_seconds, 1e-9), 2),
+    training = {**training,
                 "baseline_seconds": baseline_seconds, "wall_seconds": round(time.time() - started, 2),
                 "precision": resolve_precision(cfg.train.precision), "threads": torch.get_num_threads(),
                 "pooling": model_pooling(model),
@@ -622,6 +652,12 @@ def _write_report(work: Path, p: Prepared, meta: dict, metrics: dict, baseline, 
                 "selection metric": meta["metric"], "best step": f"{training['best_step']} of {training['steps']}",
                 "training time": f"{training['train_seconds']:.0f} s ({training['samples_per_s']:.0f} samples/s)",
                 "data warnings": len(p.report.warnings)}
+    if "soup" in training:  # no training of its own: the average of trained runs (soup.py)
+        soup = training["soup"]
+        del run_info["best step"], run_info["training time"]
+        run_info["weights"] = (f"greedy soup of {len(soup['members'])} runs ({', '.join(soup['members'])}): validation "
+                               f"{soup['metric']} {soup['soup_validation']:.4f}, the best run alone "
+                               f"{soup['first_validation']:.4f}")
     predictions = {split: (_texts(getattr(p.data, split)), y[split], s) for split, s in scores.items()}
     frames = {split: getattr(p.data, split) for split in ("train", "validation", "test")}
     write_report(work / "report.html", title=f"tunery run {meta['name']}", run_info=run_info, task=meta["task"],

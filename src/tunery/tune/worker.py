@@ -135,7 +135,7 @@ def drop_weights(study) -> list[str]:
     return dropped
 
 
-def _register(run_dir: Path, name: str, url: str | None = None) -> str | None:
+def register_run(run_dir: Path, name: str, url: str | None = None) -> str | None:
     import json
 
     from tunery.store import Store
@@ -167,7 +167,7 @@ def finish(study_name: str, *, url: str | None = None, register: str | None = No
     registered = None
     register = register or s.get("register")
     if register and best_run is not None:
-        registered = _register(best_run, register, url)
+        registered = register_run(best_run, register, url)
     report = write_report(study, Path(s["output_dir"]) / "study.html")
     trials = study.get_trials(deepcopy=False)
     return StudyResult(
