@@ -76,6 +76,7 @@ def test_auto_bench_smoke(tmp_path):
     assert ds["auto"]["trials"] >= 1 and isinstance(ds["auto"]["within_budget"], bool)
     hf = ds["hf"]
     assert hf["trials"] == 2 and "checkpoint" in hf["scored"] and hf["chosen"]["params"]
+    assert hf["validation_accuracy_rescored"] == hf["validation_accuracy"]  # the kept checkpoint is the best trial's
     assert hf["settings"]["train_sampling_strategy"] == "group_by_length"
     assert hf["settings"]["bf16"] is (hf["settings"]["precision"] == "bf16")
     assert ds["default"]["chosen"]["config"]["backbone"] == result["backbone"]["path"]
