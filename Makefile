@@ -20,11 +20,12 @@ quickstart: install
 	$(BIN)/python scripts/quickstart_data.py
 	$(BIN)/tunery train examples/quickstart.yaml
 
+# One pytest worker per core (pytest-xdist), each test file on one worker (its module fixtures built once).
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto --dist loadfile
 
 test-fast: install
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -n auto --dist loadfile -m "not slow"
 
 bench: install
 	$(BIN)/python bench/sst2.py
