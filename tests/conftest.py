@@ -4,12 +4,27 @@ from __future__ import annotations
 
 import os
 import random
+import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+
+# Under pytest-xdist (`make test`: one worker per core) each worker, and every process it starts, gets
+# its share of the cores: torch's default of every core per process would run 2 x 2 threads on 2
+# cores, and OpenMP threads that wait for each other spin (tests ran many times slower).
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+# The CLI's rich consoles take their width when tunery.cli is first imported, which under xdist may be
+# outside any CliRunner call that sets COLUMNS: one width for the session, wide enough for its tables.
+os.environ["COLUMNS"] = "200"
+if _WORKERS > 1:
+    _SHARE = str(max(1, (os.cpu_count() or 1) // _WORKERS))
+    for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(_var, _SHARE)
+    if "torch" in sys.modules:  # imported before this file: its thread pool is already sized
+        sys.modules["torch"].set_num_threads(int(_SHARE))
 SHARED_DATA = Path(os.environ.get("TUNERY_SHARED_DATA", REPO.parent / "shared" / "data"))
 
 POS = ["great", "wonderful", "excellent", "lovely", "superb", "brilliant"]

@@ -58,6 +58,15 @@ def test_a_large_backbone_is_probed_only_when_its_size_could_fit(monkeypatch):
     assert FITS >= 2
 
 
+def test_a_recipe_longer_than_the_budget_is_shortened_to_fit_it():
+    from tunery.automl import BUDGET_MARGIN, MIN_EPOCHS, fit_epochs
+
+    assert fit_epochs(3, estimate_s=300, time_s=900) is None  # fits: unchanged
+    assert fit_epochs(3, estimate_s=900 * BUDGET_MARGIN, time_s=900) is None
+    assert fit_epochs(3, estimate_s=1800, time_s=900) == pytest.approx(3 * 900 * BUDGET_MARGIN / 1800, abs=0.01)
+    assert fit_epochs(3, estimate_s=1e6, time_s=60) == MIN_EPOCHS
+
+
 def _c(name, value, state="complete", kind="model"):
     return Candidate(name, kind, "tfidf" if kind == "baseline" else "tiny", state, value, 1.0)
 

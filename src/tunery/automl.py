@@ -50,6 +50,9 @@ TOKEN_SAMPLE = 2000
 AUTO_SEARCH_KEYS = ("train.lr", "train.epochs", "train.warmup_ratio", "train.weight_decay", "train.batch_size",
                     "train.layer_lr_decay")
 AUTO_FILE = "auto.json"
+# When the default recipe's estimate does not fit the search's time, its epochs are scaled to fit this
+# share of it (`fit_epochs`), never below MIN_EPOCHS.
+BUDGET_MARGIN, MIN_EPOCHS = 0.8, 0.25
 
 
 @dataclass(frozen=True)
@@ -117,6 +120,15 @@ def choose_backbone(estimates: dict[str, float | None], time_left: float, *, fit
     alias, seconds = measured[0]
     return alias, (f"{alias}: the smallest; its default recipe takes about {_dur(seconds)} here, more than the "
                    f"{_dur(time_left)} left allows {fits:g} times (the deadline ends its trials early)")
+
+
+def fit_epochs(epochs: float, estimate_s: float, time_s: float, *, margin: float = BUDGET_MARGIN) -> float | None:
+    """The default recipe's epochs scaled so that one run fits `time_s` with `margin` to spare, when
+    its estimated `estimate_s` does not: its learning-rate schedule then runs to its end instead of
+    being cut mid-way (at a high rate) by the deadline. None when the recipe fits as it is."""
+    if estimate_s <= time_s * margin:
+        return None
+    return max(MIN_EPOCHS, round(epochs * time_s * margin / estimate_s, 2))
 
 
 def choose_winner(candidates: list[Candidate], direction: str) -> Candidate | None:
@@ -254,6 +266,7 @@ def run_auto(cfg: RunConfig, *, budget_s: float, metric: str | None = None, work
     log.info("auto %s: TF-IDF baseline validation %s %s", name, metric, baseline.validation)
 
     # 2. the backbone the time left affords
+    estimate = None
     if "backbone" in cfg.model.model_fields_set:
         backbone, why = cfg.model.backbone, f"{cfg.model.backbone}: set in the config"
     else:
@@ -261,6 +274,7 @@ def run_auto(cfg: RunConfig, *, budget_s: float, metric: str | None = None, work
         estimates = backbone_estimates([b.alias for b in list_backbones()], per_row * len(data.train),
                                        per_row * len(data.validation), cfg.train.epochs, deadline - clock())
         backbone, why = choose_backbone(estimates, deadline - clock())
+        estimate = estimates[backbone]
         cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"backbone": backbone})})
     log.info("auto %s: backbone %s", name, why)
 
@@ -271,6 +285,16 @@ def run_auto(cfg: RunConfig, *, budget_s: float, metric: str | None = None, work
     if left > 0:
         if not cfg.search:
             cfg = cfg.model_copy(update={"search": auto_search(pipeline.resolve_defaults(cfg))})
+            fitted = None if estimate is None or "epochs" in cfg.train.model_fields_set else fit_epochs(
+                cfg.train.epochs, estimate, left)
+            if fitted is not None:  # not even the default recipe fits: every trial's schedule is shortened
+                why += (f"; the default recipe's {cfg.train.epochs:g} epochs do not fit the {_dur(left)} left for "
+                        f"the search: trials train {fitted:g} epochs or fewer")
+                log.info("auto %s: %g epochs fit the time left (the default recipe's %g do not)", name, fitted,
+                         cfg.train.epochs)
+                cfg = cfg.model_copy(update={
+                    "train": cfg.train.model_copy(update={"epochs": fitted}),
+                    "search": {**cfg.search, "train.epochs": {"float": [round(fitted / 2, 3), fitted]}}})
         study = run_study(cfg.model_copy(update={"output_dir": str(root.parent)}), budget_s=left, trials=trials,
                           workers=workers, study=name, keep="all" if soup_s else "best", url=url, clock=clock)
         study_name, study_report = study.study, study.report

@@ -1007,8 +1007,12 @@ def tune(config: Optional[Path] = typer.Argument(None, help="run config (YAML) w
 
 
 def _print_leaderboard(result, most: int = 15) -> None:
-    board = Table("#", "candidate", "backbone", "key params", f"validation {result.metric}", "state", "time",
-                  title=f"tunery auto {result.name}: leaderboard (best on validation first)", title_justify="left")
+    board = Table(title=f"tunery auto {result.name}: leaderboard (best on validation first)", title_justify="left")
+    for column in ("#", "candidate", "backbone"):
+        board.add_column(column, no_wrap=True)
+    board.add_column("key params", overflow="fold")
+    for column in (f"validation {result.metric}", "state", "time"):
+        board.add_column(column, no_wrap=True)
     shown = result.leaderboard[:most]
     for i, c in enumerate(shown, 1):
         params = ", ".join(f"{k.split('.')[-1]}={_param_text(v)}" for k, v in c.params.items()) or "-"

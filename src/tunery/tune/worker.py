@@ -43,7 +43,11 @@ class StudyResult:
 
 
 def _threads(workers: int) -> int:
-    return max(1, (os.cpu_count() or 1) // max(1, workers))
+    """Torch threads per trial: the machine's cores shared between the workers, and no more than
+    OMP_NUM_THREADS where it is set (the process was given a share of the machine)."""
+    share = max(1, (os.cpu_count() or 1) // max(1, workers))
+    given = os.environ.get("OMP_NUM_THREADS", "")
+    return min(share, int(given)) if given.isdigit() and int(given) > 0 else share
 
 
 def work(study_name: str, *, url: str | None = None, threads: int | None = None, clock=time.time,
