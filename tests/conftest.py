@@ -128,3 +128,15 @@ def fast_train(**extra) -> dict:
            "precision": "fp32"}
     cfg.update(extra)
     return cfg
+
+
+# Test files whose fixtures train real models or run studies, scheduled first: with `--dist loadfile`
+# xdist hands out files in collection order, so the long ones start at once and the two workers end
+# together instead of one finishing a long file alone at the end.
+LONG_FIRST = ("test_multilabel_bench.py", "test_quality.py", "test_tune.py", "test_bench_smoke.py", "test_auto.py",
+              "test_resume.py", "test_server_postgres.py", "test_faults.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(LONG_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(LONG_FIRST)))  # stable: the rest keep their order
