@@ -20,12 +20,13 @@ quickstart: install
 	$(BIN)/python scripts/quickstart_data.py
 	$(BIN)/tunery train examples/quickstart.yaml
 
-# One pytest worker per core (pytest-xdist), each test file on one worker (its module fixtures built once).
+# One pytest worker per core (pytest-xdist), each test file on one worker (its module fixtures built once),
+# files handed out in collection order (tests/conftest.py puts the long ones first).
 test: install
-	$(BIN)/python -m pytest -q -n auto --dist loadfile
+	$(BIN)/python -m pytest -q -n auto --dist loadfile --no-loadscope-reorder
 
 test-fast: install
-	$(BIN)/python -m pytest -q -n auto --dist loadfile -m "not slow"
+	$(BIN)/python -m pytest -q -n auto --dist loadfile --no-loadscope-reorder -m "not slow"
 
 bench: install
 	$(BIN)/python bench/sst2.py
