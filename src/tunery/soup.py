@@ -133,8 +133,26 @@ def soup_run(runs: Sequence[str | Path], *, name: str, output_dir: str | Path, s
             raise RunError(f"the saved weights of the soup's runs do not fit {cfg.model.backbone!r}: missing "
                            f"{missing[:3]}, unexpected {unexpected[:3]}")
 
+    # Each run's weights are read once: the soup's float32 sum is kept for the members so far (greedy
+    # tries prefix + one more), so trying n ingredients reads n files, not n^2 / 2.
+    sums: dict[tuple, dict] = {}
+
+    def summed(members: list[Path]) -> dict:
+        key = tuple(members)
+        if key not in sums:
+            add = load_file(str(members[-1] / "model" / WEIGHTS))
+            prev = summed(members[:-1]) if len(members) > 1 else None
+            for stale in [k for k in sums if k != key[:-1]]:  # only the prefix is built on
+                del sums[stale]
+            sums[key] = {k: (v.to(torch.float32) + prev[k] if prev is not None and torch.is_floating_point(v)
+                             else v.to(torch.float32) if torch.is_floating_point(v) else v) for k, v in add.items()}
+        return sums[key]
+
+    def mean_of(members: list[Path]) -> dict:
+        return {k: v / len(members) if torch.is_floating_point(v) else v for k, v in summed(members).items()}
+
     def score(members: list[Path]) -> float:
-        load_weights(average([load_file(str(m / "model" / WEIGHTS)) for m in members]))
+        load_weights(mean_of(members))
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             scores = predict_scores(model, p.task, p.encoded["validation"], batch_size=cfg.train.eval_batch_size,
                                     pad_id=p.tokenizer.pad_token_id or 0)
@@ -150,7 +168,7 @@ def soup_run(runs: Sequence[str | Path], *, name: str, output_dir: str | Path, s
              "+".join(info["members"]), len(runs), metric, value, first)
     if len(members) < 2:
         return None, info
-    load_weights(average([load_file(str(m / "model" / WEIGHTS)) for m in members]))
+    load_weights(mean_of(members))
 
     store = store or Store()
     cfg, work, made = pipeline._claim(store, cfg, fresh_name=False)  # noqa: SLF001 - a run's own directory
