@@ -24,18 +24,31 @@ def test_the_objective_is_accuracy_unless_classes_are_imbalanced():
     assert choose_metric("regression") == "rmse"
 
 
-def test_the_largest_backbone_whose_recipe_fits_several_times_is_chosen():
-    estimates = {"small": 60.0, "base": 250.0, "large": 2000.0}
-    assert choose_backbone(estimates, 900)[0] == "base"  # 250 s fits 3.6 times into 900 s
-    assert choose_backbone(estimates, 700)[0] == "small"  # 250 s fits 2.8 times: not enough
-    alias, why = choose_backbone(estimates, 100)  # none fits: the smallest, and the reason says so
+def test_the_largest_backbone_that_trains_on_enough_examples_in_the_time_left_is_chosen():
+    from tunery.automl import BUDGET_MARGIN, MIN_SAMPLES
+
+    estimates = {"small": 60.0, "base": 250.0, "large": 2000.0}  # one default run: 3 epochs of 1,000 rows
+    # "large" would train on 3,000 x 800 x 0.8 / 2,000 = 960 examples, fewer than the 1,000 rows once ...
+    alias, why = choose_backbone(estimates, 800, n_train=1000, epochs=3)
+    assert alias == "base" and "a search needs" in why  # ... and base's 250 s fit 3.2 times into 800 s
+    # given 1,700 s "large" trains on 2,040, every row twice: a larger model trained shorter
+    alias, why = choose_backbone(estimates, 1700, n_train=1000, epochs=3)
+    assert alias == "large" and "trained shorter" in why
+    # on a large set the bar is MIN_SAMPLES examples, not one pass: 100,000 rows x 3 epochs in 2,000 s
+    big = {"small": 600.0, "base": 2500.0, "large": 20000.0}
+    need_s = MIN_SAMPLES / 300_000 * 20000 / BUDGET_MARGIN  # the time "large" needs for MIN_SAMPLES examples
+    assert choose_backbone(big, need_s * 1.01, n_train=100_000, epochs=3)[0] == "large"
+    assert choose_backbone(big, need_s * 0.99, n_train=100_000, epochs=3)[0] == "base"
+    # a backbone's overhead (loading, final evaluations) comes off its time first
+    assert choose_backbone(estimates, 1700, n_train=1000, epochs=3, overheads={"large": 900.0})[0] == "base"
+    alias, why = choose_backbone(estimates, 10, n_train=1000, epochs=3)  # none trains on enough: the smallest
     assert alias == "small" and "smallest" in why and "deadline" in why
-    assert choose_backbone({"small": 60.0, "base": None}, 10_000)[0] == "small"  # not installed / not probed
+    assert choose_backbone({"small": 60.0, "base": None}, 10_000, n_train=1000, epochs=3)[0] == "small"  # not probed
     with pytest.raises(Exception, match="no backbone could be measured"):
-        choose_backbone({"small": None}, 900)
+        choose_backbone({"small": None}, 900, n_train=1000, epochs=3)
 
 
-def test_a_large_backbone_is_probed_only_when_its_size_could_fit(monkeypatch):
+def test_a_large_backbone_is_probed_only_when_its_size_could_train_it_on_enough_examples(monkeypatch):
     import tunery.backbones as backbones
     import tunery.probe as probe
 
@@ -47,14 +60,15 @@ def test_a_large_backbone_is_probed_only_when_its_size_could_fit(monkeypatch):
 
     monkeypatch.setattr(probe, "estimated_seconds", fake_estimate)
     monkeypatch.setattr(backbones, "is_installed", lambda alias: True)
-    # MiniLM 100 s, so mpnet-base (4.8x the parameters) about 480 s: 3 times that is 1,440 s
-    assert backbone_estimates(["mpnet-base", "minilm-l6"], 1e5, 1e4, 3, 1000) == {"minilm-l6": 100.0,
-                                                                                  "mpnet-base": None}
+    # MiniLM 100 s, so mpnet-base (4.8x the parameters) about 480 s for 3 epochs of 1,000 rows: in 100 s it
+    # would train on 3,000 x 100 x 0.8 / 480 = 500 examples, fewer than the 1,000 rows once
+    assert backbone_estimates(["mpnet-base", "minilm-l6"], 1e5, 1e4, 3, 100, n_train=1000) == {
+        "minilm-l6": 100.0, "mpnet-base": None}
     assert probed == ["minilm-l6"]
-    assert backbone_estimates(["minilm-l6", "mpnet-base"], 1e5, 1e4, 3, 3000) == {"minilm-l6": 100.0,
-                                                                                  "mpnet-base": 480.0}
+    assert backbone_estimates(["minilm-l6", "mpnet-base"], 1e5, 1e4, 3, 300, n_train=1000) == {
+        "minilm-l6": 100.0, "mpnet-base": 480.0}
     monkeypatch.setattr(backbones, "is_installed", lambda alias: alias == "minilm-l6")
-    assert backbone_estimates(["minilm-l6", "mpnet-base"], 1e5, 1e4, 3, 3000)["mpnet-base"] is None
+    assert backbone_estimates(["minilm-l6", "mpnet-base"], 1e5, 1e4, 3, 3000, n_train=1000)["mpnet-base"] is None
     assert FITS >= 2
 
 

@@ -6,7 +6,6 @@ import errno
 import json
 import logging
 import os
-import signal
 import sys
 import traceback
 from pathlib import Path
@@ -20,6 +19,7 @@ from rich.padding import Padding
 from rich.table import Table
 
 from tunery.errors import TuneryError
+from tunery.interrupt import Terminated, sigterm_as_interrupt
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="tunery: fine-tune, evaluate and use transformer text models.")
@@ -90,7 +90,8 @@ def _guard(fn):
         except (typer.Exit, typer.Abort, click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
             raise  # typer's own exits and usage errors
         except Terminated:
-            err.print("[yellow]terminated: the run can be resumed with tunery train --resume[/]")
+            hint = RESUME_HINTS.get(fn.__name__)
+            err.print(f"[yellow]terminated{': ' + hint if hint else ''}[/]")
             raise typer.Exit(143)
         except KeyboardInterrupt:
             err.print("[yellow]interrupted[/]")
@@ -123,15 +124,10 @@ def _setup_logging(verbose: bool = False) -> None:
                         handlers=[RichHandler(console=err, show_path=False, show_time=False)], force=True)
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised where the process is, so the run is recorded as interrupted."""
-
-
-def _sigterm_as_interrupt() -> None:
-    def handler(signum, frame):
-        raise Terminated(f"signal {signum}")
-
-    signal.signal(signal.SIGTERM, handler)
+# What `tunery X` prints when SIGTERM ends it: how to continue.
+RESUME_HINTS = {"train": "the run can be resumed with tunery train --resume RUN",
+                "tune": "the study can be continued with tunery tune --resume STUDY",
+                "auto": "the trials finished so far are kept in its study (tunery studies show NAME)"}
 
 
 # --------------------------------------------------------------------------------------------
@@ -260,7 +256,7 @@ def train(config: Optional[Path] = typer.Argument(None, help="run config (YAML)"
     from tunery.train.callbacks import LoggingCallback, RichProgress
 
     _setup_logging(verbose)
-    _sigterm_as_interrupt()
+    sigterm_as_interrupt()
     if resume:
         if config is not None or set_:
             _fail(TuneryError("--resume continues a run with its saved config; drop CONFIG and --set"))
@@ -285,7 +281,7 @@ def baseline(source: Path = typer.Argument(..., help="a labelled data file, or a
     from tunery import pipeline
 
     _setup_logging(verbose)
-    _sigterm_as_interrupt()
+    sigterm_as_interrupt()
     cfg = _source_config(source, set_, "tunery baseline")
     if name is not None:
         cfg = cfg.model_copy(update={"name": _checked_name(name)})
@@ -982,6 +978,7 @@ def tune(config: Optional[Path] = typer.Argument(None, help="run config (YAML) w
 
     _setup_logging(verbose)
     logging.getLogger("tunery.tune.worker").setLevel(logging.INFO)  # a line per finished trial
+    sigterm_as_interrupt()  # passed on to the trial processes, which queue their trials again
     budget_s = parse_duration(budget) if budget is not None else None
     if join or resume:
         if join and resume:
@@ -1075,7 +1072,7 @@ def auto(source: Path = typer.Argument(..., help="a labelled data file, or a run
     _setup_logging(verbose)
     logging.getLogger("tunery.automl").setLevel(logging.INFO)
     logging.getLogger("tunery.tune.worker").setLevel(logging.INFO)  # a line per finished trial
-    _sigterm_as_interrupt()
+    sigterm_as_interrupt()
     budget_s = parse_duration(budget)
     cfg = _source_config(source, set_, "tunery auto",
                          {"validation": validation, "test": test, "text_column": text_column,

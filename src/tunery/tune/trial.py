@@ -16,6 +16,7 @@ import threading
 import time
 from pathlib import Path
 
+from tunery.interrupt import Terminated, sigterm_as_interrupt
 from tunery.train.callbacks import Callback
 
 STARTED = time.time()  # this process's start: the shortest useful trial counts from here
@@ -203,7 +204,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if os.environ.get("TUNERY_TUNE_VERBOSE") else logging.WARNING,
                         format="%(asctime)s %(name)s: %(message)s")
-    number = run_trial(args.study, url=args.url, threads=args.threads)
+    sigterm_as_interrupt()  # the worker passes SIGTERM on: the run is recorded as interrupted, the trial queued again
+    try:
+        number = run_trial(args.study, url=args.url, threads=args.threads)
+    except Terminated:
+        return 143
+    except KeyboardInterrupt:
+        return 130
     return 0 if number is not None else 3  # 3: nothing left to run
 
 

@@ -8,6 +8,7 @@ metrics, config and report stay), the best run may be registered, and study.html
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -70,18 +71,52 @@ def work(study_name: str, *, url: str | None = None, threads: int | None = None,
             cmd += ["--url", url]
         if threads:
             cmd += ["--threads", str(threads)]
-        proc = subprocess.run(cmd)
-        if proc.returncode == 3:  # another worker took the last queued trial
+        returncode = _run_child(cmd, stop)
+        if returncode == 3:  # another worker took the last queued trial
             continue
         ran += 1
-        if proc.returncode != 0:
+        if returncode != 0:
             log.warning("a trial process of study %r ended with exit code %d; its trial is failed (and queued "
-                        "again if it died)", study_name, proc.returncode)
+                        "again if it died or was interrupted)", study_name, returncode)
         study = studies.load(study_name, url)
         if studies.settings(study).get("keep") == "best":
             drop_weights(study)
         log.info("%s", progress_line(study))
     return ran
+
+
+# The trial processes running now, so that an interrupted worker can pass the signal on to them.
+_CHILDREN: set[subprocess.Popen] = set()
+_CHILDREN_LOCK = threading.Lock()
+# Seconds an interrupted trial process has to record its run and queue its trial again before it is killed.
+CHILD_GRACE_S = 60.0
+
+
+def _run_child(cmd: list[str], stop: threading.Event) -> int:
+    """Run one trial process to its end; its exit code. Not started once `stop` is set."""
+    with _CHILDREN_LOCK:
+        if stop.is_set():
+            return 3
+        # a session of its own: a terminal's Ctrl-C reaches it once, passed on by `_stop_children`
+        proc = subprocess.Popen(cmd, start_new_session=True)
+        _CHILDREN.add(proc)
+    try:
+        return proc.wait()
+    finally:
+        with _CHILDREN_LOCK:
+            _CHILDREN.discard(proc)
+
+
+def _pass_on(signum: int) -> list[subprocess.Popen]:
+    """Send `signum` to the running trial processes; those it was sent to."""
+    with _CHILDREN_LOCK:
+        running = [p for p in _CHILDREN if p.poll() is None]
+        for proc in running:
+            try:
+                proc.send_signal(signum)
+            except ProcessLookupError:  # it ended in between
+                pass
+    return running
 
 
 def progress_line(study) -> str:
@@ -109,9 +144,28 @@ def _run_workers(study_name: str, workers: int, *, url: str | None, clock) -> No
     try:
         for t in pool:
             t.join()
-    except BaseException:  # Ctrl-C: the trial processes get it too; no new trial starts
+    except BaseException as err:  # Ctrl-C or SIGTERM: no new trial starts, the running ones are interrupted
         stop.set()
+        _stop_children(err)
         raise
+
+
+def _stop_children(err: BaseException) -> None:
+    """Interrupt the running trial processes as this one was (SIGTERM or SIGINT), and wait for them
+    to record their runs and queue their trials again (CHILD_GRACE_S, then they are killed: the
+    heartbeat fails their trials). Trial processes run in sessions of their own, so a Ctrl-C at the
+    terminal reaches them only this way, once."""
+    from tunery.interrupt import signal_for
+
+    running = _pass_on(signal_for(err))
+    deadline = time.monotonic() + CHILD_GRACE_S
+    for proc in running:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+        if proc.poll() is None:
+            log.warning("trial process %d did not stop within %.0f s of the signal: killed", proc.pid, CHILD_GRACE_S)
+            proc.kill()
+            proc.wait()
 
 
 def drop_weights(study) -> list[str]:
