@@ -5,7 +5,7 @@
     python bench/auto.py --budget 10m --datasets sst2 --threads 2
     python bench/auto.py --skip hf                # tunery auto and the default recipe only
     python bench/auto.py --work-dir /tmp/autobench   # keep the data files, runs and the HF checkpoints
-    python bench/auto.py --smoke                  # a minute: does it still run? (the systems at once; figures mean nothing)
+    python bench/auto.py --smoke                  # 90 s: does it still run? (the systems at once; figures mean nothing)
 
 The data sets, each written once as train / validation / test CSVs (columns text,label) that every
 system reads:
@@ -428,7 +428,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--budget", default=None, help="time for each system on each data set, e.g. 15m, 90s "
-                                                    "(default 15m; 60s with --smoke)")
+                                                    "(default 15m; 90s with --smoke: the three systems share the "
+                                                    "cores, and on a busy machine (CI) 60 s left no time for a trial)")
     ap.add_argument("--datasets", default="rt,sst2", help="comma-separated: rt, sst2 (default both)")
     ap.add_argument("--threads", type=int, default=None,
                     help="torch threads of every system (OMP_NUM_THREADS, train.num_threads, torch.set_num_threads); "
@@ -449,14 +450,14 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--work-dir", default=None, help="keep data files, runs and HF checkpoints here (default: a "
                                                       "temporary directory, deleted at the end)")
     ap.add_argument("--out", default=None, help="JSON file (default bench/results/auto-<time>.json; none with --smoke)")
-    ap.add_argument("--smoke", action="store_true", help="a minute: generated rows, the tiny test backbone, one data "
+    ap.add_argument("--smoke", action="store_true", help="90 s: generated rows, the tiny test backbone, one data "
                                                           "set, 2 trials each, the three systems at once; the figures "
                                                           "mean nothing")
     args = ap.parse_args(argv)
     from tunery.errors import TuneryError
     from tunery.tune import parse_duration
 
-    args.budget = args.budget or ("60s" if args.smoke else "15m")
+    args.budget = args.budget or ("90s" if args.smoke else "15m")
     try:
         budget_s = parse_duration(args.budget)
     except TuneryError as err:

@@ -66,7 +66,7 @@ def test_auto_bench_smoke(tmp_path):
     """tunery auto, the default recipe and Trainer.hyperparameter_search on the same generated files."""
     result = run_bench("auto.py", tmp_path=tmp_path)
     assert result["benchmark"] == "auto" and result["systems"] == ["auto", "default", "hf"] and not result["failed"]
-    assert result["budget_s"] == 60 and {"commit", "dirty"} <= set(result["git"])
+    assert result["budget_s"] == 90 and {"commit", "dirty"} <= set(result["git"])
     (name,) = result["datasets"]
     ds = result["datasets"][name]
     assert [ds["rows"][p]["rows"] for p in ("train", "validation", "test")] == [96, 32, 32]
