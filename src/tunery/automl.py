@@ -127,10 +127,11 @@ def choose_backbone(estimates: dict[str, float | None], time_left: float, *, n_t
         raise TuneryError("no backbone could be measured for `tunery auto`; check `tunery backbones`")
     need = min(min_samples, n_train)
     for alias, seconds in reversed(measured):
-        usable = time_left - (overheads or {}).get(alias, 0.0)
+        overhead = (overheads or {}).get(alias, 0.0)
+        usable = time_left - overhead
         if usable <= 0:
             continue
-        if (seconds + (overheads or {}).get(alias, 0.0)) * fits <= time_left:
+        if (seconds + overhead) * fits <= time_left:
             return alias, (f"{alias}: its default recipe takes about {_dur(seconds)} here, {time_left / seconds:.1f} "
                            f"times into the {_dur(time_left)} left (a search needs {fits:g})")
         share = min(1.0, usable * BUDGET_MARGIN / seconds)
@@ -190,7 +191,7 @@ def _token_counts(frame, max_length: int, sample: int = TOKEN_SAMPLE) -> float:
 
 
 def backbone_estimates(aliases: list[str], n_train_tokens: float, n_eval_tokens: float, epochs: float,
-                       time_left: float, *, n_train: int | None = None, min_samples: int = MIN_SAMPLES,
+                       time_left: float, *, n_train: int, min_samples: int = MIN_SAMPLES,
                        ) -> dict[str, float | None]:
     """Estimated seconds of one default run per installed alias (smallest first), from probe.py.
     A larger backbone is probed only when the smallest's estimate scaled by parameter count could
@@ -202,12 +203,12 @@ def backbone_estimates(aliases: list[str], n_train_tokens: float, n_eval_tokens:
     infos = sorted((backbone_info(a) for a in aliases), key=lambda i: i.params_m)
     out: dict[str, float | None] = {}
     first: tuple[float, float] | None = None  # (params, seconds) of the smallest measured
-    need = min_samples if n_train is None else min(min_samples, n_train)
+    need = min(min_samples, n_train)
     for info in infos:
         if not is_installed(info.alias):
             out[info.alias] = None
             continue
-        if first is not None and n_train is not None:
+        if first is not None:
             scaled = first[1] * info.params_m / first[0]
             if n_train * epochs * min(1.0, time_left * BUDGET_MARGIN / scaled) < need:
                 out[info.alias] = None  # scaled by size it cannot train on enough examples: not worth probing
