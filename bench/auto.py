@@ -284,7 +284,7 @@ def hf_search(spec: dict) -> dict:
     # bf16 only where the CPU computes it natively (AVX512-BF16 / AMX), as tunery's precision: auto: elsewhere
     # PyTorch emulates it, 8x slower than fp32 (a MiniLM step of 16x24 tokens, 1 thread: 7.2 s vs 0.87 s).
     if spec["precision"] == "auto":
-        from tunery.train.loop import resolve_precision
+        from tunery.inference import resolve_precision
 
         spec["precision"] = resolve_precision("auto")
     settings = {"eval_strategy": "epoch", "save_strategy": "epoch", "save_total_limit": 1, "save_only_model": True,

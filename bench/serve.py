@@ -18,7 +18,9 @@ created in a temporary TUNERY_HOME. Then, one server at a time, each in its own 
   (a) naive: bench/naive_server.py, a plain `def` FastAPI endpoint calling a transformers
       text-classification pipeline once per request (no auth, no metering, no batching);
   (b) tunery: `python -m tunery serve RUN --config <the settings given here>` (API key checked,
-      usage committed to SQLite before each 200, dynamic batching).
+      usage committed to SQLite before each 200, dynamic batching);
+  (c) tunery-int8: the same command serving the run compressed by `tunery compress RUN --to int8`
+      (ONNX Runtime, dynamic int8; its accuracy beside the original's is in "int8_run").
 A load generator in a separate process sends one-text requests (SST-2 dev sentences) over
 keep-alive connections, closed loop, at each concurrency level: warm-up requests first, then
 --requests requests or --seconds seconds, whichever ends first. Ratios compare tunery with the
@@ -47,7 +49,7 @@ DEFAULT_DATA = (REPO.parent / "shared" / "data" / "sst2").resolve()
 RESULTS = BENCH_DIR / "results"
 TENANT = "bench"
 PLAN = "enterprise"  # built-in plan without rate limit or quota: the benchmark measures serving, not limits
-SERVERS = ("naive", "tunery")
+SERVERS = ("naive", "tunery", "tunery-int8")  # tunery-int8: the run compressed by `tunery compress --to int8`
 
 
 def eprint(*args) -> None:
@@ -371,7 +373,7 @@ class Server:
         self.kind, self.port = kind, free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.log_path = tmp / f"{kind}-server.log"
-        if kind == "tunery":
+        if kind.startswith("tunery"):
             self.cmd = [sys.executable, "-m", "tunery", "serve", str(run_dir), "--host", "127.0.0.1",
                         "--port", str(self.port), "--workers", "1", "--config", str(serve_config)]
         else:
@@ -440,36 +442,38 @@ def bench_server(kind: str, args, run_dir: Path, serve_config: Path, key: str, t
     try:
         spec = {"server": kind, "host": "127.0.0.1", "port": server.port, "base_url": server.base_url,
                 "path": f"/v1/models/{served_name}/predict", "model": served_name,
-                "key": key if kind == "tunery" else None, "texts": texts, "levels": args.levels,
+                "key": key if kind.startswith("tunery") else None, "texts": texts, "levels": args.levels,
                 "requests": args.requests, "seconds": args.seconds, "warmup": args.warmup,
-                "server_pid": server.proc.pid, "scrape_metrics": kind == "tunery"}
+                "server_pid": server.proc.pid, "scrape_metrics": kind.startswith("tunery")}
         result |= run_worker("load", spec, tmp)
-        if kind == "tunery":
+        if kind.startswith("tunery"):
             # Each 200 is sent only after its usage event is committed: count them while the server runs.
             result["usage_events_while_running"] = usage_counts(served_name)
     finally:
         rc = server.stop()
     result["exit_code"] = rc
     result["loadavg_after"] = loadavg()
-    if kind == "tunery":
+    if kind.startswith("tunery"):
         result["usage_events_after_stop"] = usage_counts(served_name)
     return result
 
 
-def compare(naive: dict, tunery: dict, levels: list[int]) -> dict:
+def compare(base: dict, other: dict, levels: list[int], names: tuple[str, str] = ("naive", "tunery")) -> dict:
+    """Per concurrency level: each server's throughput and latency, and `other` over `base` ratios."""
     out = {}
     by_c = lambda r: {lv["concurrency"]: lv for lv in r["levels"]}  # noqa: E731
-    n, t = by_c(naive), by_c(tunery)
+    n, t = by_c(base), by_c(other)
+    x, y = names
     for c in levels:
         a, b = n.get(c), t.get(c)
         if not a or not b or not a["requests_per_s"] or not b["requests_per_s"]:
             continue
         out[str(c)] = {
-            "naive_requests_per_s": a["requests_per_s"], "tunery_requests_per_s": b["requests_per_s"],
+            f"{x}_requests_per_s": a["requests_per_s"], f"{y}_requests_per_s": b["requests_per_s"],
             "ratio_throughput": round(b["requests_per_s"] / a["requests_per_s"], 3),
-            "naive_p99_ms": a["latency_ms"]["p99"], "tunery_p99_ms": b["latency_ms"]["p99"],
+            f"{x}_p99_ms": a["latency_ms"]["p99"], f"{y}_p99_ms": b["latency_ms"]["p99"],
             "ratio_p99": round(b["latency_ms"]["p99"] / a["latency_ms"]["p99"], 3),
-            "naive_p50_ms": a["latency_ms"]["p50"], "tunery_p50_ms": b["latency_ms"]["p50"],
+            f"{x}_p50_ms": a["latency_ms"]["p50"], f"{y}_p50_ms": b["latency_ms"]["p50"],
         }
     return out
 
@@ -492,7 +496,9 @@ def main(argv: list[str] | None = None) -> dict:
                     help="tunery's batching.inference_batch_size (default: tunery's)")
     ap.add_argument("--precision", choices=["auto", "fp32", "bf16"], default=None,
                     help="tunery's inference precision (default: tunery's; the naive server is always fp32)")
-    ap.add_argument("--servers", default="naive,tunery", help="which servers, in this order (default naive,tunery)")
+    ap.add_argument("--servers", default="naive,tunery,tunery-int8",
+                    help="which servers, in this order (default naive,tunery,tunery-int8: the run compressed to "
+                         "dynamic int8 by tunery compress, served by tunery)")
     ap.add_argument("--run", default=None, help="serve this tunery run directory instead of training one")
     ap.add_argument("--train-rows", type=int, default=None,
                     help="SST-2 train rows of the setup fine-tune (default 1000; 32 with --smoke)")
@@ -572,7 +578,7 @@ def main(argv: list[str] | None = None) -> dict:
         result["settings"]["tunery_serve_config"] = {"file": serve_tree} | {
             k: v for k, v in cfg.model_dump(mode="json").items() if k not in ("plans", "currency")}
         if "precision" in result["settings"]["tunery_serve_config"]:
-            from tunery.train.loop import resolve_precision  # what the server's "auto" becomes on this machine
+            from tunery.inference import resolve_precision  # what the server's "auto" becomes on this machine
 
             result["settings"]["tunery_serve_config"]["precision_resolved"] = resolve_precision(cfg.precision)
         plan = cfg.plans.get(PLAN)  # as the app looks a key's plan up
@@ -586,8 +592,19 @@ def main(argv: list[str] | None = None) -> dict:
         texts = dev["sentence"].astype(str).sample(frac=1.0, random_state=42).tolist()
         result["settings"]["texts"] = f"SST-2 dev sentences ({len(texts)}), shuffled (seed 42), cycled"
 
+        if "tunery-int8" in servers:
+            from tunery.compress import CompressOptions, compress_run
+
+            t0 = time.perf_counter()
+            int8_dir = compress_run(run_dir, CompressOptions(to="int8", max_drop=100.0), name=f"{run_dir.name}-int8",
+                                    output_dir=tmp / "int8")
+            doc = json.loads((int8_dir / "metrics.json").read_text())["compression"]
+            result["int8_run"] = {"run_dir": str(int8_dir), "seconds": round(time.perf_counter() - t0, 1),
+                                  **{k: doc[k] for k in ("split", "metric", "original", "compressed", "drop_points",
+                                                         "agreement")}}
         for kind in servers:
-            result[kind] = bench_server(kind, args, run_dir, serve_config, key, texts, tmp)
+            served = int8_dir if kind == "tunery-int8" else run_dir
+            result[kind] = bench_server(kind, args, served, serve_config, key, texts, tmp)
             time.sleep(2)  # let the stopped server's process go before the next one starts
 
     if "tunery" in result:
@@ -601,6 +618,9 @@ def main(argv: list[str] | None = None) -> dict:
         result["usage_check"]["match"] = (
             result["usage_check"]["ok_responses_seen"] == result["usage_check"]["usage_events_in_store"]
             == result["usage_check"]["usage_events_after_stop"])
+    if "tunery" in result and "tunery-int8" in result:
+        result["comparison_int8_vs_torch"] = compare(result["tunery"], result["tunery-int8"], args.levels,
+                                                     names=("torch", "int8"))
     if "tunery" in result and "naive" in result:
         result["comparison"] = compare(result["naive"], result["tunery"], args.levels)
         top = str(max(args.levels))

@@ -40,8 +40,8 @@ NO_SMOKE = {"mpnet_pooling.py": "needs pip install 'tunery[mpnet]' (438 MB) and 
 
 def test_every_bench_script_has_a_smoke_test():
     scripts = sorted(p.name for p in BENCH.glob("*.py") if p.name not in NO_SMOKE)
-    assert scripts == ["auto.py", "multilabel.py", "multilabel_ablation.py", "naive_server.py", "serve.py",
-                       "sst2.py"], \
+    assert scripts == ["auto.py", "compress.py", "multilabel.py", "multilabel_ablation.py", "naive_server.py",
+                       "serve.py", "sst2.py"], \
         f"bench/ has new scripts {scripts}: give each a --smoke mode and a test here"
 
 
@@ -127,7 +127,7 @@ def test_serve_bench_smoke(tmp_path):
     result = run_bench("serve.py", tmp_path=tmp_path)
     assert result["benchmark"] == "serve" and result["run"]["trained_here"]
     assert result["settings"]["levels"] == [1, 2]
-    for kind in ("naive", "tunery"):
+    for kind in ("naive", "tunery", "tunery-int8"):
         levels = result[kind]["levels"]
         assert [lv["concurrency"] for lv in levels] == [1, 2]
         for lv in levels:
@@ -136,7 +136,8 @@ def test_serve_bench_smoke(tmp_path):
         # stopped by SIGTERM: uvicorn drains, then re-raises the signal, so -15 is a clean stop too
         assert result[kind]["exit_code"] in (0, -15), result[kind]["exit_code"]
     assert result["usage_check"]["match"] is True, result["usage_check"]
-    assert set(result["comparison"]) == {"1", "2"}
+    assert set(result["comparison"]) == {"1", "2"} and set(result["comparison_int8_vs_torch"]) == {"1", "2"}
+    assert {"original", "compressed", "drop_points"} <= set(result["int8_run"])
     assert {"throughput_ratio", "p99_ratio", "met"} <= set(result["target"])
 
 
@@ -154,3 +155,16 @@ def test_bench_configs_still_validate(config):
 
     cfg = load_config(BENCH / config)
     assert cfg.data.train and cfg.data.text_column
+
+
+def test_compress_bench_smoke(tmp_path):
+    """torch fp32 and bf16, ONNX fp32, int8 dynamic and static of one tiny run, at 1 and 2 threads."""
+    result = run_bench("compress.py", "--threads", "1", tmp_path=tmp_path)
+    assert result["benchmark"] == "compress" and result["threads"] == [1]
+    assert set(result["systems"]) | set(result["refused"]) == {"torch-fp32", "torch-bf16", "onnx-fp32", "int8",
+                                                               "int8-static"}
+    for name, entry in result["systems"].items():
+        t = entry["threads_1"]
+        assert 0 <= t["accuracy"] <= 1 and t["texts_per_s"] > 0 and t["one_text_ms_p99"] >= t["one_text_ms_p50"], name
+        assert entry["size_bytes"] > 0
+    assert isinstance(result["summary"]["threads_1"].get("int8_meets_target", False), bool)

@@ -126,6 +126,7 @@ def _setup_logging(verbose: bool = False) -> None:
 
 # What `tunery X` prints when SIGTERM ends it: how to continue.
 RESUME_HINTS = {"train": "the run can be resumed with tunery train --resume RUN",
+                "distill": "the student run can be resumed with tunery train --resume RUN",
                 "tune": "the study can be continued with tunery tune --resume STUDY",
                 "auto": "the trials finished so far are kept in its study (tunery studies show NAME)"}
 
@@ -272,6 +273,38 @@ def train(config: Optional[Path] = typer.Argument(None, help="run config (YAML)"
 
 @app.command()
 @_guard
+def distill(teacher: str = typer.Option(..., "--teacher", help="the teacher: run directory, run name or registry name"),
+            student: Optional[str] = typer.Option(None, "--student", help="backbone alias, local directory or a run "
+                                                  "to continue from (not with --layers)"),
+            layers: Optional[int] = typer.Option(None, "--layers", min=1, help="a student of the teacher's lower K "
+                                                 "layers (the same tokenizer: hidden states and attention matched too)"),
+            unlabelled: Optional[Path] = typer.Option(None, "--unlabelled", help="unlabelled texts the teacher labels "
+                                                      "(csv, tsv, jsonl, parquet or txt)"),
+            name: Optional[str] = typer.Option(None, help="the student run's name (default TEACHER-distilled)"),
+            output_dir: Optional[str] = typer.Option(None, help="where the run goes (default: beside the teacher)"),
+            set_: list[str] = typer.Option([], "--set", help="override a key: --set distill.alpha=0.3, "
+                                           "--set distill.augment.copies=4"),
+            verbose: bool = typer.Option(False, "--verbose", "-v"),
+            progress: bool = typer.Option(True, help="show a progress bar")):
+    """Distil a teacher run into a smaller student: a normal training run on the teacher's data and splits."""
+    from tunery.compress.distill import distill_config
+    from tunery.pipeline import train as train_run
+    from tunery.train.callbacks import LoggingCallback, RichProgress
+
+    _setup_logging(verbose)
+    sigterm_as_interrupt()
+    if (student is None) == (layers is None):
+        _fail(TuneryError("give --student BACKBONE|RUN, or --layers K for a student built from the teacher's lower "
+                          "layers (one of the two)"))
+    cfg = distill_config(teacher, student or "", layers=layers, unlabelled=str(unlabelled) if unlabelled else None,
+                         name=name, output_dir=output_dir, overrides=set_)
+    show = progress and cfg.train.progress
+    run = train_run(cfg, callbacks=[RichProgress(console=err)] if show else [LoggingCallback()])
+    _print_summary(run)
+
+
+@app.command()
+@_guard
 def baseline(source: Path = typer.Argument(..., help="a labelled data file, or a run config (YAML)"),
              name: Optional[str] = typer.Option(None, "--name", help="run name (default: data stem + timestamp)"),
              set_: list[str] = typer.Option([], "--set", help="override a key: --set data.text_column=review"),
@@ -405,6 +438,51 @@ def evaluate(run: str = typer.Argument(..., help="run directory, run name or reg
         out.print(f"no baseline column: {escape(result['baseline_note'])}", highlight=False)
     _print_verdict(result.get("verdict"))
     out.print(f"report: {result['report']}", highlight=False)
+
+
+@app.command()
+@_guard
+def compress(run: str = typer.Argument(..., help="run directory, run name or registry name"),
+             to: str = typer.Option("int8", "--to", help="onnx (fp32 ONNX Runtime graph) or int8"),
+             static: bool = typer.Option(False, "--static", help="int8 with activation ranges calibrated on training "
+                                         "rows (QDQ) instead of dynamic"),
+             calibration: int = typer.Option(256, help="training rows --static calibrates on"),
+             max_drop: float = typer.Option(1.0, help="refuse the result if the run's metric falls by more points"),
+             name: Optional[str] = typer.Option(None, help="the new run's name (default: RUN-onnx, RUN-int8...)"),
+             output_dir: Optional[Path] = typer.Option(None, help="where the new run goes (default: beside RUN)"),
+             data: Optional[Path] = typer.Option(None, help="labelled file to check on (default: the run's test split)"),
+             threads: Optional[int] = typer.Option(None, help="intra-op threads to measure and serve with "
+                                                   "(default: one per core)"),
+             exporter: str = typer.Option("auto", help="auto (torch's dynamo exporter, else TorchScript), dynamo, "
+                                          "torchscript"),
+             exclude: Optional[list[str]] = typer.Option(None, help="MatMul nodes kept fp32: a name, first:K or "
+                                                         "last:K (repeatable)"),
+             as_json: bool = typer.Option(False, "--json")):
+    """Compress a run into a new run: an ONNX Runtime graph, fp32 or int8, checked against the original."""
+    from tunery.compress import CompressOptions, compress_run
+
+    options = CompressOptions(to=to, static=static, calibration=calibration, max_drop=max_drop, threads=threads,
+                              exporter=exporter, exclude=tuple(exclude or ()))
+    new = compress_run(run, options, name=name, output_dir=output_dir, data=data)
+    c = json.loads((new / "metrics.json").read_text())["compression"]
+    if as_json:
+        out.print_json(json.dumps({"run": str(new), **c}, default=str))
+        return
+    kind, lat, sizes = c["kind"], c["latency"], c["sizes"]
+    table = Table(title=f"{kind} of {run}, checked on the {c['split']} split ({c['rows']} rows, {c['threads']} threads)")
+    for col in ("model", c["metric"], "size", "one text p50", "one text p99", "texts/s (batch 32)"):
+        table.add_column(col, justify="left" if col == "model" else "right")
+    for label, key, value, size in (("torch fp32", "torch_fp32", c["original"], sizes["original_bytes"]),
+                                    (f"onnx {kind}", kind, c["compressed"], sizes["compressed_bytes"])):
+        t = lat[key]
+        table.add_row(label, f"{value:.4f}", f"{size / 1e6:.1f} MB", f"{t['one_text_ms_p50']:.1f} ms",
+                      f"{t['one_text_ms_p99']:.1f} ms", f"{t['texts_per_s']:.0f}")
+    out.print(table)
+    speedup = lat[kind]["texts_per_s"] / lat["torch_fp32"]["texts_per_s"]
+    out.print(f"drop: {c['drop_points']:+.2f} points (allowed {c['max_drop']:g}); agreement with the original "
+              f"{100 * c['agreement']:.1f} %; throughput x{speedup:.2f}\n"
+              f"run:     {new}\nreport:  {new / 'report.html'}\npredict: tunery predict {new} --input FILE --output "
+              "predictions.csv", highlight=False)
 
 
 @app.command()
@@ -584,6 +662,13 @@ def runs_show(name: str, as_json: bool = typer.Option(False, "--json", help="the
                               f"{training.get('n_test')} test"))
         lines.append(("training", f"{training.get('steps')} steps, best at step {training.get('best_step')}, "
                                   f"{training.get('train_seconds')} s"))
+    c = doc.get("compression")
+    if c:
+        lat = c.get("latency") or {}
+        speed = [(lat.get(k) or {}).get("texts_per_s") for k in ("torch_fp32", c.get("kind"))]
+        lines.append(("compression", f"{c.get('kind')}, checked on the {c.get('split')} split: {c.get('metric')} "
+                      f"{c.get('original'):.4f} (original) -> {c.get('compressed'):.4f}"
+                      + (f", throughput x{speed[1] / speed[0]:.2f}" if all(speed) else "")))
     lines.append(("started", str(record.started_at)[:19] + (f", finished {str(record.finished_at)[:19]}"
                                                           if record.finished_at else "")))
     if record.error:

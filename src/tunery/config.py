@@ -205,6 +205,38 @@ class EvaluateConfig(_Part):
     calibration_bins: int = Field(10, ge=2, le=1000)
 
 
+class AugmentConfig(_Part):
+    """Text-level augmentation for distillation: copies of each training text, changed without
+    external data, that the teacher labels (TinyBERT's and DistilBERT's task distillation gain much
+    of their accuracy from such transfer data)."""
+
+    copies: int = Field(0, ge=0, le=32, description="augmented copies of each training text (0: none)")
+    mask_prob: float = Field(0.1, ge=0, lt=1, description="share of words replaced by the mask token")
+    drop_prob: float = Field(0.1, ge=0, lt=1, description="share of words dropped")
+    span_prob: float = Field(0.3, ge=0, le=1, description="chance a copy is a contiguous n-gram sub-span "
+                             "(at least half the words) before masking and dropping")
+
+
+class DistillConfig(_Part):
+    """Knowledge distillation (tunery distill): the loss is alpha * CE(gold) + (1 - alpha) * T^2 *
+    KL(teacher || student) at temperature T; rows without a gold label (augmented, unlabelled) get the
+    teacher's term only."""
+
+    teacher: str | None = Field(None, description="the teacher: a run directory, run name or registry name")
+    alpha: float = Field(0.5, ge=0, le=1, description="weight of the gold-label loss (1 - alpha: the teacher's)")
+    temperature: float = Field(2.0, gt=0, le=100, description="softmax temperature of both models in the KL term")
+    unlabelled: str | None = Field(None, description="a file of unlabelled texts the teacher labels (csv, tsv, jsonl, "
+                                   "parquet, or txt: one text per line)")
+    unlabelled_column: str | None = Field(None, description="its text column; default: the training text column")
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    layers: int | None = Field(None, ge=1, description="a student built from the teacher's lower K layers")
+    intermediate: Literal["auto", "on", "off"] = Field(
+        "auto", description="also match hidden states and attention maps (auto: where teacher and student share "
+        "the tokenizer and hidden size)")
+    hidden_weight: float = Field(1.0, ge=0, description="weight of the hidden-state MSE term")
+    attention_weight: float = Field(1.0, ge=0, description="weight of the attention-map MSE term")
+
+
 class RunConfig(_Part):
     name: str | None = Field(None, description="run name; default: data stem + timestamp")
     output_dir: str = "runs"
@@ -213,6 +245,7 @@ class RunConfig(_Part):
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    distill: DistillConfig = Field(default_factory=DistillConfig)
     search: dict[str, dict[str, Any]] | None = Field(
         None, description="tunery tune: the settings to search, by dotted key, e.g. {train.lr: {log: [1e-5, 5e-4]}}; "
         "kinds: log, float, int (a [low, high] range) or choice (a list); empty: defaults that fit the backbone"

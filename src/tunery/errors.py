@@ -19,3 +19,7 @@ class BackboneError(TuneryError):
 
 class RunError(TuneryError):
     """A run directory or registry name is missing, incomplete or inconsistent."""
+
+
+class CompressionError(TuneryError):
+    """A compressed model failed its checks (parity, accuracy drop, collapse); nothing was kept."""

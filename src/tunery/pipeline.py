@@ -4,6 +4,7 @@ run directory atomically, record it in the store.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import math
@@ -26,23 +27,16 @@ from tunery.pooling import add_mean_pooling_layer, model_pooling, resolve_poolin
 from tunery.refs import find_resumable
 from tunery.rundir import META, final_dir, follow_umask, partial_dir, write_json
 from tunery.tasks import Task, get_task
-from tunery.train.batching import Encoded, encode
+from tunery.inference import Encoded, encode, quiet_transformers
 from tunery.train.callbacks import Callback, LoggingCallback
 
 log = logging.getLogger(__name__)
 
 
-def _quiet_transformers() -> None:
-    import transformers
-
-    transformers.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-
-
 def load_tokenizer(backbone: str):
     from transformers import AutoTokenizer
 
-    _quiet_transformers()
+    quiet_transformers()
     return AutoTokenizer.from_pretrained(backbone)
 
 
@@ -51,7 +45,7 @@ def build_model(backbone_path: str, task: Task, label_names: list[str], cfg: Run
     import torch
     from transformers import AutoModelForSequenceClassification
 
-    _quiet_transformers()
+    quiet_transformers()
     kwargs: dict = {"num_labels": task.num_outputs(label_names), "problem_type": task.problem_type}
     if label_names:
         kwargs["id2label"] = dict(enumerate(label_names))
@@ -63,6 +57,13 @@ def build_model(backbone_path: str, task: Task, label_names: list[str], cfg: Run
     # a model continued from a tunery run may have its pooling layer already
     if resolve_pooling(backbone_path, cfg.model.pooling, model) == "mean" and model_pooling(model) != "mean":
         add_mean_pooling_layer(model)
+    if cfg.distill.layers:  # a student built from its backbone's (the teacher's) lower layers
+        from tunery.train.distill import student_from_teacher
+
+        try:
+            model = student_from_teacher(model, cfg.distill.layers)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
     if cfg.model.freeze_embeddings:
         model.get_input_embeddings().weight.requires_grad_(False)
     if cfg.model.method == "lora":
@@ -292,6 +293,55 @@ def _remove_created(dirs: list[Path]) -> None:
             pass
 
 
+@dataclass
+class NewRun:
+    """A run directory being written by `new_run`: its config (with the name used), the .partial
+    directory to write into, and the metrics to record when it completes."""
+
+    cfg: RunConfig
+    work: Path
+    metrics: dict | None = None
+
+
+@contextlib.contextmanager
+def new_run(cfg: RunConfig, *, task: str, backbone: str, store=None, fresh_name: bool = False):
+    """Write a run that needs no training loop (a compressed model, a soup, the TF-IDF baseline):
+    check the name, claim ``output_dir/name.partial`` (a fresh default name takes a "-2"... suffix),
+    record the run, and yield a `NewRun` to write into. When the block ends the caller's files are
+    in place (tunery.json last) and the directory becomes ``output_dir/name``, recorded completed
+    with ``NewRun.metrics``. On any failure nothing is kept: the directory, the output directories
+    made for it and the record are removed, and an OSError becomes a RunError naming the cause."""
+    from tunery.store import Store
+
+    store = store or Store()
+    final = Path(cfg.output_dir) / cfg.name
+    if not fresh_name and (why := _name_in_use(store, cfg.name, final)):
+        raise RunError(why)
+    _check_output_dir(Path(cfg.output_dir))
+    cfg, work, made = _claim(store, cfg, fresh_name=fresh_name)
+    final = work.parent / cfg.name
+    run = NewRun(cfg, work)
+    try:
+        store.start_run(name=cfg.name, path=str(work.resolve()), config=cfg.to_dict(), task=task, backbone=backbone,
+                        new=True)
+        yield run
+        if work.exists():  # the caller may have renamed it itself (score_and_write does)
+            work.rename(final)
+    except BaseException as err:
+        shutil.rmtree(work, ignore_errors=True)
+        _remove_created(made)
+        try:
+            store.delete_run(cfg.name)
+        except Exception as store_err:  # noqa: BLE001 - the store may sit on the same full disk
+            log.warning("could not remove the record of run %r: %s", cfg.name, store_err)
+        if isinstance(err, OSError):
+            raise RunError(f"cannot write run {cfg.name!r} in {work.parent}: {_os_reason(err)}; nothing was "
+                           "kept") from err
+        raise
+    store.update_run(cfg.name, path=str(final.resolve()))
+    store.finish_run(cfg.name, status="completed", metrics=run.metrics)
+
+
 def train(cfg: RunConfig, *, callbacks: list[Callback] | None = None, store=None) -> Path:
     """Train a new run from `cfg`; returns the completed run directory.
 
@@ -342,7 +392,7 @@ def _os_reason(err: OSError) -> str:
     return f"{err.strerror or err}{where}"
 
 
-def _changed_data(run_dir: Path, cfg: RunConfig) -> list[str]:
+def changed_data(run_dir: Path, cfg: RunConfig) -> list[str]:
     """The data files of a run whose content differs from when it was trained."""
     path = run_dir / "data_digest.json"
     if not path.exists():
@@ -360,7 +410,7 @@ def resume(ref: str | Path, *, callbacks: list[Callback] | None = None, store=No
     except ConfigError as err:  # e.g. a value an older tunery accepted (train.num_threads: 100000)
         raise ConfigError(f"{err}\nthe saved config of this run is not valid: correct it in "
                           f"{work / 'config.yaml'} (changing only what is named), then resume again") from None
-    changed = _changed_data(work, cfg)
+    changed = changed_data(work, cfg)
     if changed:
         raise ConfigError(f"{', '.join(changed)} changed since the run started; a resumed run must see the "
                           "same data. Restore the file or start a new run.")
@@ -464,10 +514,15 @@ def _train_and_write(p: Prepared, model, work: Path, *, resume: bool, callbacks)
             pos_weight = torch.as_tensor(label_pos_weight(y_train, cfg.train.pos_weight_max), dtype=torch.float32)
         if cfg.train.label_prior_bias and not resume:
             set_head_bias(model, label_prior_bias(y_train, None if pos_weight is None else pos_weight.numpy()))
+    train_enc, distiller, distilled = enc["train"], None, None
+    if cfg.distill.teacher:
+        from tunery.distillation import prepare as prepare_distillation
+
+        train_enc, distiller, distilled = prepare_distillation(p, model, work, enc["train"])
     trainer = Trainer(model, task, cfg.train, n_labels=n_labels, pad_id=p.tokenizer.pad_token_id or 0,
                       workdir=work, metric=metric, greater_is_better=greater_is_better(metric),
-                      metric_fn=metric_fn, callbacks=callbacks, pos_weight=pos_weight)
-    state = trainer.fit(enc["train"], enc["validation"], resume=resume)
+                      metric_fn=metric_fn, callbacks=callbacks, pos_weight=pos_weight, distiller=distiller)
+    state = trainer.fit(train_enc, enc["validation"], resume=resume)
     training = {"steps": state.step, "total_steps": state.total_steps, "best_step": state.best_step,
                 "best_validation": state.best_metric, "best_validation_loss": state.best_loss,
                 "selection": {"metric": metric, "tie_break": "validation loss",
@@ -478,7 +533,8 @@ def _train_and_write(p: Prepared, model, work: Path, *, resume: bool, callbacks)
                 "label_prior_bias": cfg.train.label_prior_bias if data.task == "multilabel" else None,
                 "stopped_early": state.stopped_early,
                 "samples_seen": state.samples_seen, "train_seconds": round(state.train_seconds, 2),
-                "samples_per_s": round(state.samples_seen / max(state.train_seconds, 1e-9), 2)}
+                "samples_per_s": round(state.samples_seen / max(state.train_seconds, 1e-9), 2),
+                **({"distillation": distilled} if distilled else {})}
     return score_and_write(p, trainer.model, work, enc, training, accelerator=trainer.accelerator, started=started)
 
 
@@ -493,7 +549,7 @@ def score_and_write(p: Prepared, model, work: Path, enc: dict, training: dict, *
 
     from tunery.evaluate.metrics import compute_metrics, default_metric, tune_thresholds
     from tunery.train.checkpoint import as_os_error
-    from tunery.train.loop import predict_scores, resolve_precision
+    from tunery.inference import predict_scores, resolve_precision
 
     cfg, data, task = p.cfg, p.data, p.task
     started = time.time() if started is None else started
@@ -735,7 +791,7 @@ def evaluate_run(ref: str | Path, *, data: str | Path | None = None) -> dict:
         report.raise_for_errors()
         for finding in report.warnings:
             log.warning("%s", finding.message)
-    changed = _changed_data(run_dir, cfg)
+    changed = changed_data(run_dir, cfg)
     if changed:
         log.warning("no baseline and no test split: %s changed since the run was trained", ", ".join(changed))
     else:

@@ -17,7 +17,7 @@ from tunery.errors import DataError, RunError
 from tunery.refs import find_run
 from tunery.rundir import META, read_meta
 from tunery.tasks import Task, get_task
-from tunery.train.batching import encode
+from tunery.inference import encode, predict_scores, quiet_transformers, resolve_precision
 
 log = logging.getLogger(__name__)
 
@@ -97,8 +97,6 @@ class Predictor:
 
     def score(self, texts: list[str], pairs: list[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Scores as `predict_scores`, and the number of tokens the model read for each text (N,)."""
-        from tunery.train.loop import predict_scores
-
         texts, pairs = self._check_inputs(texts, pairs)
         if not texts:  # the tokenizer cannot take an empty batch
             n = len(self.label_names)
@@ -256,15 +254,23 @@ def _autocast(model, precision: str):
     return torch.autocast(next(model.parameters()).device.type, dtype=torch.bfloat16)
 
 
-def load(run: str | Path, *, batch_size: int = 64, precision: str = "fp32") -> Predictor:
+# tunery.json "backend" -> (module, loader): each loader takes (run_dir, meta, batch_size=, threads=)
+BACKENDS = {"tfidf": ("tunery.predict_tfidf", "load_tfidf"), "onnx": ("tunery.predict_onnx", "load_onnx")}
+
+
+def load(run: str | Path, *, batch_size: int = 64, precision: str = "fp32", threads: int | None = None) -> Predictor:
     """Load a completed run by path, run name or registry name (`sentiment@2`).
 
     ``precision``: "fp32"; "bf16" (autocast: faster on CPUs with AVX512-BF16/AMX and on GPUs, with
-    probabilities that differ in the third decimal); "auto" picks bf16 where it is fast.
+    probabilities that differ in the third decimal); "auto" picks bf16 where it is fast. Applies to
+    transformers runs; an ONNX run's precision is its graph's (fp32 or int8).
+    ``threads``: intra-op threads for inference (None: the engine's default, one per core). For a
+    transformers run this is torch's process-wide setting; an ONNX run's session keeps its own.
 
     Raises RunError (a TuneryError) naming the run and the fix when it is missing, unfinished or damaged.
-    A TF-IDF run (tunery.json "backend": "tfidf", from `tunery baseline`) loads as a
-    `tunery.predict_tfidf.TfidfPredictor`."""
+    The backend is tunery.json's "backend": a TF-IDF run (from `tunery baseline`) loads as a
+    `tunery.predict_tfidf.TfidfPredictor`, an ONNX run (from `tunery compress`) as a
+    `tunery.predict_onnx.OnnxPredictor`."""
     if not isinstance(run, (str, os.PathLike)) or not str(run).strip():
         raise RunError(f"run {run!r}: give a run directory, run name or registry name, e.g. "
                        "tunery.load('runs/my-run') or tunery.load('sentiment@2') (`tunery runs list` shows them)")
@@ -274,19 +280,22 @@ def load(run: str | Path, *, batch_size: int = 64, precision: str = "fp32") -> P
         raise RunError(f"run {str(run)!r} cannot be looked up ({err}); give a run directory, run name or "
                        "registry name (`tunery runs list` shows them)") from None
     meta = _read_run_meta(run_dir)
-    if meta.get("backend", "transformers") != "transformers":
-        if meta["backend"] != "tfidf":
-            raise RunError(f"{run_dir / META}: backend {meta['backend']!r} is not one this tunery loads "
-                           "(transformers, tfidf); upgrade tunery or use the version that wrote the run")
-        from tunery.predict_tfidf import load_tfidf
+    backend = meta.get("backend", "transformers")
+    if backend != "transformers":
+        if backend not in BACKENDS:
+            raise RunError(f"{run_dir / META}: backend {backend!r} is not one this tunery loads "
+                           f"(transformers, {', '.join(BACKENDS)}); upgrade tunery or use the version that wrote the run")
+        import importlib
 
-        return load_tfidf(run_dir, meta, batch_size=batch_size)
+        module, loader = BACKENDS[backend]
+        return getattr(importlib.import_module(module), loader)(run_dir, meta, batch_size=batch_size, threads=threads)
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from tunery.pipeline import _quiet_transformers
-    from tunery.train.loop import resolve_precision
+    if threads:
+        import torch
 
-    _quiet_transformers()
+        torch.set_num_threads(int(threads))
+    quiet_transformers()
     try:
         model = AutoModelForSequenceClassification.from_pretrained(run_dir / "model")
         tokenizer = AutoTokenizer.from_pretrained(run_dir / "model")

@@ -50,8 +50,9 @@ class TfidfPredictor(Predictor):
         return self.model.scores(joined(texts, pairs)), tokens
 
 
-def load_tfidf(run_dir: Path, meta: dict, *, batch_size: int = 64) -> TfidfPredictor:
-    """The TF-IDF run at `run_dir` (its tunery.json already read into `meta`). RunError naming the
+def load_tfidf(run_dir: Path, meta: dict, *, batch_size: int = 64, threads: int | None = None) -> TfidfPredictor:
+    """The TF-IDF run at `run_dir` (its tunery.json already read into `meta`; `threads` does
+    not apply: scoring is one sparse product). RunError naming the
     file when the model's files are missing, damaged or disagree with tunery.json."""
     from tunery.errors import RunError
     from tunery.evaluate.baseline import SETTINGS_FILE, TfidfModel

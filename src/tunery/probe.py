@@ -36,7 +36,7 @@ def machine_key() -> str:
     """The machine as the probe sees it: device, its model, torch threads, torch version, precision."""
     import torch
 
-    from tunery.train.loop import resolve_precision
+    from tunery.inference import resolve_precision
 
     if torch.cuda.is_available():
         device = f"cuda:{torch.cuda.get_device_name(0)}"
@@ -154,7 +154,7 @@ def _measure(alias: str) -> dict:
 
     from tunery.backbones import resolve_backbone
     from tunery.pooling import add_mean_pooling_layer, resolve_pooling
-    from tunery.train.loop import resolve_precision
+    from tunery.inference import resolve_precision
 
     path = resolve_backbone(alias)
     device = "cuda" if torch.cuda.is_available() else "cpu"

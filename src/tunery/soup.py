@@ -106,7 +106,7 @@ def soup_run(runs: Sequence[str | Path], *, name: str, output_dir: str | Path, s
     from tunery.evaluate.metrics import default_metric, greater_is_better
     from tunery.rundir import META, write_json
     from tunery.store import Store
-    from tunery.train.loop import predict_scores, resolve_precision
+    from tunery.inference import predict_scores, resolve_precision
 
     started = time.time()
     runs = [Path(r) for r in runs]

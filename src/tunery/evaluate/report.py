@@ -710,7 +710,7 @@ def render_report(
     baseline: dict[str, dict] | None, predictions: dict[str, tuple[list[str], np.ndarray, np.ndarray]],
     history: list[dict] | None = None, n_errors: int = 20, threshold=0.5, calibration_bins: int = 10,
     verdict: dict | None = None, data_summary: dict | None = None, findings: list[dict] | None = None,
-    config: dict | None = None, origins: dict[str, tuple] | None = None,
+    config: dict | None = None, origins: dict[str, tuple] | None = None, tables: list[dict] | None = None,
 ) -> str:
     """The report as an HTML string (see `write_report`)."""
     with _plot_style():
@@ -718,11 +718,23 @@ def render_report(
             title=title, run_info=run_info, task=task, label_names=label_names, metrics=metrics,
             baseline=baseline, predictions=predictions, history=history, n_errors=n_errors,
             threshold=threshold, calibration_bins=calibration_bins, verdict=verdict, data_summary=data_summary,
-            findings=findings, config=config, origins=origins)
+            findings=findings, config=config, origins=origins, tables=tables)
+
+
+def _tables_html(tables: list[dict] | None) -> str:
+    """Extra sections, each {"title", "headers", "rows", optional "note"}: a capability's own
+    figures (a compressed model's size and speed before and after)."""
+    out = []
+    for t in tables or []:
+        out += [f"<h2>{escape(t['title'])}</h2>",
+                _table([escape(h) for h in t["headers"]], [[_td(v) for v in row] for row in t["rows"]])]
+        if t.get("note"):
+            out.append(f'<p class="muted">{escape(t["note"])}</p>')
+    return "\n".join(out)
 
 
 def _render(*, title, run_info, task, label_names, metrics, baseline, predictions, history, n_errors,
-            threshold, calibration_bins, verdict, data_summary, findings, config, origins) -> str:
+            threshold, calibration_bins, verdict, data_summary, findings, config, origins, tables=None) -> str:
     metrics = dict(metrics)
     if verdict is None and isinstance(metrics.get("verdict"), dict):
         verdict = metrics["verdict"]
@@ -733,7 +745,7 @@ def _render(*, title, run_info, task, label_names, metrics, baseline, prediction
             if task != "regression" else f'<p class="sub">regression · written {when}</p>',
             _verdict_html(verdict),
             _headline(task, metrics, baseline),
-            "<h2>Run</h2>", _run_info_html(run_info),
+            "<h2>Run</h2>", _run_info_html(run_info), _tables_html(tables),
             _data_html(data_summary, findings, label_names)]
     if task == "multilabel":
         t = threshold if np.ndim(threshold) == 0 else "per label: " + _fmt(list(np.asarray(threshold)))
@@ -767,6 +779,7 @@ def write_report(
     history: list[dict] | None = None, n_errors: int = 20, threshold=0.5,
     calibration_bins: int = 10, verdict: dict | None = None, data_summary: dict | None = None,
     findings: list[dict] | None = None, config: dict | None = None, origins: dict[str, tuple] | None = None,
+    tables: list[dict] | None = None,
 ) -> None:
     """Write one self-contained HTML report to `path` (atomically: temp file, then rename).
 
@@ -779,13 +792,14 @@ def write_report(
     at the top; `data_summary` (see `summarize_splits`) and `findings` (data_report.json's
     findings) under Data; `config` (the resolved run config) under Configuration. `origins[split]
     = (rows, sources)`, one per text, makes the mistakes table show where each example is in the
-    user's file (the prepared frames' `row` and `source` columns).
+    user's file (the prepared frames' `row` and `source` columns). `tables`: extra sections under
+    Run, each {"title", "headers", "rows", optional "note"}.
     """
     html = render_report(
         title=title, run_info=run_info, task=task, label_names=label_names, metrics=metrics,
         baseline=baseline, predictions=predictions, history=history, n_errors=n_errors,
         threshold=threshold, calibration_bins=calibration_bins, verdict=verdict, data_summary=data_summary,
-        findings=findings, config=config, origins=origins)
+        findings=findings, config=config, origins=origins, tables=tables)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(path, html)  # readable as the umask says, like any other output (not mkstemp's 0600)

@@ -198,7 +198,7 @@ def _load_models(state: _State) -> None:
     try:
         for served in state.models.values():
             served.predictor = load(served.path, batch_size=state.config.batching.inference_batch_size,
-                                    precision=state.config.precision)
+                                    precision=state.config.precision, threads=state.config.threads)
             served.predictor.score(["warm up"], ["warm up"] if served.predictor.meta.get("text_pair_column") else None)
         state.ready.set()
         log.info("models ready: %s", ", ".join(state.models))

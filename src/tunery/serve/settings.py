@@ -16,6 +16,7 @@ default to the values below, so a server runs with no file at all. The same file
                   max_connections: null}
     batching: {max_batch_size: 32, max_wait_ms: 0, inference_batch_size: 8}
     precision: auto
+    threads: null            # inference threads per server process (default: one per core)
     auth_cache_seconds: 2
     idempotency_retention_hours: 24
 """
@@ -123,6 +124,10 @@ class ServeConfig(_Part):
     batching: Batching = Field(default_factory=Batching)
     precision: Literal["auto", "fp32", "bf16"] = Field(
         "auto", description="inference precision; auto: bf16 where the hardware runs it fast (as training)"
+    )
+    threads: int | None = Field(
+        None, ge=1, description="intra-op threads for inference in each server process (torch's process-wide "
+        "setting; an ONNX run's session); none: the engine's default, one per core"
     )
     auth_cache_seconds: float = Field(
         2.0, ge=0, description="how long a checked key is trusted before it is read again; a revocation "

@@ -27,7 +27,8 @@ from tunery.pooling import model_pooling
 from tunery.rundir import write_text_atomic
 from tunery.tasks import Task
 from tunery.train.adversarial import EmbeddingAdversary
-from tunery.train.batching import Encoded, batch_order, collate, eval_order
+from tunery.inference import Encoded, collate, predict_scores, resolve_precision
+from tunery.train.batching import batch_order
 from tunery.train.callbacks import Callback
 from tunery.train.losses import multilabel_loss
 from tunery.train.checkpoint import load_checkpoint, load_weights, recover, save_checkpoint, save_weights
@@ -143,23 +144,6 @@ def make_scheduler(optimizer, cfg: TrainConfig, total_steps: int):
     )
 
 
-def fast_bf16_available() -> bool:
-    """True where bf16 autocast speeds training up: CUDA with bf16, or a CPU with AVX512-BF16/AMX."""
-    if torch.cuda.is_available():
-        return torch.cuda.is_bf16_supported()
-    try:
-        flags = Path("/proc/cpuinfo").read_text().split()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def resolve_precision(precision: str) -> str:
-    if precision == "auto":
-        return "bf16" if fast_bf16_available() else "fp32"
-    return precision
-
-
 def set_seed(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -177,25 +161,6 @@ def _set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     if state.get("cuda") is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
-
-
-@torch.no_grad()
-def predict_scores(model, task: Task, data: Encoded, *, batch_size: int, pad_id: int, accelerator=None) -> np.ndarray:
-    """Scores for every row of `data`, in row order (batches run longest first, then scatter)."""
-    model.eval()
-    device = accelerator.device if accelerator else next(model.parameters()).device
-    out: list[np.ndarray | None] = [None] * len(data)
-    for idx in eval_order(data.lengths, batch_size):
-        batch = {k: v.to(device) for k, v in collate(data, idx, pad_id).items()}
-        if accelerator is not None:
-            with accelerator.autocast():
-                logits = model(**batch).logits
-        else:
-            logits = model(**batch).logits
-        scores = task.scores(logits.cpu())
-        for j, i in enumerate(idx):
-            out[i] = scores[j]
-    return np.stack(out) if len(out) else np.zeros((0,))
 
 
 class WeightAverage:
@@ -234,7 +199,8 @@ class Trainer:
 
     def __init__(self, model, task: Task, cfg: TrainConfig, *, n_labels: int, pad_id: int, workdir: Path,
                  metric: str, greater_is_better: bool, metric_fn: MetricFn,
-                 callbacks: list[Callback] | None = None, pos_weight: torch.Tensor | None = None) -> None:
+                 callbacks: list[Callback] | None = None, pos_weight: torch.Tensor | None = None,
+                 distiller=None) -> None:
         self.model = model
         self.task = task
         self.cfg = cfg
@@ -246,6 +212,7 @@ class Trainer:
         self.metric_fn = metric_fn
         self.callbacks = callbacks or []
         self.pos_weight = pos_weight  # multi-label: weight of each label's positives in the loss
+        self.distiller = distiller  # tunery.train.distill.Distiller: the batch loss of distillation, or None
 
     # -- helpers ---------------------------------------------------------------------------
     def _emit(self, event: str, *args) -> None:
@@ -362,8 +329,10 @@ class Trainer:
                     is_last_micro = (b + 1) % k == 0 or b + 1 == len(batches)
                     window_size = min(k, len(batches) - (b // k) * k)  # the last window may be short
                     with accelerator.autocast():
-                        logits = model(**batch).logits
-                        loss = self._loss(logits, labels)
+                        if self.distiller is None:
+                            loss = self._loss(model(**batch).logits, labels)
+                        else:
+                            loss, _ = self.distiller.loss(model, batch, idx, labels)
                     accelerator.backward(loss / window_size)
                     if adversary is not None:
                         with adversary.perturbed(), accelerator.autocast():

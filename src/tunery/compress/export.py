@@ -1,0 +1,105 @@
+"""A run's torch model as an ONNX graph, then ONNX Runtime's transformer graph optimisations.
+
+Export: torch's current exporter (`torch.onnx.export(dynamo=True)`, torch.export underneath), with
+the batch and sequence axes dynamic. Where it fails, the TorchScript exporter with eager attention.
+The caller checks parity with torch on real rows either way: with transformers 5 the TorchScript
+exporter traces some attention-mask branches as constants (MiniLM: logits off by 0.16-0.25 on a
+batch of other lengths), which the parity check refuses.
+
+Optimisation: `onnxruntime.transformers.optimizer.optimize_model` (LayerNorm, SkipLayerNorm,
+BiasGelu fusions; its Attention fusion matches the TorchScript graph only), run before quantising.
+Hugging Face Optimum wraps the same steps but does not install beside transformers 5.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+
+OPSET = 18
+INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+class Logits(torch.nn.Module):
+    """The classifier as (input_ids, attention_mask[, token_type_ids]) -> logits (B, C), for the exporter."""
+
+    def __init__(self, model) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, attention_mask, token_type_ids=None):
+        extra = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
+        return self.model(input_ids=input_ids, attention_mask=attention_mask, **extra).logits
+
+
+def example_inputs(with_token_types: bool, *, batch: int = 2, length: int = 9):
+    """Int64 inputs of a padded batch (the second row shorter), for tracing."""
+    ids = torch.randint(1000, 2000, (batch, length), dtype=torch.long)
+    mask = torch.ones((batch, length), dtype=torch.long)
+    mask[1:, length - 3:] = 0
+    ids[1:, length - 3:] = 0
+    inputs = [ids, mask]
+    if with_token_types:
+        inputs.append(torch.zeros_like(ids))
+    return tuple(inputs)
+
+
+def export_onnx(model, path: Path, *, with_token_types: bool, exporter: str = "auto") -> str:
+    """Write `model` (an AutoModelForSequenceClassification in eval mode) as one ONNX file at `path`;
+    returns the exporter used ("dynamo" or "torchscript"). `exporter`: auto (dynamo, else
+    torchscript), dynamo or torchscript."""
+    names = list(INPUTS[: 3 if with_token_types else 2])
+    inputs = example_inputs(with_token_types)
+    errors = []
+    for kind in (("dynamo", "torchscript") if exporter == "auto" else (exporter,)):
+        try:
+            with warnings.catch_warnings(), torch.no_grad():
+                warnings.simplefilter("ignore")
+                if kind == "dynamo":
+                    _export_dynamo(model, inputs, names, path)
+                else:
+                    _export_torchscript(model, inputs, names, path)
+            return kind
+        except Exception as err:  # noqa: BLE001 - any exporter failure: try the next one, report all
+            errors.append(f"{kind}: {type(err).__name__}: {str(err).strip().splitlines()[0][:300] if str(err).strip() else ''}")
+            log.warning("the %s ONNX exporter failed (%s)%s", kind, errors[-1],
+                        "; trying the TorchScript one" if kind == "dynamo" and exporter == "auto" else "")
+            path.unlink(missing_ok=True)
+    raise RuntimeError("ONNX export failed: " + "; ".join(errors))
+
+
+def _export_dynamo(model, inputs, names, path: Path) -> None:
+    batch, sequence = torch.export.Dim("batch"), torch.export.Dim("sequence")
+    shapes = {n: {0: batch, 1: sequence} for n in names}
+    program = torch.onnx.export(Logits(model).eval(), inputs, input_names=names, output_names=["logits"],
+                                dynamic_shapes=shapes, dynamo=True, opset_version=OPSET, external_data=False,
+                                verbose=False)
+    program.save(os.fspath(path))
+
+
+def _export_torchscript(model, inputs, names, path: Path) -> None:
+    before = getattr(model.config, "_attn_implementation", None)
+    model.config._attn_implementation = "eager"  # traced SDPA masks are the TorchScript exporter's weak spot
+    try:
+        axes = {n: {0: "batch", 1: "sequence"} for n in names} | {"logits": {0: "batch"}}
+        torch.onnx.export(Logits(model).eval(), inputs, os.fspath(path), input_names=names,
+                          output_names=["logits"], dynamic_axes=axes, dynamo=False, opset_version=17)
+    finally:
+        model.config._attn_implementation = before
+
+
+def optimize_onnx(src: Path, dst: Path, *, num_heads: int, hidden_size: int) -> dict[str, int]:
+    """ONNX Runtime's offline transformer optimisations of `src`, written to `dst`; returns the count
+    of each fused operator (zero counts left out)."""
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    opt = optimize_model(os.fspath(src), model_type="bert", num_heads=num_heads, hidden_size=hidden_size,
+                         opt_level=0)  # the graph fusions only: ORT applies its own at session start
+    opt.save_model_to_file(os.fspath(dst))
+    return {k: int(v) for k, v in (opt.get_fused_operator_statistics() or {}).items() if v}

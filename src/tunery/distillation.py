@@ -1,0 +1,247 @@
+"""What a distillation run adds to a training run (config `distill:`, set by `tunery distill`): the
+transfer rows (augmented copies of the training texts, the user's unlabelled texts), the teacher's
+logits for every training row, computed once and cached in the run directory (a resumed run reads
+them back), and the `Distiller` objective the training loop uses.
+
+Augmentation needs no external data (plain functions below): word masking (the student's mask
+token), word dropout, and contiguous n-gram sub-spans of at least half the words; the teacher labels
+every copy, so the student learns the teacher's function around each example, not only at it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import random
+from pathlib import Path
+
+import numpy as np
+
+from tunery.errors import ConfigError, DataError, RunError
+from tunery.inference import Encoded, encode, quiet_transformers, score_batches
+
+log = logging.getLogger(__name__)
+
+CACHE = "teacher_logits.npy"
+CACHE_KEY = "teacher_logits.json"
+
+
+# -- augmentation (plain functions) ----------------------------------------------------------------
+def augment_text(text: str, rng: random.Random, *, mask_token: str, mask_prob: float, drop_prob: float,
+                 span_prob: float) -> str:
+    """One changed copy of `text`: maybe a contiguous sub-span of at least half its words, then each
+    word masked with `mask_prob` or dropped with `drop_prob` (at least one word is kept)."""
+    words = text.split()
+    if len(words) >= 4 and rng.random() < span_prob:
+        length = rng.randint((len(words) + 1) // 2, len(words) - 1)
+        start = rng.randint(0, len(words) - length)
+        words = words[start : start + length]
+    out = []
+    for w in words:
+        r = rng.random()
+        if r < drop_prob:
+            continue
+        out.append(mask_token if r < drop_prob + mask_prob else w)
+    return " ".join(out) if out else words[rng.randrange(len(words))] if words else text
+
+
+def augmented_rows(texts: list[str], pairs: list[str] | None, *, copies: int, seed: int, mask_token: str,
+                   mask_prob: float, drop_prob: float, span_prob: float) -> tuple[list[str], list[str] | None]:
+    """`copies` augmented versions of each text (its pair, when there is one, kept as it is), without
+    duplicates of each other or of the originals; seeded."""
+    rng = random.Random(seed)
+    seen = set(zip(texts, pairs or [None] * len(texts)))
+    out_t: list[str] = []
+    out_p: list[str] | None = [] if pairs is not None else None
+    for i, text in enumerate(texts):
+        pair = pairs[i] if pairs is not None else None
+        for _ in range(copies):
+            new = augment_text(text, rng, mask_token=mask_token, mask_prob=mask_prob, drop_prob=drop_prob,
+                               span_prob=span_prob)
+            if (new, pair) in seen:
+                continue
+            seen.add((new, pair))
+            out_t.append(new)
+            if out_p is not None:
+                out_p.append(pair)
+    return out_t, out_p
+
+
+def read_unlabelled(path: str, column: str | None, default_column: str) -> list[str]:
+    """Texts of an unlabelled file: one per line for .txt, else the column `column` (default: the
+    training text column, else the only text-like column) of a table tunery reads."""
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"distill.unlabelled {path!r}: no such file; give a file of texts (--unlabelled FILE)")
+    if p.suffix == ".txt":
+        return [line.strip() for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
+    from tunery.data.load import read_table
+
+    df = read_table(p)
+    name = column or (default_column if default_column in df.columns else None)
+    if name is None:
+        texts = [c for c in df.columns if df[c].dtype == object]
+        if len(texts) != 1:
+            raise DataError(f"{path}: which column holds the texts? columns: {', '.join(map(str, df.columns))}; "
+                            "set distill.unlabelled_column (--set distill.unlabelled_column=NAME)")
+        name = texts[0]
+    if name not in df.columns:
+        raise DataError(f"{path}: no column {name!r} (columns: {', '.join(map(str, df.columns))}); set "
+                        "distill.unlabelled_column")
+    return [t for t in df[name].dropna().astype(str).tolist() if t.strip()]
+
+
+# -- the teacher -------------------------------------------------------------------------------------
+def teacher_run(ref: str) -> tuple[Path, dict]:
+    """The teacher's run directory and tunery.json; RunError unless it is a completed run with a
+    torch or ONNX model."""
+    from tunery.refs import find_run
+    from tunery.rundir import read_meta
+
+    run = find_run(ref)
+    meta = read_meta(run)
+    if meta.get("backend", "transformers") not in ("transformers", "onnx"):
+        raise RunError(f"distill.teacher {ref!r}: a {meta['backend']} run cannot teach (its scores are not "
+                       "logits); give a transformer run")
+    return run, meta
+
+
+def teacher_logits(run: Path, meta: dict, texts: list[str], pairs: list[str] | None, *,
+                   batch_size: int = 64) -> np.ndarray:
+    """The teacher's logits (N, C) for `texts`, read with its own tokenizer and max_length."""
+    from transformers import AutoTokenizer
+
+    quiet_transformers()
+    tokenizer = AutoTokenizer.from_pretrained(run / "model")
+    enc = encode(tokenizer, texts, pairs, [None] * len(texts), max_length=meta["max_length"])
+    pad = tokenizer.pad_token_id or 0
+    if meta.get("backend") == "onnx":
+        from tunery.predict_onnx import ONNX_FILE, open_session
+
+        session = open_session(run / "model" / ONNX_FILE)
+        wanted = {i.name for i in session.get_inputs()}
+        return score_batches(lambda b: session.run(["logits"], {k: v for k, v in b.items() if k in wanted})[0], enc,
+                             batch_size=batch_size, pad_id=pad)
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(run / "model").eval()
+
+    @torch.no_grad()
+    def logits_of(batch):
+        return model(**{k: torch.from_numpy(v) for k, v in batch.items()}).logits.float().numpy()
+
+    return score_batches(logits_of, enc, batch_size=batch_size, pad_id=pad)
+
+
+def _same_vocabulary(a, b) -> bool:
+    return type(a).__name__ == type(b).__name__ and a.get_vocab() == b.get_vocab()
+
+
+def _cached_logits(work: Path, key: str, compute) -> np.ndarray:
+    """The teacher's logits from `work`'s cache when it was made for `key`, else computed and cached
+    (a resumed run does not pay the teacher's pass twice)."""
+    path, key_path = work / CACHE, work / CACHE_KEY
+    try:
+        if json.loads(key_path.read_text())["key"] == key:
+            return np.load(path)
+    except (OSError, ValueError, KeyError):
+        pass
+    logits = compute()
+    np.save(path, logits)
+    key_path.write_text(json.dumps({"key": key}))
+    return logits
+
+
+def prepare(p, model, work: Path, train: Encoded) -> tuple[Encoded, object, dict]:
+    """For the prepared run `p` (its config's `distill:` set) and the student `model`: the training
+    split with the transfer rows appended (no gold label: placeholder labels), the `Distiller`, and a
+    summary for metrics.json."""
+    from tunery.train.distill import Distiller
+
+    cfg, d = p.cfg, p.cfg.distill
+    if cfg.model.method == "lora":
+        raise ConfigError("distill with model.method: lora is not supported; use model.method: full")
+    if cfg.train.adversarial.method != "none":
+        raise ConfigError("distill with train.adversarial is not supported: leave one of them out")
+    run, meta = teacher_run(d.teacher)
+    label_names = list(p.data.label_names)
+    if meta["task"] != p.data.task or (p.data.task != "regression" and list(meta["label_names"]) != label_names):
+        raise ConfigError(f"distill.teacher {d.teacher!r} is a {meta['task']} model of labels {meta['label_names']}; "
+                          f"this run is {p.data.task} with labels {label_names}: the teacher must have the same task "
+                          "and labels, in the same order")
+    frame = p.data.train
+    texts = frame["text"].astype(str).tolist()
+    pairs = frame["text_pair"].astype(str).tolist() if "text_pair" in frame else None
+    extra_t: list[str] = []
+    extra_p: list[str] | None = [] if pairs is not None else None
+    if d.augment.copies:
+        mask = getattr(p.tokenizer, "mask_token", None) or "[MASK]"
+        extra_t, extra_p = augmented_rows(texts, pairs, copies=d.augment.copies, seed=cfg.train.seed, mask_token=mask,
+                                          mask_prob=d.augment.mask_prob, drop_prob=d.augment.drop_prob,
+                                          span_prob=d.augment.span_prob)
+    n_unlabelled = 0
+    if d.unlabelled:
+        if pairs is not None:
+            raise ConfigError("distill.unlabelled is for single-text tasks; this run reads text pairs")
+        more = read_unlabelled(d.unlabelled, d.unlabelled_column, p.data.text_column)
+        n_unlabelled = len(more)
+        extra_t += more
+    all_t = texts + extra_t
+    all_p = None if pairs is None else pairs + (extra_p or [])
+    key = hashlib.sha256(json.dumps([str(run.resolve()), meta.get("created_at"), all_t, all_p]).encode()).hexdigest()
+    logits = _cached_logits(work, key, lambda: teacher_logits(run, meta, all_t, all_p))
+    task = p.task
+    if p.data.task == "regression":  # the teacher's head outputs raw values; the student learns normalised ones
+        logits = (logits - task.mean) / task.scale
+    placeholder = {"classification": 0, "multilabel": [], "regression": float(task.mean)}[p.data.task]
+    extra = encode(p.tokenizer, extra_t, extra_p, [placeholder] * len(extra_t), max_length=cfg.data.max_length) \
+        if extra_t else Encoded([], [] if train.token_type_ids is not None else None, [])
+    joined = Encoded(train.input_ids + extra.input_ids,
+                     None if train.token_type_ids is None else train.token_type_ids + (extra.token_type_ids or []),
+                     list(train.labels) + list(extra.labels))
+
+    teacher_model, mapping = None, None
+    want = d.intermediate
+    if want != "off":
+        teacher_model, mapping, why = _intermediate_teacher(run, meta, model, p.tokenizer)
+        if teacher_model is None and want == "on":
+            raise ConfigError(f"distill.intermediate: on, but {why}; set distill.intermediate: auto or off")
+        if teacher_model is None:
+            log.info("distillation on logits only: %s", why)
+    distiller = Distiller(logits, n_gold=len(texts), alpha=d.alpha, temperature=d.temperature,
+                          problem_type=task.problem_type, teacher=teacher_model, mapping=mapping,
+                          hidden_weight=d.hidden_weight, attention_weight=d.attention_weight)
+    info = {"teacher": {"run": run.name, "path": str(run.resolve()), "backbone": meta.get("backbone")},
+            "alpha": d.alpha, "temperature": d.temperature, "gold_rows": len(texts),
+            "augmented_rows": len(extra_t) - n_unlabelled, "unlabelled_rows": n_unlabelled,
+            "intermediate": teacher_model is not None, "layer_map": mapping, "layers": d.layers}
+    return joined, distiller, info
+
+
+def _intermediate_teacher(run: Path, meta: dict, student, student_tokenizer):
+    """(teacher model in eval mode, layer map, None) when teacher and student read the same token ids
+    with the same hidden size and heads, else (None, None, why). Both models switch to eager attention,
+    which returns attention maps."""
+    if meta.get("backend", "transformers") != "transformers":
+        return None, None, "the teacher is an ONNX run (no hidden states)"
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(run / "model")
+    if not _same_vocabulary(tokenizer, student_tokenizer):
+        return None, None, "teacher and student tokenizers differ"
+    teacher = AutoModelForSequenceClassification.from_pretrained(run / "model", attn_implementation="eager").eval()
+    tc, sc = teacher.config, student.config
+    if (tc.hidden_size, tc.num_attention_heads) != (sc.hidden_size, sc.num_attention_heads):
+        return None, None, (f"hidden sizes differ (teacher {tc.hidden_size} x {tc.num_attention_heads} heads, student "
+                            f"{sc.hidden_size} x {sc.num_attention_heads})")
+    for p_ in teacher.parameters():
+        p_.requires_grad_(False)
+    if hasattr(student, "set_attn_implementation"):
+        student.set_attn_implementation("eager")
+    else:
+        student.config._attn_implementation = "eager"
+    from tunery.train.distill import layer_map
+
+    return teacher, layer_map(sc.num_hidden_layers, tc.num_hidden_layers), None

@@ -1,0 +1,101 @@
+"""The ONNX Runtime Predictor backend: a run whose model/ folder holds model.onnx (tunery.json
+"backend": "onnx", written by `tunery compress`), fp32 or int8.
+
+The run answers as a transformer run does (`predict`, `predict_file`, `score`), so `tunery predict`,
+`evaluate`, `serve` (batched and metered by tokens as before: the tokenizer is the original's) and
+`tunery.load` take it. It does not load with `AutoModelForSequenceClassification.from_pretrained`:
+model/ holds the ONNX graph, the tokenizer and config.json, no safetensors weights. The graph runs
+with plain onnxruntime as well; its inputs are int64 (batch, sequence) arrays input_ids and
+attention_mask (and token_type_ids where the tokenizer makes them), its output the logits:
+
+    import onnxruntime as ort
+    session = ort.InferenceSession("runs/NAME/model/model.onnx")
+    logits, = session.run(["logits"], {"input_ids": ids, "attention_mask": mask})
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from tunery.errors import RunError
+from tunery.inference import encode, score_batches
+from tunery.predict import Predictor
+
+BACKEND = "onnx"
+ONNX_FILE = "model.onnx"
+INSTALL_HINT = "pip install 'tunery[onnx]'"
+
+
+def session_options(threads: int | None):
+    """ONNX Runtime settings for serving: `threads` intra-op threads (None: ONNX Runtime's default,
+    one per physical core), one inter-op thread (the graph is a chain), every graph optimisation."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.inter_op_num_threads = 1
+    if threads:
+        options.intra_op_num_threads = int(threads)
+    options.log_severity_level = 3  # errors only: ORT warns about every unused initializer
+    return options
+
+
+def open_session(path: Path, threads: int | None = None):
+    """An ONNX Runtime CPU session of the graph at `path`; RunError naming the file and the fix."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise RunError(f"{path}: an ONNX model needs onnxruntime, which is not installed: {INSTALL_HINT}") from None
+    try:
+        return ort.InferenceSession(os.fspath(path), sess_options=session_options(threads),
+                                    providers=["CPUExecutionProvider"])
+    except Exception as err:  # noqa: BLE001 - ORT raises its own Fail/InvalidGraph/NoSuchFile types
+        first = (str(err).strip().splitlines() or [""])[0]
+        raise RunError(f"{path}: ONNX Runtime cannot load it ({type(err).__name__}: {first[:300]}); the run "
+                       "directory is damaged: restore it from a copy or compress the source run again") from err
+
+
+class OnnxPredictor(Predictor):
+    """A loaded ONNX run. `model` is its onnxruntime.InferenceSession."""
+
+    def score(self, texts: list[str], pairs: list[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        import torch
+
+        texts, pairs = self._check_inputs(texts, pairs)
+        if not texts:
+            empty = np.zeros((0, len(self.label_names))) if self.meta["task"] != "regression" else np.zeros((0,))
+            return empty, np.zeros((0,), dtype=np.int64)
+        data = encode(self.tokenizer, texts, pairs, [None] * len(texts), max_length=self.meta["max_length"])
+        wanted = {i.name for i in self.model.get_inputs()}
+        task = self.task
+
+        def scores_of(batch: dict[str, np.ndarray]) -> np.ndarray:
+            (logits,) = self.model.run(["logits"], {k: v for k, v in batch.items() if k in wanted})
+            return task.scores(torch.from_numpy(logits))
+
+        scores = score_batches(scores_of, data, batch_size=self.batch_size, pad_id=self.tokenizer.pad_token_id or 0)
+        return scores, data.lengths
+
+
+def load_onnx(run_dir: Path, meta: dict, *, batch_size: int = 64, threads: int | None = None) -> OnnxPredictor:
+    """The ONNX run at `run_dir` (its tunery.json already read into `meta`)."""
+    from transformers import AutoTokenizer
+
+    from tunery.inference import quiet_transformers
+
+    path = run_dir / "model" / ONNX_FILE
+    if not path.is_file():
+        raise RunError(f"{run_dir / 'tunery.json'} says backend 'onnx' but {path} is missing; the run directory "
+                       "is damaged: restore it from a copy or compress the source run again")
+    session = open_session(path, threads)
+    quiet_transformers()
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(run_dir / "model")
+    except Exception as err:  # noqa: BLE001
+        raise RunError(f"{run_dir / 'model'}: no loadable tokenizer ({type(err).__name__}); the run directory is "
+                       "damaged: restore it from a copy or compress the source run again") from err
+    return OnnxPredictor(session, tokenizer, meta, run_dir=run_dir, batch_size=batch_size, precision="fp32")

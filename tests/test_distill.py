@@ -1,0 +1,170 @@
+"""`tunery distill`: the loss terms as functions, the K-layer student built from the teacher's lower
+layers, augmentation, and an end-to-end case where the teacher's knowledge must help: a student
+with 40 gold rows and the teacher's labels on 560 unlabelled ones beats the same student trained on
+the 40 rows alone, and is closer to the teacher (lower KL)."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from tests.conftest import fast_train, make_dataset
+from tests.integration.helpers import cli
+
+
+def test_the_teacher_term_is_zero_when_the_student_agrees_and_grows_with_disagreement():
+    from tunery.train.distill import kd_rows
+
+    t = torch.tensor([[2.0, -1.0], [0.5, 0.4]])
+    for kind in ("single_label_classification", "multi_label_classification"):
+        same = kd_rows(t.clone(), t, temperature=2.0, problem_type=kind)
+        assert torch.allclose(same, torch.zeros(2), atol=1e-6)
+        off = kd_rows(t + torch.tensor([[-3.0, 3.0]]), t, temperature=2.0, problem_type=kind)
+        assert (off > 0.01).all()
+    assert kd_rows(torch.tensor([[1.0]]), torch.tensor([[3.0]]), temperature=1.0,
+                   problem_type="regression").item() == pytest.approx(4.0)
+
+
+def test_layer_map_is_uniform_and_ends_at_the_last_layer():
+    from tunery.train.distill import layer_map
+
+    assert layer_map(3, 6) == [2, 4, 6]
+    assert layer_map(1, 7) == [7]
+    assert layer_map(4, 4) == [1, 2, 3, 4]
+
+
+def test_augmentation_is_seeded_changes_text_and_never_repeats():
+    from tunery.distillation import augment_text, augmented_rows
+
+    texts = ["the film was a great and lovely story", "awful acting and a boring plot really"]
+    a = augmented_rows(texts, None, copies=4, seed=1, mask_token="[MASK]", mask_prob=0.2, drop_prob=0.2, span_prob=0.5)
+    b = augmented_rows(texts, None, copies=4, seed=1, mask_token="[MASK]", mask_prob=0.2, drop_prob=0.2, span_prob=0.5)
+    assert a == b and a[1] is None
+    assert len(set(a[0])) == len(a[0]) and not set(a[0]) & set(texts) and len(a[0]) >= 4
+    assert any("[MASK]" in t for t in a[0])
+    rng = random.Random(0)
+    spans = [augment_text(texts[0], rng, mask_token="M", mask_prob=0, drop_prob=0, span_prob=1) for _ in range(20)]
+    assert all(s in texts[0] and len(s.split()) >= 4 for s in spans) and len(set(spans)) > 1
+    pairs = augmented_rows(texts, ["q1", "q2"], copies=2, seed=0, mask_token="M", mask_prob=0.3, drop_prob=0.0,
+                           span_prob=0.0)
+    assert len(pairs[0]) == len(pairs[1]) and set(pairs[1]) <= {"q1", "q2"}
+
+
+def _write(df, path):
+    df.to_csv(path, index=False)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def world(tiny_backbone, tmp_path_factory):
+    """A teacher trained on 600 rows; files for a student with 40 gold rows and 560 unlabelled ones."""
+    from tunery.config import config_from_dict
+    from tunery.pipeline import train
+    from tunery.store import Store
+
+    tmp = tmp_path_factory.mktemp("distill")
+    store = Store(f"sqlite:///{tmp / 'runs.db'}")
+    big = make_dataset("binary", n=600, seed=1)
+    files = {"big": _write(big, tmp / "big.csv"), "small": _write(big.iloc[:40], tmp / "small.csv"),
+             "validation": _write(make_dataset("binary", n=80, seed=2), tmp / "val.csv"),
+             "test": _write(make_dataset("binary", n=120, seed=3), tmp / "test.csv")}
+    (tmp / "unlabelled.txt").write_text("\n".join(big["review"].iloc[40:]) + "\n", encoding="utf-8")
+    cfg = config_from_dict({"name": "teacher", "output_dir": str(tmp / "runs"),
+                            "data": {"train": files["big"], "validation": files["validation"], "test": files["test"],
+                                     "text_column": "review", "label_column": "label"},
+                            "model": {"backbone": tiny_backbone}, "train": fast_train(epochs=6),
+                            "evaluate": {"baseline": False}})
+    teacher = train(cfg, store=store)
+    yield {"tmp": tmp, "store": store, "teacher": teacher, "files": files, "backbone": tiny_backbone}
+    store.close()
+
+
+def _test_logits(run, texts):
+    from tunery.distillation import teacher_logits
+    from tunery.rundir import read_meta
+
+    return teacher_logits(run, read_meta(run), texts, None)
+
+
+def _kl(teacher: np.ndarray, student: np.ndarray) -> float:
+    t = torch.log_softmax(torch.as_tensor(teacher), -1)
+    s = torch.log_softmax(torch.as_tensor(student), -1)
+    return float((t.exp() * (t - s)).sum(-1).mean())
+
+
+def test_a_distilled_student_beats_the_same_student_without_its_teacher(world):
+    from tunery.compress import distill_config, distill_run
+    from tunery.pipeline import train
+
+    train_cfg = [f"train.{k}={v}" for k, v in fast_train(epochs=8).items()] + [f"data.train={world['files']['small']}",
+                                                                               "evaluate.baseline=false"]
+    student = distill_run(world["teacher"], world["backbone"], unlabelled=str(world["tmp"] / "unlabelled.txt"),
+                          name="student", overrides=train_cfg + ["distill.alpha=0.5"], store=world["store"])
+    direct_cfg = distill_config(world["teacher"], world["backbone"], name="direct", overrides=train_cfg)
+    direct = train(direct_cfg.model_copy(update={"distill": direct_cfg.distill.model_copy(update={"teacher": None})}),
+                   store=world["store"])
+    doc = json.loads((student / "metrics.json").read_text())
+    info = doc["training"]["distillation"]
+    assert info["gold_rows"] == 40 and info["unlabelled_rows"] == 560 and info["teacher"]["run"] == "teacher"
+    assert (student / "teacher_logits.npy").is_file()  # cached in the run: a resume reads it back
+    acc_student = doc["model"]["test"]["accuracy"]
+    acc_direct = json.loads((direct / "metrics.json").read_text())["model"]["test"]["accuracy"]
+    assert acc_student >= acc_direct + 0.1, (acc_student, acc_direct)
+    texts = make_dataset("binary", n=120, seed=3)["review"].tolist()
+    teacher_l = _test_logits(world["teacher"], texts)
+    assert _kl(teacher_l, _test_logits(student, texts)) < _kl(teacher_l, _test_logits(direct, texts))
+
+
+def test_a_k_layer_student_is_built_from_the_teachers_lower_layers(world):
+    from transformers import AutoModelForSequenceClassification
+
+    from tunery.train.distill import student_from_teacher
+
+    teacher = AutoModelForSequenceClassification.from_pretrained(world["teacher"] / "model")
+    student = student_from_teacher(teacher, 1)
+    assert student.config.num_hidden_layers == 1 and len(student.base_model.encoder.layer) == 1
+    for (name, a), (_, b) in zip(student.base_model.embeddings.state_dict().items(),
+                                 teacher.base_model.embeddings.state_dict().items()):
+        assert torch.equal(a, b), name
+    for (name, a), (_, b) in zip(student.base_model.encoder.layer[0].state_dict().items(),
+                                 teacher.base_model.encoder.layer[0].state_dict().items()):
+        assert torch.equal(a, b), name
+    assert torch.equal(student.classifier.weight, teacher.classifier.weight)
+    assert len(teacher.base_model.encoder.layer) == 2  # the teacher is left as it was
+    with pytest.raises(ValueError, match="distill.layers 2"):
+        student_from_teacher(teacher, 2)
+
+
+def test_layers_distillation_matches_hidden_states_and_attention(world, tmp_path):
+    from tunery.compress import distill_run
+    from tunery.predict import load
+
+    overrides = [f"train.{k}={v}" for k, v in fast_train(epochs=2).items()] + ["distill.augment.copies=1",
+                                                                               "evaluate.baseline=false"]
+    run = distill_run(world["teacher"], "", layers=1, name="k1", output_dir=str(tmp_path / "runs"),
+                      overrides=overrides, store=world["store"])
+    info = json.loads((run / "metrics.json").read_text())["training"]["distillation"]
+    assert info["intermediate"] is True and info["layer_map"] == [2] and info["augmented_rows"] > 0
+    model = load(run).model
+    assert model.config.num_hidden_layers == 1
+    # the student saved as a plain transformers model, predicting like its teacher on easy rows
+    texts = make_dataset("binary", n=40, seed=5)["review"].tolist()
+    agree = np.mean(load(run).predict_scores(texts).argmax(1) == load(world["teacher"]).predict_scores(texts).argmax(1))
+    assert agree > 0.8
+
+
+def test_cli_distill_refuses_bad_flags(world, tmp_path):
+    teacher = str(world["teacher"])
+    both = cli("distill", "--teacher", teacher, "--student", "minilm-l6", "--layers", "1", cwd=tmp_path, expect=None)
+    assert both.returncode != 0 and "one of the two" in both.stdout + both.stderr
+    deep = cli("distill", "--teacher", teacher, "--layers", "5", cwd=tmp_path, expect=None)
+    assert deep.returncode != 0 and "distill.layers 5" in deep.stdout + deep.stderr
+    missing = cli("distill", "--teacher", str(tmp_path / "nope"), "--student", "minilm-l6", cwd=tmp_path, expect=None)
+    assert missing.returncode != 0
+    bad = cli("distill", "--teacher", teacher, "--student", world["backbone"], "--set", "distill.alpha=2",
+              cwd=tmp_path, expect=None)
+    assert bad.returncode != 0 and "distill.alpha" in bad.stdout + bad.stderr
