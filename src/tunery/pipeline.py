@@ -895,15 +895,13 @@ def train_baseline(cfg: RunConfig, *, store=None) -> Path:
                           + (f" (did you mean {close[0]!r}?)" if close else "") + f"; valid: {', '.join(valid)}")
     task, label_names = prepared.task, list(data.label_names)
     n_labels = len(label_names)
-    cfg, work, made = _claim(store, cfg, fresh_name=fresh_name)
     started = time.time()
-    try:
+    with new_run(cfg, task=data.task, backbone="tfidf", store=store, fresh_name=fresh_name) as run:
+        cfg, work = run.cfg, run.work
         save_config(cfg, work / "config.yaml")
         write_json(work / "data_report.json", report.to_dict())
         write_json(work / "data_digest.json", {k: _file_digest(getattr(cfg.data, k))
                                                for k in ("train", "validation", "test")})
-        store.start_run(name=cfg.name, path=str(work.resolve()), config=cfg.to_dict(), task=data.task,
-                        backbone="tfidf", new=True)
         model = TfidfModel.fit(data.task, _texts(data.train), task.y_true(data.train["label"].tolist(), n_labels),
                                n_labels=n_labels, seed=cfg.train.seed)
         fit_seconds = time.time() - started
@@ -955,18 +953,5 @@ def train_baseline(cfg: RunConfig, *, store=None) -> Path:
                      findings=report.to_dict()["findings"], config=cfg.to_dict(),
                      origins={split: _origins(frames[split]) for split in scores})
         write_json(work / META, meta)  # written last: its presence marks a complete run
-        work.rename(final)
-    except BaseException as err:
-        shutil.rmtree(work, ignore_errors=True)  # nothing to continue from: a fit is redone in seconds
-        _remove_created(made)
-        try:
-            store.delete_run(cfg.name)
-        except Exception as store_err:  # noqa: BLE001 - the store may sit on the same full disk
-            log.warning("could not remove the record of run %r: %s", cfg.name, store_err)
-        if isinstance(err, OSError):
-            raise RunError(f"cannot write run {cfg.name!r} in {work.parent}: {_os_reason(err)}; nothing was "
-                           "kept") from err
-        raise
-    store.update_run(cfg.name, path=str(final.resolve()))
-    store.finish_run(cfg.name, status="completed", metrics=metrics)
-    return final
+        run.metrics = metrics
+    return Path(cfg.output_dir) / cfg.name

@@ -105,7 +105,6 @@ def soup_run(runs: Sequence[str | Path], *, name: str, output_dir: str | Path, s
     from tunery.config import load_config, save_config
     from tunery.evaluate.metrics import default_metric, greater_is_better
     from tunery.rundir import META, write_json
-    from tunery.store import Store
     from tunery.inference import predict_scores, resolve_precision
 
     started = time.time()
@@ -170,30 +169,17 @@ def soup_run(runs: Sequence[str | Path], *, name: str, output_dir: str | Path, s
         return None, info
     load_weights(mean_of(members))
 
-    store = store or Store()
-    cfg, work, made = pipeline._claim(store, cfg, fresh_name=False)  # noqa: SLF001 - a run's own directory
-    p.cfg = cfg
-    try:
-        save_config(cfg, work / "config.yaml")
+    with pipeline.new_run(cfg, task=p.data.task, backbone=cfg.model.backbone, store=store) as run:
+        work = run.work
+        p.cfg = run.cfg
+        save_config(run.cfg, work / "config.yaml")
         write_json(work / "data_report.json", p.report.to_dict())
         shutil.copy2(runs[0] / "data_digest.json", work / "data_digest.json")
-        store.start_run(name=cfg.name, path=str(work.resolve()), config=cfg.to_dict(), task=p.data.task,
-                        backbone=cfg.model.backbone, new=True)
         training = {"soup": info, "steps": 0, "total_steps": 0, "best_step": 0, "best_validation": value,
                     "best_validation_loss": None,
                     "selection": {"metric": metric, "tie_break": "none", "threshold": "none"},
                     "stopped_early": False, "samples_seen": 0, "train_seconds": round(time.time() - started, 2),
                     "samples_per_s": 0.0}
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):  # scored as the runs were
-            final, metrics = pipeline.score_and_write(p, model, work, p.encoded, training, started=started)
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        pipeline._remove_created(made)  # noqa: SLF001
-        try:
-            store.delete_run(cfg.name)
-        except Exception as store_err:  # noqa: BLE001
-            log.warning("could not remove the record of run %r: %s", cfg.name, store_err)
-        raise
-    store.update_run(cfg.name, path=str(final.resolve()))
-    store.finish_run(cfg.name, status="completed", metrics=metrics)
+            final, run.metrics = pipeline.score_and_write(p, model, work, p.encoded, training, started=started)
     return final, info
