@@ -222,8 +222,11 @@ def test_damaged_files_are_refused_naming_the_file(runs, tmp_path):
         tunery.load(run)
 
     meta = json.loads((run / "tunery.json").read_text())
-    (run / "tunery.json").write_text(json.dumps({**meta, "backend": "onnx"}))
-    with pytest.raises(RunError, match=r"tunery\.json: backend 'onnx' is not one this tunery loads"):
+    (run / "tunery.json").write_text(json.dumps({**meta, "backend": "tensorrt"}))
+    with pytest.raises(RunError, match=r"tunery\.json: backend 'tensorrt' is not one this tunery loads"):
+        tunery.load(run)
+    (run / "tunery.json").write_text(json.dumps({**meta, "backend": "onnx"}))  # a backend, but no graph here
+    with pytest.raises(RunError, match=r"backend 'onnx' but .*model\.onnx is missing"):
         tunery.load(run)
 
 

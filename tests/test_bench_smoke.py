@@ -40,7 +40,7 @@ NO_SMOKE = {"mpnet_pooling.py": "needs pip install 'tunery[mpnet]' (438 MB) and 
 
 def test_every_bench_script_has_a_smoke_test():
     scripts = sorted(p.name for p in BENCH.glob("*.py") if p.name not in NO_SMOKE)
-    assert scripts == ["auto.py", "compress.py", "multilabel.py", "multilabel_ablation.py", "naive_server.py",
+    assert scripts == ["auto.py", "compress.py", "distill.py", "multilabel.py", "multilabel_ablation.py", "naive_server.py",
                        "serve.py", "sst2.py"], \
         f"bench/ has new scripts {scripts}: give each a --smoke mode and a test here"
 
@@ -168,3 +168,15 @@ def test_compress_bench_smoke(tmp_path):
         assert 0 <= t["accuracy"] <= 1 and t["texts_per_s"] > 0 and t["one_text_ms_p99"] >= t["one_text_ms_p50"], name
         assert entry["size_bytes"] > 0
     assert isinstance(result["summary"]["threads_1"].get("int8_meets_target", False), bool)
+
+
+def test_distill_bench_smoke(tmp_path):
+    """Teacher, direct student, distilled student and a 1-layer student, tiny and generated."""
+    result = run_bench("distill.py", "--layers", "1", "--threads", "1", tmp_path=tmp_path)
+    assert result["benchmark"] == "distill"
+    entry = result["datasets"]["smoke"]
+    for part in ("teacher", "direct", "distilled", "layers"):
+        assert entry[part]["exit_code"] == 0 and isinstance(entry[part]["test_accuracy"], float), (part, entry[part])
+    assert entry["distilled"]["distillation"]["teacher"]["run"] == "teacher"
+    assert entry["layers"]["distillation"]["layers"] == 1 and entry["layers"]["throughput_ratio"] > 0
+    assert "beats_direct" in entry["targets"] and "layers_met" in entry["targets"]

@@ -195,7 +195,9 @@ def prepare(p, model, work: Path, train: Encoded) -> tuple[Encoded, object, dict
     task = p.task
     if p.data.task == "regression":  # the teacher's head outputs raw values; the student learns normalised ones
         logits = (logits - task.mean) / task.scale
-    placeholder = {"classification": 0, "multilabel": [], "regression": float(task.mean)}[p.data.task]
+    placeholder = {"classification": 0, "multilabel": [], "regression": None}[p.data.task]
+    if p.data.task == "regression":
+        placeholder = float(task.mean)  # normalises to 0
     extra = encode(p.tokenizer, extra_t, extra_p, [placeholder] * len(extra_t), max_length=cfg.data.max_length) \
         if extra_t else Encoded([], [] if train.token_type_ids is not None else None, [])
     joined = Encoded(train.input_ids + extra.input_ids,

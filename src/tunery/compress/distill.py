@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tunery.errors import ConfigError
+from tunery.errors import ConfigError, RunError
 
 
 def distill_config(teacher: str | Path, student: str, *, layers: int | None = None, unlabelled: str | None = None,
@@ -20,7 +20,7 @@ def distill_config(teacher: str | Path, student: str, *, layers: int | None = No
     from tunery.config import apply_overrides, config_from_dict, load_config
     from tunery.distillation import teacher_run
     from tunery.refs import find_run
-    from tunery.rundir import is_complete, run_at_path
+    from tunery.rundir import META
 
     run, meta = teacher_run(str(teacher))
     tcfg = load_config(run / "config.yaml")
@@ -29,13 +29,14 @@ def distill_config(teacher: str | Path, student: str, *, layers: int | None = No
             raise ConfigError("--layers builds the student from the teacher's weights: give a transformer teacher run")
         backbone = str((run / "model").resolve())
     else:
-        found = run_at_path(student)
-        if found is None and not Path(student).exists():
-            try:
-                found = find_run(student)
-            except Exception:  # noqa: BLE001 - not a run name: a backbone alias, directory or hub id
-                found = None
-        backbone = str((found / "model").resolve()) if found is not None and is_complete(found) else student
+        backbone = student
+        if (Path(student) / META).is_file() or not Path(student).exists():
+            try:  # a student run (a directory, run name or registry name) continues from its weights
+                backbone = str((find_run(student) / "model").resolve())
+            except RunError:
+                if (Path(student) / META).is_file():
+                    raise
+                # not a run: a backbone alias or hub id
     tree = {"name": name or f"{run.name}-distilled", "output_dir": output_dir or str(run.parent),
             "data": tcfg.data.model_dump(mode="json"), "task": tcfg.task.model_dump(mode="json"),
             "evaluate": tcfg.evaluate.model_dump(mode="json"), "model": {"backbone": backbone},
