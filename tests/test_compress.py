@@ -73,6 +73,8 @@ def test_the_fp32_graph_matches_torch_and_loads_as_an_onnx_run(runs, kind):
     doc = json.loads((new / "metrics.json").read_text())
     parity = doc["compression"]["parity_fp32"]
     assert parity["max_logit_diff"] < 1e-3 and parity["same_predictions"] == 1.0 and parity["rows"] > 0
+    graph = doc["compression"]["graph"]
+    assert graph["exporter"] == "dynamo" and graph["fusions"].get("onnxscript:attention"), graph  # one per layer
     meta = json.loads((new / "tunery.json").read_text())
     assert meta["backend"] == "onnx" and meta["precision"] == "fp32"
     assert meta["compressed_from"]["run"] == src.name

@@ -6,9 +6,14 @@ The caller checks parity with torch on real rows either way: with transformers 5
 exporter traces some attention-mask branches as constants (MiniLM: logits off by 0.16-0.25 on a
 batch of other lengths), which the parity check refuses.
 
-Optimisation: `onnxruntime.transformers.optimizer.optimize_model` (LayerNorm, SkipLayerNorm,
-BiasGelu fusions; its Attention fusion matches the TorchScript graph only), run before quantising.
-Hugging Face Optimum wraps the same steps but does not install beside transformers 5.
+Optimisation, before quantising: for the dynamo graph, onnxscript's ONNX Runtime fusions
+(`onnxscript.rewriter.ort_fusions.optimize_for_ort`: attention into one Attention operator per layer,
+SkipLayerNorm, BiasGelu), which recognise that exporter's graph; ONNX Runtime's own
+`transformers.optimizer` (LayerNorm, SkipLayerNorm and BiasGelu fusions) matches attention only in
+the TorchScript graph, and serves where onnxscript's fusions fail or fuse no attention. On a
+full-SST-2 MiniLM run the fused attention made int8 lose 0.11 points instead of 0.69 (its Q, K and V
+projections stay fp32 inside the Attention operator) and fp32 1.1x faster. Hugging Face Optimum wraps
+the same steps but does not install beside transformers 5.
 """
 
 from __future__ import annotations
@@ -94,12 +99,29 @@ def _export_torchscript(model, inputs, names, path: Path) -> None:
         model.config._attn_implementation = before
 
 
-def optimize_onnx(src: Path, dst: Path, *, num_heads: int, hidden_size: int) -> dict[str, int]:
-    """ONNX Runtime's offline transformer optimisations of `src`, written to `dst`; returns the count
-    of each fused operator (zero counts left out)."""
+def optimize_onnx(src: Path, dst: Path, *, num_heads: int, hidden_size: int, exporter: str = "dynamo") -> dict[str, int]:
+    """The transformer fusions of `src` (see the module's docstring), written to `dst`; returns the
+    count of each fusion made (zero counts left out), under "onnxscript:" or "onnxruntime:" names."""
+    if exporter == "dynamo":
+        try:
+            counts = _onnxscript_fusions(src, dst)
+            if counts.get("onnxscript:attention"):
+                return counts
+            log.info("onnxscript fused no attention in %s: using ONNX Runtime's optimizer", src)
+        except Exception as err:  # noqa: BLE001 - any failure of the rewriter: the other optimizer serves
+            log.warning("onnxscript's fusions failed (%s: %s): using ONNX Runtime's optimizer", type(err).__name__, err)
     from onnxruntime.transformers.optimizer import optimize_model
 
     opt = optimize_model(os.fspath(src), model_type="bert", num_heads=num_heads, hidden_size=hidden_size,
                          opt_level=0)  # the graph fusions only: ORT applies its own at session start
     opt.save_model_to_file(os.fspath(dst))
-    return {k: int(v) for k, v in (opt.get_fused_operator_statistics() or {}).items() if v}
+    return {f"onnxruntime:{k}": int(v) for k, v in (opt.get_fused_operator_statistics() or {}).items() if v}
+
+
+def _onnxscript_fusions(src: Path, dst: Path) -> dict[str, int]:
+    import onnx_ir as ir
+    from onnxscript.rewriter.ort_fusions import optimize_for_ort
+
+    model, counts = optimize_for_ort(ir.load(os.fspath(src)))
+    ir.save(model, os.fspath(dst))
+    return {f"onnxscript:{k}": int(v) for k, v in counts.items() if v}
