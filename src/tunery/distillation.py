@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from tunery.errors import ConfigError, DataError, RunError
-from tunery.inference import Encoded, encode, quiet_transformers, score_batches
+from tunery.inference import Encoded, encode, quiet_transformers, torch_logits
 
 log = logging.getLogger(__name__)
 
@@ -117,22 +117,13 @@ def teacher_logits(run: Path, meta: dict, texts: list[str], pairs: list[str] | N
     enc = encode(tokenizer, texts, pairs, [None] * len(texts), max_length=meta["max_length"])
     pad = tokenizer.pad_token_id or 0
     if meta.get("backend") == "onnx":
-        from tunery.predict_onnx import ONNX_FILE, open_session
+        from tunery.predict_onnx import ONNX_FILE, onnx_logits, open_session
 
-        session = open_session(run / "model" / ONNX_FILE)
-        wanted = {i.name for i in session.get_inputs()}
-        return score_batches(lambda b: session.run(["logits"], {k: v for k, v in b.items() if k in wanted})[0], enc,
-                             batch_size=batch_size, pad_id=pad)
-    import torch
+        return onnx_logits(open_session(run / "model" / ONNX_FILE), enc, batch_size=batch_size, pad_id=pad)
     from transformers import AutoModelForSequenceClassification
 
-    model = AutoModelForSequenceClassification.from_pretrained(run / "model").eval()
-
-    @torch.no_grad()
-    def logits_of(batch):
-        return model(**{k: torch.from_numpy(v) for k, v in batch.items()}).logits.float().numpy()
-
-    return score_batches(logits_of, enc, batch_size=batch_size, pad_id=pad)
+    model = AutoModelForSequenceClassification.from_pretrained(run / "model")
+    return torch_logits(model, enc, batch_size=batch_size, pad_id=pad)
 
 
 def _same_vocabulary(a, b) -> bool:
@@ -195,9 +186,8 @@ def prepare(p, model, work: Path, train: Encoded) -> tuple[Encoded, object, dict
     task = p.task
     if p.data.task == "regression":  # the teacher's head outputs raw values; the student learns normalised ones
         logits = (logits - task.mean) / task.scale
-    placeholder = {"classification": 0, "multilabel": [], "regression": None}[p.data.task]
-    if p.data.task == "regression":
-        placeholder = float(task.mean)  # normalises to 0
+    # labels of rows without gold (the loss ignores them): a valid value of the task's label
+    placeholder = float(task.mean) if p.data.task == "regression" else [] if p.data.task == "multilabel" else 0
     extra = encode(p.tokenizer, extra_t, extra_p, [placeholder] * len(extra_t), max_length=cfg.data.max_length) \
         if extra_t else Encoded([], [] if train.token_type_ids is not None else None, [])
     joined = Encoded(train.input_ids + extra.input_ids,

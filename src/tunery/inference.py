@@ -112,6 +112,19 @@ def predict_scores(model, task, data: Encoded, *, batch_size: int, pad_id: int, 
     return score_batches(scores_of, data, batch_size=batch_size, pad_id=pad_id)
 
 
+def torch_logits(model, data: Encoded, *, batch_size: int, pad_id: int) -> np.ndarray:
+    """A torch classifier's logits (N, C) in float32 for every row of `data`, in row order."""
+    import torch
+
+    model.eval()
+
+    @torch.no_grad()
+    def logits_of(batch: dict[str, np.ndarray]) -> np.ndarray:
+        return model(**{k: torch.from_numpy(v) for k, v in batch.items()}).logits.float().numpy()
+
+    return score_batches(logits_of, data, batch_size=batch_size, pad_id=pad_id)
+
+
 def fast_bf16_available() -> bool:
     """True where bf16 autocast speeds training up: CUDA with bf16, or a CPU with AVX512-BF16/AMX."""
     import torch

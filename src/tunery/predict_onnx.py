@@ -59,6 +59,14 @@ def open_session(path: Path, threads: int | None = None):
                        "directory is damaged: restore it from a copy or compress the source run again") from err
 
 
+def onnx_logits(session, data, *, batch_size: int, pad_id: int) -> np.ndarray:
+    """The graph's logits (N, C) for every row of `data` (an Encoded split), in row order; each batch
+    is fed the inputs the graph declares."""
+    wanted = {i.name for i in session.get_inputs()}
+    return score_batches(lambda b: session.run(["logits"], {k: v for k, v in b.items() if k in wanted})[0], data,
+                         batch_size=batch_size, pad_id=pad_id)
+
+
 class OnnxPredictor(Predictor):
     """A loaded ONNX run. `model` is its onnxruntime.InferenceSession."""
 
@@ -70,15 +78,8 @@ class OnnxPredictor(Predictor):
             empty = np.zeros((0, len(self.label_names))) if self.meta["task"] != "regression" else np.zeros((0,))
             return empty, np.zeros((0,), dtype=np.int64)
         data = encode(self.tokenizer, texts, pairs, [None] * len(texts), max_length=self.meta["max_length"])
-        wanted = {i.name for i in self.model.get_inputs()}
-        task = self.task
-
-        def scores_of(batch: dict[str, np.ndarray]) -> np.ndarray:
-            (logits,) = self.model.run(["logits"], {k: v for k, v in batch.items() if k in wanted})
-            return task.scores(torch.from_numpy(logits))
-
-        scores = score_batches(scores_of, data, batch_size=self.batch_size, pad_id=self.tokenizer.pad_token_id or 0)
-        return scores, data.lengths
+        logits = onnx_logits(self.model, data, batch_size=self.batch_size, pad_id=self.tokenizer.pad_token_id or 0)
+        return self.task.scores(torch.from_numpy(logits)), data.lengths
 
 
 def load_onnx(run_dir: Path, meta: dict, *, batch_size: int = 64, threads: int | None = None) -> OnnxPredictor:

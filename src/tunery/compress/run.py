@@ -77,7 +77,7 @@ def compress_run(ref: str | Path, options: CompressOptions, *, name: str | None 
 
     from tunery.config import load_config, save_config
     from tunery.evaluate.metrics import compute_metrics, greater_is_better
-    from tunery.inference import encode, quiet_transformers
+    from tunery.inference import encode, quiet_transformers, torch_logits
     from tunery.pipeline import new_run
     from tunery.predict import load
     from tunery.predict_onnx import BACKEND, ONNX_FILE, load_onnx
@@ -125,7 +125,7 @@ def compress_run(ref: str | Path, options: CompressOptions, *, name: str | None 
             tmp = Path(tmp)
             fp32, steps = _fp32_graph(original.model, tmp, with_token_types=enc.token_type_ids is not None,
                                       exporter=options.exporter)
-            ref_logits = _torch_logits(original.model, enc, pad_id)
+            ref_logits = torch_logits(original.model, enc, batch_size=32, pad_id=pad_id)
             fp32_logits = _onnx_logits(fp32, enc, pad_id, threads)
             parity = _checked_parity(ref_logits, fp32_logits, meta["task"], split, steps["exporter"])
             target = model_dir / ONNX_FILE
@@ -251,27 +251,10 @@ def _fp32_graph(model, tmp: Path, *, with_token_types: bool, exporter: str) -> t
                   "inputs": list(INPUTS[: 3 if with_token_types else 2])}
 
 
-def _torch_logits(model, enc, pad_id: int) -> np.ndarray:
-    import torch
-
-    from tunery.inference import score_batches
-
-    @torch.no_grad()
-    def logits_of(batch):
-        return model(**{k: torch.from_numpy(v) for k, v in batch.items()}).logits.float().numpy()
-
-    model.eval()
-    return score_batches(logits_of, enc, batch_size=32, pad_id=pad_id)
-
-
 def _onnx_logits(path: Path, enc, pad_id: int, threads: int | None) -> np.ndarray:
-    from tunery.inference import score_batches
-    from tunery.predict_onnx import open_session
+    from tunery.predict_onnx import onnx_logits, open_session
 
-    session = open_session(path, threads)
-    wanted = {i.name for i in session.get_inputs()}
-    return score_batches(lambda b: session.run(["logits"], {k: v for k, v in b.items() if k in wanted})[0], enc,
-                         batch_size=32, pad_id=pad_id)
+    return onnx_logits(open_session(path, threads), enc, batch_size=32, pad_id=pad_id)
 
 
 def _checked_parity(ref: np.ndarray, got: np.ndarray, task: str, split: str, exporter: str) -> dict:
