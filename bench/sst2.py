@@ -4,6 +4,8 @@
     python bench/sst2.py --slice-rows 1500     # a smaller slice
     python bench/sst2.py --full                # slice anchor, then a full SST-2 run with tunery
     python bench/sst2.py --full --skip-slice   # the full run only
+    python bench/sst2.py --full --skip-slice --full-rows 30000 --set model.backbone=mpnet-base
+                                               # a larger backbone on a 30k-row sample of train
     python bench/sst2.py --out my.json         # also choose where the JSON goes
     python bench/sst2.py --smoke               # seconds: does the benchmark still run? (figures mean nothing)
 
@@ -388,10 +390,15 @@ def bench_full(args, runs_dir: Path, tmp: Path, *, backbone: str | None = None) 
         data_dir = Path(args.data_dir)
         smoke = [f"data.train={data_dir / 'train.tsv'}", f"data.test={data_dir / 'dev.tsv'}",
                  f"model.backbone={backbone}", "data.validation_fraction=0.2", "train.epochs=1"]
+    if args.full_rows:  # a seeded sample of train instead of all of it (time), said so in the result
+        sample = tmp / "full-train.tsv"
+        write_tsv(take_slice(Path(args.data_dir) / "train.tsv", args.full_rows, args.slice_seed), sample)
+        smoke.append(f"data.train={sample}")
     overrides = [f"name={name}", f"output_dir={runs_dir}", *smoke, *args.set]
     cfg = load_config(Path(args.config).resolve(), overrides)  # validated here: errors before any work
     eprint(f"[full] tunery on {cfg.data.train} (config {args.config}) -> {runs_dir / name} ...")
-    result: dict = {"config": str(args.config), "overrides": overrides, "loadavg_before": loadavg()}
+    result: dict = {"config": str(args.config), "overrides": overrides, "train_rows": args.full_rows or "all",
+                    "loadavg_before": loadavg()}
     result["tunery"] = run_part("full", {"config": cfg.to_dict(), "source": str(args.config)}, tmp)
     result["loadavg_after"] = loadavg()
     return result
@@ -406,6 +413,9 @@ def main(argv: list[str] | None = None) -> dict:
                     help="tunery's validation hold-out from the slice (default 0.05)")
     ap.add_argument("--full", action="store_true", help="also run full SST-2 with tunery (hours on a CPU)")
     ap.add_argument("--skip-slice", action="store_true", help="with --full: skip the slice anchor")
+    ap.add_argument("--full-rows", type=int, default=None,
+                    help="with --full: train on a seeded sample of this many SST-2 train rows (--slice-seed) "
+                         "instead of all 67,349, when the time does not allow the whole set")
     ap.add_argument("--config", default=str(DEFAULT_CONFIG), help="tunery config of the full run")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="override in the full run's config, e.g. --set train.lr=3e-5 (repeatable)")
