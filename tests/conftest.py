@@ -134,7 +134,7 @@ def fast_train(**extra) -> dict:
 # xdist hands out files in collection order, so the long ones start at once and the two workers end
 # together instead of one finishing a long file alone at the end.
 LONG_FIRST = ("test_multilabel_bench.py", "test_quality.py", "test_tune.py", "test_bench_smoke.py", "test_auto.py",
-              "test_distill.py", "test_compress.py", "test_resume.py", "test_server_postgres.py", "test_faults.py")
+              "test_distill.py", "test_compress.py", "test_explain.py", "test_resume.py", "test_server_postgres.py", "test_faults.py")
 
 
 def pytest_collection_modifyitems(config, items):

@@ -23,3 +23,11 @@ class RunError(TuneryError):
 
 class CompressionError(TuneryError):
     """A compressed model failed its checks (parity, accuracy drop, collapse); nothing was kept."""
+
+
+class ExplainError(TuneryError, ValueError):
+    """An explanation request is invalid: an unknown method, option or target."""
+
+
+class UnsupportedMethodError(ExplainError):
+    """The run's backend cannot run the explanation method asked for (gradients on an ONNX run)."""

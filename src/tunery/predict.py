@@ -17,7 +17,7 @@ from tunery.errors import DataError, RunError
 from tunery.refs import find_run
 from tunery.rundir import META, read_meta
 from tunery.tasks import Task, get_task
-from tunery.inference import encode, predict_scores, quiet_transformers, resolve_precision
+from tunery.inference import Encoded, encode, predict_scores, quiet_transformers, resolve_precision
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +61,9 @@ def _text_list(values, what: str, call: str) -> list[str]:
 class Predictor:
     """A loaded model with its tokenizer and run metadata. Build one with `load(run)`."""
 
+    supports_gradients = True  # explanation methods that need gradients (IG) run on this backend
+    explainable = True  # it reads tokens, so tunery.explain can map its scores back to words
+
     def __init__(self, model, tokenizer, meta: dict, *, run_dir: Path | None = None, batch_size: int = 64,
                  precision: str = "fp32") -> None:
         self.model = model
@@ -103,11 +106,27 @@ class Predictor:
             empty = np.zeros((0, n)) if self.meta["task"] != "regression" else np.zeros((0,))
             return empty, np.zeros((0,), dtype=np.int64)
         data = encode(self.tokenizer, texts, pairs, [None] * len(texts), max_length=self.meta["max_length"])
-        tokens = data.lengths
+        return self.encoded_scores(data), data.lengths
+
+    def encoded_scores(self, data: Encoded) -> np.ndarray:
+        """The task's scores for already tokenised rows (what every backend implements)."""
         with _autocast(self.model, self.precision):
-            scores = predict_scores(self.model, self.task, data, batch_size=self.batch_size,
-                                    pad_id=self.tokenizer.pad_token_id or 0)
-        return scores, tokens
+            return predict_scores(self.model, self.task, data, batch_size=self.batch_size,
+                                  pad_id=self.tokenizer.pad_token_id or 0)
+
+    def explain(self, texts: list[str] | str, pairs: list[str] | None = None, *, method: str = "ig", target=None,
+                options: dict | None = None, seed: int = 0, faithfulness: bool = False):
+        """Which words drove each prediction: one `tunery.explain.Explanation` per text (one for a
+        single string). method: ig, shap, lime or occlusion; target: a label name or index (default
+        the predicted one); options: the method's (e.g. {"steps": 100} for IG, {"samples": 500} for
+        LIME/SHAP); seed: LIME and SHAP repeat exactly for the same seed; faithfulness: also measure
+        comprehensiveness, sufficiency and the correlation with leave-one-out, beside random's."""
+        from tunery.explain import explain
+
+        single = isinstance(texts, str)
+        out = explain(self, texts, pairs, method=method, target=target, options=options, seed=seed,
+                      with_faithfulness=faithfulness)
+        return out[0] if single else out
 
     def _check_inputs(self, texts, pairs) -> tuple[list[str], list[str] | None]:
         """Texts and pairs as lists of strings that fit this model: the same rules as the server,

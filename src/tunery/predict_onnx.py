@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from tunery.errors import RunError
-from tunery.inference import encode, score_batches
+from tunery.inference import Encoded, score_batches
 from tunery.predict import Predictor
 
 BACKEND = "onnx"
@@ -68,18 +68,16 @@ def onnx_logits(session, data, *, batch_size: int, pad_id: int) -> np.ndarray:
 
 
 class OnnxPredictor(Predictor):
-    """A loaded ONNX run. `model` is its onnxruntime.InferenceSession."""
+    """A loaded ONNX run. `model` is its onnxruntime.InferenceSession. It explains by word removal
+    (occlusion, LIME, SHAP), not by gradients (IG), which the graph does not give."""
 
-    def score(self, texts: list[str], pairs: list[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    supports_gradients = False
+
+    def encoded_scores(self, data: Encoded) -> np.ndarray:
         import torch
 
-        texts, pairs = self._check_inputs(texts, pairs)
-        if not texts:
-            empty = np.zeros((0, len(self.label_names))) if self.meta["task"] != "regression" else np.zeros((0,))
-            return empty, np.zeros((0,), dtype=np.int64)
-        data = encode(self.tokenizer, texts, pairs, [None] * len(texts), max_length=self.meta["max_length"])
         logits = onnx_logits(self.model, data, batch_size=self.batch_size, pad_id=self.tokenizer.pad_token_id or 0)
-        return self.task.scores(torch.from_numpy(logits)), data.lengths
+        return self.task.scores(torch.from_numpy(logits))
 
 
 def load_onnx(run_dir: Path, meta: dict, *, batch_size: int = 64, threads: int | None = None) -> OnnxPredictor:

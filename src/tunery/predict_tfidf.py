@@ -40,7 +40,10 @@ def joined(texts: list[str], pairs: list[str] | None) -> list[str]:
 
 
 class TfidfPredictor(Predictor):
-    """A loaded TF-IDF run. `model` is its `TfidfModel`; there is no tokenizer."""
+    """A loaded TF-IDF run. `model` is its `TfidfModel`; there is no tokenizer (so no explanations)."""
+
+    explainable = False
+    supports_gradients = False
 
     def score(self, texts: list[str], pairs: list[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
         texts, pairs = self._check_inputs(texts, pairs)
