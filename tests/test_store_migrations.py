@@ -175,7 +175,7 @@ def test_a_store_refuses_an_older_database_and_says_what_to_run(tmp_path, monkey
     monkeypatch.setenv("TUNERY_HOME", str(tmp_path / "home"))
     default = f"sqlite:///{tmp_path / 'home' / 'tunery.db'}"
     _at_revision(default, "0001")
-    with pytest.raises(SchemaError, match=r"at schema revision 0001, older than this tunery's 0002: upgrade it "
+    with pytest.raises(SchemaError, match=rf"at schema revision 0001, older than this tunery's {migrate.HEAD}: upgrade it "
                                           r"with `tunery db upgrade` \(every row is kept\)"):
         Store().list_runs()
     other = f"sqlite:///{tmp_path / 'other.db'}"
@@ -201,7 +201,7 @@ def test_a_database_from_a_newer_tunery_is_refused(tmp_path) -> None:
         conn.execute(text(f"UPDATE {migrate.VERSION_TABLE} SET version_num = '0099'"))
     engine.dispose()
     for attempt in (lambda: Store(url).list_runs(), lambda: migrate.upgrade(url)):
-        with pytest.raises(SchemaError, match="revision 0099, which this tunery .newest revision 0002. does not know: "
+        with pytest.raises(SchemaError, match=f"revision 0099, which this tunery .newest revision {migrate.HEAD}. does not know: "
                                               "a newer tunery upgraded it"):
             attempt()
 
@@ -272,12 +272,12 @@ def test_db_current_and_db_upgrade_commands(tmp_path) -> None:
     refused = cli("runs", "list", cwd=tmp_path, expect=1)
     assert "upgrade it with `tunery db upgrade`" in refused.stderr
     done = cli("db", "upgrade", cwd=tmp_path)
-    assert "upgraded from revision 0001 to 0002" in done.stdout
-    assert "revision: 0002 (head: up to date)" in cli("db", "current", "--check", cwd=tmp_path).stdout
-    assert "already at revision 0002; nothing to do" in cli("db", "upgrade", cwd=tmp_path).stdout
+    assert f"upgraded from revision 0001 to {migrate.HEAD}" in done.stdout
+    assert f"revision: {migrate.HEAD} (head: up to date)" in cli("db", "current", "--check", cwd=tmp_path).stdout
+    assert f"already at revision {migrate.HEAD}; nothing to do" in cli("db", "upgrade", cwd=tmp_path).stdout
     assert "killed" in cli("runs", "list", cwd=tmp_path).stdout
     other = tmp_path / "new.db"
-    assert "upgraded from an empty database to 0002" in cli("db", "upgrade", "--url", f"sqlite:///{other}",
+    assert f"upgraded from an empty database to {migrate.HEAD}" in cli("db", "upgrade", "--url", f"sqlite:///{other}",
                                                             cwd=tmp_path).stdout
 
 

@@ -15,8 +15,11 @@ from schemathesis.specs.openapi.checks import content_type_conformance, response
 from tests.serve.conftest import new_key, start_server
 
 CONFIG = {
-    "plans": {"pro": {"price_per_1k_texts": 0.5}},
+    "plans": {"pro": {"price_per_1k_texts": 0.5, "explain": {"price_per_1k": 5.0, "rate_limit": None}}},
     "limits": {"max_texts_per_request": 16, "max_chars_per_text": 500, "max_body_bytes": 64 * 1024},
+    # /explain is fuzzed like the rest; small caps keep each generated explanation quick
+    "explain": {"max_texts_per_request": 4, "max_steps": 8, "max_samples": 32, "max_batch": 32,
+                "timeout_seconds": 20},
 }
 
 
@@ -68,7 +71,15 @@ def test_api_never_fails_with_a_server_error(fuzz_server, admin_key, mode):
     assert fuzzed >= (len(operations) if mode is GenerationMode.POSITIVE else 4)
 
 
+def test_the_explain_endpoint_is_among_the_fuzzed_operations(fuzz_server):
+    labels = [operation.label for operation in _operations(fuzz_server.url)]
+    assert "POST /v1/models/{name}/explain" in labels, labels
+
+
 def test_server_still_serves_after_the_fuzzing(fuzz_server, admin_key):
     r = httpx.post(fuzz_server.url + "/v1/models/sentiment/predict", json={"texts": ["still fine"]},
                    headers={"Authorization": f"Bearer {admin_key}"})
     assert r.status_code == 200
+    r = httpx.post(fuzz_server.url + "/v1/models/sentiment/explain", json={"texts": ["still fine"], "method": "ig"},
+                   headers={"Authorization": f"Bearer {admin_key}"})
+    assert r.status_code == 200 and r.json()["explanations"][0]["params"]["steps"] == 8

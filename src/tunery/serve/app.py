@@ -2,10 +2,15 @@
 
 Request path of a prediction: key (401/403) -> body and limits (400/413/422) -> idempotent replay?
 -> rate limit and quota (429) -> dynamic batch -> usage committed (see metering.py) -> 200.
+
+An explanation takes the same path with its own caps (413/422, see explaining.py), its own rate
+limit and quota (the plan's ``explain``), the explanation executor instead of the batch (503 when
+its queue is full, 504 past ``explain.timeout_seconds``) and its own usage unit, explanations.
 """
 
 import asyncio
 import concurrent.futures
+import functools
 import hashlib
 import json
 import logging
@@ -18,18 +23,19 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import Body, Depends, FastAPI, Header, Query, Request, Security
 from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from tunery.serve import docs
+from tunery.explain.methods import METHODS as EXPLAIN_METHODS
+from tunery.serve import docs, explaining
 from tunery.serve import keys as keyring
 from tunery.serve import metering
 from tunery.serve.auth import KeyCache, RateLimiter, bearer_token
@@ -132,6 +138,75 @@ class PredictResponse(BaseModel):
     usage: Usage
 
 
+class ExplainRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    texts: list[str] = Field(..., min_length=1, description="texts to explain (limits: 'explain' in GET /v1/models)")
+    pairs: list[str] | None = Field(None, description="second texts, one per text, for pair models")
+    method: Literal[EXPLAIN_METHODS] = Field(  # type: ignore[valid-type]
+        ..., description="ig: Integrated Gradients (needs gradients: not on ONNX runs); shap: Kernel SHAP; "
+        "lime: LIME; occlusion: leave-one-word-out (one model evaluation per word)")
+    target: StrictInt | StrictStr | None = Field(
+        None, description="the label (name or index) to explain; default the predicted one (the top label for "
+        "multi-label); a regression model explains its value")
+    options: dict[str, StrictInt | StrictFloat] | None = Field(
+        None, description="the method's options: ig {steps, internal_batch_size}, shap {samples, batch}, lime "
+        "{samples, batch, kernel_width}, occlusion {batch}; steps, samples and batches are capped by the server")
+    seed: int = Field(0, ge=0, le=2**32 - 1, description="LIME and SHAP: the same seed gives the same explanation")
+    faithfulness: bool = Field(
+        False, description="also measure comprehensiveness, sufficiency and the correlation with leave-one-out, "
+        "each beside random's (more model evaluations)")
+
+
+class WordAttribution(BaseModel):
+    text: str
+    start: int = Field(description="character offsets [start, end) in the text (segment 0) or the pair (1)")
+    end: int
+    segment: int
+    score: float | None = Field(description="the word's attribution to the explained score")
+
+
+class Faithfulness(BaseModel):
+    comprehensiveness: float | None = None
+    sufficiency: float | None = None
+    loo_spearman: float | None = None
+    random_comprehensiveness: float | None = None
+    random_sufficiency: float | None = None
+    random_loo_spearman: float | None = None
+    evaluations: int
+    seconds: float
+
+
+class ExplanationOut(BaseModel):
+    text: str
+    pair: str | None = None
+    method: str
+    target: str | None = Field(None, description="the label explained; null for regression (its value)")
+    prediction: Prediction
+    score: float | None = Field(None, description="the explained number: the target's probability, or the value")
+    words: list[WordAttribution]
+    params: dict[str, float] = Field(description="the method's parameters as run (defaults filled in)")
+    evaluations: int = Field(description="model evaluations this explanation cost (IG's with gradients)")
+    seconds: float
+    delta: float | None = Field(None, description="IG: sum of word scores - (score - baseline_score)")
+    baseline_score: float | None = None
+    truncated: bool = Field(description="words past the run's max_length were cut off and are not explained")
+    faithfulness: Faithfulness | None = None
+
+
+class ExplainUsage(BaseModel):
+    explanations: int = Field(description="the billed unit: one per text explained")
+    evaluations: int = Field(description="model evaluations, faithfulness measurements included")
+
+
+class ExplainResponse(BaseModel):
+    model: str
+    model_ref: str
+    request_id: str
+    method: str
+    explanations: list[ExplanationOut]
+    usage: ExplainUsage
+
+
 class KeyCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
     tenant: str
@@ -151,6 +226,7 @@ class ErrorResponse(BaseModel):
 
 
 _ERRORS = {s: {"model": ErrorResponse} for s in (400, 401, 403, 404, 413, 422, 429, 503)}
+_EXPLAIN_ERRORS = {s: {"model": ErrorResponse} for s in (400, 401, 403, 404, 413, 422, 429, 503, 504)}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -169,13 +245,20 @@ class ServedModel:
         default_factory=lambda: concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="tunery-infer")
     )
 
-    def info(self, limits) -> dict[str, Any]:
+    def info(self, config: ServeConfig) -> dict[str, Any]:
         meta = self.predictor.meta if self.predictor is not None else {}
+        limits, caps = config.limits, config.explain
         return {
             "name": self.name, "model_ref": self.ref, "task": meta.get("task"),
             "labels": meta.get("label_names"), "text_pairs": bool(meta.get("text_pair_column")),
             "max_length": meta.get("max_length"), "ready": self.predictor is not None,
             "max_texts_per_request": limits.max_texts_per_request, "max_chars_per_text": limits.max_chars_per_text,
+            "explain": {
+                "methods": explaining.methods_for(self.predictor) if self.predictor is not None else None,
+                "max_texts_per_request": caps.max_texts_per_request, "max_words_per_text": caps.max_words_per_text,
+                "max_steps": caps.max_steps, "max_samples": caps.max_samples, "max_batch": caps.max_batch,
+                "timeout_seconds": caps.timeout_seconds,
+            },
         }  # fmt: skip
 
 
@@ -188,6 +271,7 @@ class _State:
     limiter: RateLimiter
     meter: metering.Meter
     keys: KeyCache
+    explainer: explaining.Explainer
     ready: threading.Event = field(default_factory=threading.Event)
     load_error: str | None = None
 
@@ -342,7 +426,8 @@ def create_app(
                    limiter=RateLimiter(share=workers),
                    meter=metering.Meter(store, idempotency_retention=timedelta(
                        hours=config.idempotency_retention_hours)),
-                   keys=KeyCache(config.auth_cache_seconds))
+                   keys=KeyCache(config.auth_cache_seconds),
+                   explainer=explaining.Explainer(config.explain.workers, config.explain.max_queued_requests))
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
@@ -365,6 +450,7 @@ def create_app(
             for m in served.values():
                 if m.batcher is not None:
                     await m.batcher.stop()
+            await run_in_threadpool(state.explainer.shutdown)
             await run_in_threadpool(state.meter.stop)
             for m in served.values():
                 m.executor.shutdown(wait=True)
@@ -400,6 +486,12 @@ def _batch_observer(metrics: Metrics, name: str):
 
 def _request_hash(model: str, body: PredictRequest) -> str:
     blob = json.dumps({"model": model, "texts": body.texts, "pairs": body.pairs}, ensure_ascii=False,
+                      separators=(",", ":"), sort_keys=True)
+    return hashlib.sha256(blob.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def _explain_hash(model: str, body: ExplainRequest) -> str:
+    blob = json.dumps({"endpoint": "explain", "model": model, **body.model_dump()}, ensure_ascii=False,
                       separators=(",", ":"), sort_keys=True)
     return hashlib.sha256(blob.encode("utf-8", "surrogatepass")).hexdigest()
 
@@ -468,11 +560,12 @@ def _routes(app: FastAPI, state: _State) -> None:
         for m in state.models.values():
             if m.batcher is not None:
                 metrics.queue_depth.labels(m.name).set(m.batcher.queued_texts)
+        metrics.explain_in_flight.set(state.explainer.in_flight)
         return Response(metrics.render(tenants=tenants), media_type="text/plain; version=0.0.4; charset=utf-8")
 
     @app.get("/v1/models", tags=["predict"], responses=_ERRORS)
     async def list_models(key: Annotated[KeyInfo, Depends(caller)]) -> dict:
-        return {"models": [m.info(config.limits) for m in state.models.values() if key.allows(m.name)]}
+        return {"models": [m.info(config) for m in state.models.values() if key.allows(m.name)]}
 
     @app.post("/v1/models/{name}/predict", tags=["predict"], response_model=PredictResponse,
               response_model_exclude_none=True, responses=_ERRORS)
@@ -504,7 +597,8 @@ def _routes(app: FastAPI, state: _State) -> None:
         # The rate limit is looked at first (a limited client costs no store read), but its token is
         # spent only once the quota admits the request: a request refused for its quota costs no rate.
         rate = {"rate": plan.rate_limit, "size": plan.bucket_size}
-        _rate_limited(key, plan, state.limiter.check(key.key_id, time.monotonic(), spend=False, **rate))
+        _rate_limited(key, plan.rate_limit, plan.bucket_size, state.limiter.check(
+            key.key_id, time.monotonic(), spend=False, **rate))
         now = datetime.now(timezone.utc)
         if plan.monthly_quota is not None:
             used = await run_in_threadpool(metering.quota_used, store, key.tenant, plan, now)
@@ -516,7 +610,7 @@ def _routes(app: FastAPI, state: _State) -> None:
             raise ApiError(503, "overloaded", f"model {name!r} has {m.batcher.queued_texts} texts waiting "
                            f"(batching.max_queue_texts={config.batching.max_queue_texts}); retry shortly",
                            headers={"Retry-After": "1"})
-        _rate_limited(key, plan, state.limiter.check(key.key_id, time.monotonic(), **rate))
+        _rate_limited(key, plan.rate_limit, plan.bucket_size, state.limiter.check(key.key_id, time.monotonic(), **rate))
         scores, tokens = await m.batcher.submit(body.texts, body.pairs)
         request_id = uuid.uuid4().hex
         out = {
@@ -547,6 +641,138 @@ def _routes(app: FastAPI, state: _State) -> None:
         metrics.usage_tokens.labels(key.tenant, name).inc(event.tokens)
         return JSONResponse(out, headers={"X-Request-ID": request_id})
 
+    @app.post("/v1/models/{name}/explain", tags=["explain"], response_model=ExplainResponse, responses=_EXPLAIN_ERRORS)
+    async def explain(
+        name: Annotated[str, PathParam(description="a served model (GET /v1/models lists those your key may use)",
+                                       json_schema_extra={"enum": sorted(state.models)} if state.models else None)],
+        body: Annotated[ExplainRequest, Body(openapi_examples=docs.explain_examples(
+            {n: docs.run_kind(m.path) for n, m in state.models.items()}))],
+        key: Annotated[KeyInfo, Depends(caller)],
+        idempotency_key: Annotated[str | None, Header(description="retry-safe: same key, same response, billed once")] = None,
+    ):
+        """Which words drove each prediction: per text, each word's score (with its character offsets),
+        the prediction, the method's parameters, IG's convergence delta, optionally faithfulness, and
+        the cost in model evaluations. Billed per text explained ("explanations"), apart from
+        predictions, under the plan's own explanation rate limit and quota."""
+        from tunery.errors import ExplainError, TuneryError, UnsupportedMethodError
+        from tunery.explain.core import check_method
+        from tunery.explain.target import choose_target
+
+        started = time.perf_counter()
+        caps = config.explain
+        m = model_for(name, key)
+        _check_limits(body, m, config, max_texts=caps.max_texts_per_request,
+                      max_texts_name="explain.max_texts_per_request")
+        _check_explain_strings(body)
+        if not state.ready.is_set():
+            raise ApiError(503, "loading", "models are loading; retry shortly", headers={"Retry-After": "1"})
+        predictor = m.predictor
+        try:
+            check_method(predictor, body.method)
+        except UnsupportedMethodError as e:
+            raise ApiError(422, "method_not_supported", str(e), methods=explaining.methods_for(predictor)) from None
+        try:
+            options = explaining.check_options(body.method, body.options or {}, caps)
+        except explaining.CapError as e:
+            raise ApiError(e.status, e.code, e.message) from None
+        except ExplainError as e:
+            raise ApiError(422, "invalid_option", str(e)) from None
+        try:
+            choose_target(predictor, _zeros(len(predictor.meta.get("label_names") or [])), body.target)
+        except ExplainError as e:
+            raise ApiError(422, "invalid_target", str(e)) from None
+
+        request_hash = None
+        if idempotency_key is not None:
+            if not _IDEMPOTENCY_RE.fullmatch(idempotency_key):
+                raise ApiError(422, "bad_header", "Idempotency-Key must be 1-255 printable ASCII characters")
+            request_hash = _explain_hash(name, body)
+            stored = await run_in_threadpool(metering.find_idempotent, store, key.key_id, idempotency_key)
+            if stored is not None:
+                return _replay(stored, request_hash, idempotency_key)
+        plan = config.plans.get(key.plan)
+        if plan is None:
+            raise ApiError(403, "unknown_plan", f"this key's plan {key.plan!r} is not configured on this server; "
+                           "ask the operator to add it to the serve config")
+        bucket = f"{key.key_id}:explain"  # its own token bucket: explanations do not spend prediction rate
+        rate = {"rate": plan.explain.rate_limit, "size": plan.explain.bucket_size}
+        limited = functools.partial(_rate_limited, key, plan.explain.rate_limit, plan.explain.bucket_size,
+                                    what="the explanation ")
+        limited(state.limiter.check(bucket, time.monotonic(), spend=False, **rate))
+        now = datetime.now(timezone.utc)
+        if plan.explain.monthly_quota is not None:
+            used = await run_in_threadpool(metering.explanations_used, store, key.tenant, now)
+            if used + len(body.texts) > plan.explain.monthly_quota:
+                raise _over_explain_quota(key, plan, metering.seconds_to_next_period(now))
+        try:
+            await run_in_threadpool(explaining.count_words, predictor, body.texts, body.pairs, caps)
+        except explaining.CapError as e:
+            raise ApiError(e.status, e.code, e.message) from None
+        if not state.explainer.admit():
+            raise ApiError(503, "overloaded", f"{state.explainer.waiting} explain requests are waiting for a free "
+                           f"explainer (explain.max_queued_requests={caps.max_queued_requests}); retry shortly",
+                           headers={"Retry-After": "1"})
+        try:
+            limited(state.limiter.check(bucket, time.monotonic(), **rate))
+        except ApiError:
+            state.explainer.release_unused()
+            raise
+        budget = explaining.Budget(caps.timeout_seconds)
+        gradient = None
+        if body.method in explaining.GRADIENT_METHODS:
+            gradient = functools.partial(state.explainer.gradient_model, name, predictor)
+        job = explaining.Job(predictor, body.texts, body.pairs, body.method, body.target, options, body.seed,
+                             body.faithfulness, budget, gradient)
+        future = state.explainer.submit(job)
+        try:
+            results = await asyncio.wait_for(asyncio.wrap_future(future), timeout=caps.timeout_seconds)
+        except (TimeoutError, explaining.ExplainTimeout):
+            budget.stop()
+            waited = (budget.started or time.monotonic()) - budget.admitted
+            ran = time.monotonic() - budget.started if budget.started is not None else 0.0
+            raise ApiError(504, "explain_timeout", (
+                f"the explanation did not finish within explain.timeout_seconds={caps.timeout_seconds:g} "
+                f"({waited:.1f} s waiting for a free explainer, {ran:.1f} s explaining) and was stopped; nothing "
+                "was billed. Explain fewer or shorter texts, ask for fewer steps or samples, or use a cheaper "
+                "method (occlusion costs one model evaluation per word)")) from None
+        except UnsupportedMethodError as e:
+            raise ApiError(422, "method_not_supported", str(e), methods=explaining.methods_for(predictor)) from None
+        except ExplainError as e:
+            raise ApiError(422, "invalid_request", str(e)) from None
+        except TuneryError as e:
+            raise ApiError(422, "invalid_request", str(e)) from None
+        finally:
+            if not future.done():
+                budget.stop()  # given up (timed out or cancelled): stop at its next model call
+
+        evaluations = sum(r["evaluations"] + ((r.get("faithfulness") or {}).get("evaluations") or 0) for r in results)
+        request_id = uuid.uuid4().hex
+        out = {
+            "model": name, "model_ref": m.ref, "request_id": request_id, "method": body.method,
+            "explanations": results, "usage": {"explanations": len(results), "evaluations": int(evaluations)},
+        }  # fmt: skip
+        event = metering.UsageEvent(
+            tenant=key.tenant, key_id=key.key_id, model=name, model_ref=m.ref, texts=0, tokens=0,
+            latency_ms=(time.perf_counter() - started) * 1000, request_id=request_id, at=now, plan=plan,
+            idempotency_key=idempotency_key, request_hash=request_hash,
+            response=out if idempotency_key is not None else None,
+            explanations=len(results), evaluations=int(evaluations),
+        )  # fmt: skip
+        try:
+            outcome = await asyncio.wrap_future(state.meter.submit(event))
+        except Exception as e:  # the store is unreachable: answer nothing we could not bill
+            log.error("usage not recorded for request %s: %s", request_id, e)
+            raise ApiError(503, "metering_unavailable", "the usage store is unavailable, so the explanation was "
+                           "not billed and is not returned; retry shortly", headers={"Retry-After": "1"}) from None
+        if outcome.status == "over_quota":
+            state.limiter.refund(bucket, **rate)
+            raise _over_explain_quota(key, plan, outcome.retry_after or 1)
+        if outcome.status in ("replay", "conflict"):
+            stored = (request_hash if outcome.status == "replay" else "", outcome.response or {})
+            return _replay(stored, request_hash, idempotency_key)
+        metrics.usage_explanations.labels(key.tenant, name).inc(event.explanations)
+        return JSONResponse(out, headers={"X-Request-ID": request_id})
+
     @app.get("/v1/usage", tags=["usage"], responses=_ERRORS)
     async def usage(
         key: Annotated[KeyInfo, Depends(caller)],
@@ -563,9 +789,9 @@ def _routes(app: FastAPI, state: _State) -> None:
             raise ApiError(422, "invalid_request", problem)
         rows = await run_in_threadpool(
             lambda: metering.usage_report(store, config, tenant=tenant, start=start, end=end))
-        totals = {"requests": sum(r["requests"] for r in rows), "texts": sum(r["texts"] for r in rows),
-                  "tokens": sum(r["tokens"] for r in rows),
-                  "cost": round(sum(r["cost"] or 0 for r in rows), 6), "currency": config.currency}
+        totals = {field: sum(r[field] for r in rows) for field in (
+            "requests", "texts", "tokens", "explain_requests", "explanations", "evaluations")}
+        totals.update(cost=round(sum(r["cost"] or 0 for r in rows), 6), currency=config.currency)
         return {"rows": rows, "totals": totals}
 
     @app.get("/v1/keys", tags=["admin"], responses=_ERRORS)
@@ -600,11 +826,13 @@ def _routes(app: FastAPI, state: _State) -> None:
         return info.to_dict()
 
 
-def _check_limits(body: PredictRequest, m: ServedModel, config: ServeConfig) -> None:
+def _check_limits(body: PredictRequest | ExplainRequest, m: ServedModel, config: ServeConfig, *,
+                  max_texts: int | None = None, max_texts_name: str = "max_texts_per_request") -> None:
     limits = config.limits
-    if len(body.texts) > limits.max_texts_per_request:
+    max_texts = limits.max_texts_per_request if max_texts is None else max_texts
+    if len(body.texts) > max_texts:
         raise ApiError(413, "too_many_texts", f"{len(body.texts)} texts in one request; the limit is "
-                       f"max_texts_per_request={limits.max_texts_per_request}: split them over several requests")
+                       f"{max_texts_name}={max_texts}: split them over several requests")
     for field_name, values in (("texts", body.texts), ("pairs", body.pairs or [])):
         for i, text in enumerate(values):
             if len(text) > limits.max_chars_per_text:
@@ -624,11 +852,34 @@ def _check_limits(body: PredictRequest, m: ServedModel, config: ServeConfig) -> 
         raise ApiError(422, "pairs_not_supported", f"model {m.name!r} reads single texts: leave out 'pairs'")
 
 
-def _rate_limited(key: KeyInfo, plan, wait: int) -> None:
+def _rate_limited(key: KeyInfo, rate: float | None, burst: float, wait: int, *, what: str = "") -> None:
     if wait:
-        raise ApiError(429, "rate_limited", f"rate limit of plan {key.plan!r} is {plan.rate_limit:g} "
-                       f"requests/s per key (burst {plan.bucket_size:g}); retry in {wait} s",
+        raise ApiError(429, "rate_limited", f"{what}rate limit of plan {key.plan!r} is {rate:g} "
+                       f"requests/s per key (burst {burst:g}); retry in {wait} s",
                        headers={"Retry-After": str(wait)}, retry_after=wait)
+
+
+def _over_explain_quota(key: KeyInfo, plan, retry_after: int) -> ApiError:
+    return ApiError(429, "quota_exceeded", f"tenant {key.tenant!r} has used its monthly quota of "
+                    f"{plan.explain.monthly_quota} explanations (plan {key.plan!r}); it renews at the start of "
+                    "next month (UTC)", headers={"Retry-After": str(retry_after)}, retry_after=retry_after)
+
+
+def _check_explain_strings(body: ExplainRequest) -> None:
+    """The strings beside the texts must be valid Unicode too (no lone surrogate escapes)."""
+    for where, value in [("target", body.target)] + [(f"options key {k!r}", k) for k in (body.options or {})]:
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ApiError(422, "invalid_text", f"{where} is not valid Unicode "
+                               "(it contains a lone surrogate escape)") from None
+
+
+def _zeros(n: int):
+    import numpy as np
+
+    return np.zeros(max(n, 1))
 
 
 def _over_quota(key: KeyInfo, plan, retry_after: int) -> ApiError:

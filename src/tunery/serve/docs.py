@@ -63,6 +63,39 @@ def predict_examples(pairs_by_model: dict[str, bool]) -> dict[str, dict]:
     }
 
 
+def run_kind(path: Path) -> str:
+    """What explanations the run at ``path`` can give, from its tunery.json: "gradients" (a
+    transformers run: every method), "removal" (an ONNX run: no IG) or "none" (no tokens: a TF-IDF
+    baseline); "gradients" when the metadata cannot be read."""
+    try:
+        meta = read_meta(Path(path))
+    except (OSError, ValueError) as err:
+        log.debug("no metadata for the docs examples of %s: %s", path, err)
+        return "gradients"
+    backend = meta.get("backend") if isinstance(meta, dict) else None
+    pairs = isinstance(meta, dict) and bool(meta.get("text_pair_column"))
+    kind = {"onnx": "removal", "tfidf": "none"}.get(backend or "", "gradients")
+    return kind + ("+pairs" if pairs else "")
+
+
+def explain_examples(kinds: dict[str, str]) -> dict[str, dict]:
+    """OpenAPI examples of an explain body, one per served model, in the shape it reads and with a
+    method its backend runs (IG where there are gradients, else occlusion)."""
+    out = {}
+    for name, kind in sorted(kinds.items()):
+        pairs = kind.endswith("+pairs")
+        source = TEXT_PAIRS if pairs else SINGLE_TEXTS
+        value: dict[str, Any] = {"texts": source["texts"][:1]}
+        if pairs:
+            value["pairs"] = source["pairs"][:1]
+        if kind.startswith("gradients"):
+            value.update(method="ig", options={"steps": 32})
+        else:
+            value["method"] = "occlusion"
+        out[name] = {"summary": f"{name}: {value['method']}" + (" on a text pair" if pairs else ""), "value": value}
+    return out
+
+
 def key_examples(plans: list[str]) -> dict[str, dict]:
     """An OpenAPI example of a new key's body: a key for every served model, on a plan of this
     server's config."""

@@ -1,6 +1,13 @@
 """Usage metering, quotas and idempotency, with one guarantee:
 
-    **A prediction is acknowledged (HTTP 200) only after its usage event is committed to the store.**
+    **A prediction or an explanation is acknowledged (HTTP 200) only after its usage event is
+    committed to the store.**
+
+Two usage units: predictions (texts and tokens, priced and counted against the plan's quota in its
+``quota_unit``) and explanations (texts explained, priced per ``plan.explain.price_per_1k`` and
+counted against ``plan.explain.monthly_quota``). An explanation event carries ``explanations`` (and
+the model ``evaluations`` they cost) with texts and tokens 0, so each unit's quota and price see
+only their own requests.
 
 Each request hands its event to the ``Meter``, a single writer thread per server process that
 commits whatever has queued up in one transaction (a group commit: one fsync for many requests),
@@ -18,10 +25,11 @@ Idempotency records are kept for ``idempotency_retention_hours`` (serve config, 
 meter thread deletes older ones when it starts and then every ``retention / 24`` (at most hourly).
 A retry within the window gets the stored response; one after it is a new request.
 
-A request that fails anywhere (rate limit, quota, bad input, inference or store error) commits
-nothing and is never billed. A SIGKILL can lose at most events whose requests were never answered;
-SIGTERM lets uvicorn drain in-flight requests before the meter stops. With SQLite the default
-``synchronous=FULL`` fsyncs every commit, so an acknowledged event also survives a power cut.
+A request that fails anywhere (rate limit, quota, bad input, inference or store error, an
+explanation past its time limit) commits nothing and is never billed. A SIGKILL can lose at most
+events whose requests were never answered; SIGTERM lets uvicorn drain in-flight requests before the
+meter stops. With SQLite the default ``synchronous=FULL`` fsyncs every commit, so an acknowledged
+event also survives a power cut.
 """
 
 from __future__ import annotations
@@ -36,7 +44,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
 from typing import Any
 
-from sqlalchemy import delete, func, insert, select
+from sqlalchemy import case, delete, func, insert, select
 from sqlalchemy.exc import IntegrityError
 
 from tunery.serve.settings import Plan, ServeConfig
@@ -77,6 +85,12 @@ class UsageEvent:
     idempotency_key: str | None = None
     request_hash: str | None = None
     response: dict[str, Any] | None = None  # stored for replays when idempotency_key is set
+    explanations: int = 0  # an explanation request: the texts explained (then texts = tokens = 0)
+    evaluations: int = 0  # the model evaluations those explanations cost
+
+    @property
+    def is_explanation(self) -> bool:
+        return self.explanations > 0
 
 
 @dataclass(frozen=True)
@@ -196,7 +210,7 @@ def record(store: Store, events: list[UsageEvent]) -> list[Outcome]:
                 billed.append(dict(
                     created_at=ev.at, tenant=ev.tenant, key_id=ev.key_id, model=ev.model, model_ref=ev.model_ref,
                     texts=ev.texts, tokens=ev.tokens, latency_ms=ev.latency_ms, request_id=ev.request_id,
-                    idempotency_key=ev.idempotency_key,
+                    idempotency_key=ev.idempotency_key, explanations=ev.explanations, evaluations=ev.evaluations,
                 ))  # fmt: skip
         if billed:
             s.execute(insert(UsageRow), billed)
@@ -223,7 +237,8 @@ def _lock_counters(s, events: list[UsageEvent]) -> dict[tuple[str, str], QuotaCo
                 break
             try:
                 with s.begin_nested():
-                    row = QuotaCounterRow(tenant=tenant, period=period, requests=0, texts=0, tokens=0)
+                    row = QuotaCounterRow(tenant=tenant, period=period, requests=0, texts=0, tokens=0,
+                                          explanations=0)
                     s.add(row)
                     s.flush()
                 break
@@ -239,9 +254,12 @@ def _charge(s, ev: UsageEvent, counter: QuotaCounterRow) -> Outcome:
     """Claim the event's idempotency key (if any) and add it to its locked counter, unless that
     would pass the quota. The counter is changed in memory; the session writes it at commit."""
     plan = ev.plan
-    amount = quota_amount(plan, texts=ev.texts, tokens=ev.tokens)
-    used = getattr(counter, plan.quota_unit)
-    if plan.monthly_quota is not None and used + amount > plan.monthly_quota:
+    if ev.is_explanation:
+        amount, used, quota = ev.explanations, counter.explanations, plan.explain.monthly_quota
+    else:
+        amount, used = quota_amount(plan, texts=ev.texts, tokens=ev.tokens), getattr(counter, plan.quota_unit)
+        quota = plan.monthly_quota
+    if quota is not None and used + amount > quota:
         if ev.idempotency_key is not None:  # a retry of a billed request gets its answer, not a 429
             stored = lookup_idempotent(s, ev.key_id, ev.idempotency_key)
             if stored is not None:
@@ -259,9 +277,12 @@ def _charge(s, ev: UsageEvent, counter: QuotaCounterRow) -> Outcome:
             stored = lookup_idempotent(s, ev.key_id, ev.idempotency_key)
             assert stored is not None
             return _replay_outcome(stored, ev)
-    counter.requests += 1
-    counter.texts += ev.texts
-    counter.tokens += ev.tokens
+    if ev.is_explanation:
+        counter.explanations += ev.explanations
+    else:
+        counter.requests += 1
+        counter.texts += ev.texts
+        counter.tokens += ev.tokens
     return Outcome("billed", used=used + amount)
 
 
@@ -306,6 +327,17 @@ def quota_used(store: Store, tenant: str, plan: Plan, at: datetime) -> int:
     return int(value or 0)
 
 
+def explanations_used(store: Store, tenant: str, at: datetime) -> int:
+    """Explanations the tenant has had this month (0 if none)."""
+    with store.read() as s:
+        value = s.scalar(
+            select(QuotaCounterRow.explanations).where(
+                QuotaCounterRow.tenant == tenant, QuotaCounterRow.period == period_of(at)
+            )
+        )
+    return int(value or 0)
+
+
 # ----------------------------------------------------------------------------------------------
 # Reports
 # ----------------------------------------------------------------------------------------------
@@ -334,7 +366,10 @@ def usage_report(
     end: date | None = None,
 ) -> list[dict[str, Any]]:
     """Totals per tenant, model and UTC day in ``[start, end]`` (inclusive days), with the cost
-    under each tenant's current plan. Rows sorted by tenant, day, model."""
+    under each tenant's current plan. Rows sorted by tenant, day, model.
+
+    ``requests``, ``texts`` and ``tokens`` are predictions'; ``explain_requests``, ``explanations``
+    and ``evaluations`` (model evaluations spent explaining) are explanations'; ``cost`` is both."""
     problem = day_range_problem(start, end, "--from", "--to")
     if problem is not None:
         raise ValueError(problem)
@@ -342,7 +377,9 @@ def usage_report(
     query = (
         select(
             UsageRow.tenant, day, UsageRow.model, UsageRow.model_ref,
-            func.count(UsageRow.id), func.sum(UsageRow.texts), func.sum(UsageRow.tokens),
+            func.sum(case((UsageRow.explanations == 0, 1), else_=0)), func.sum(UsageRow.texts),
+            func.sum(UsageRow.tokens), func.sum(case((UsageRow.explanations > 0, 1), else_=0)),
+            func.sum(UsageRow.explanations), func.sum(UsageRow.evaluations),
         )  # fmt: skip
         .group_by(UsageRow.tenant, day, UsageRow.model, UsageRow.model_ref)
         .order_by(UsageRow.tenant, day, UsageRow.model, UsageRow.model_ref)
@@ -358,13 +395,16 @@ def usage_report(
         plans = dict(s.execute(select(TenantRow.name, TenantRow.plan)).all())
         rows = s.execute(query).all()
     out = []
-    for t, d, model, ref, requests, texts, tokens in rows:
+    for t, d, model, ref, requests, texts, tokens, explain_requests, explanations, evaluations in rows:
         plan_name = plans.get(t)
         plan = config.plans.get(plan_name) if plan_name else None
+        texts, tokens, explanations = int(texts or 0), int(tokens or 0), int(explanations or 0)
         out.append({
             "tenant": t, "day": d, "model": model, "model_ref": ref, "plan": plan_name,
-            "requests": int(requests), "texts": int(texts or 0), "tokens": int(tokens or 0),
-            "cost": round(plan.cost(int(texts or 0), int(tokens or 0)), 6) if plan else None,
+            "requests": int(requests or 0), "texts": texts, "tokens": tokens,
+            "explain_requests": int(explain_requests or 0), "explanations": explanations,
+            "evaluations": int(evaluations or 0),
+            "cost": round(plan.cost(texts, tokens, explanations), 6) if plan else None,
             "currency": config.currency,
         })  # fmt: skip
     return out

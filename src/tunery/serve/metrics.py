@@ -16,7 +16,8 @@ from prometheus_client import multiprocess
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
-TENANT_METRICS = frozenset({"tunery_usage_texts", "tunery_usage_tokens", "tunery_usage_requests"})
+TENANT_METRICS = frozenset({"tunery_usage_texts", "tunery_usage_tokens", "tunery_usage_requests",
+                            "tunery_usage_explanations"})
 OTHER = "-"  # the model label of requests for no served model (unknown names, other endpoints)
 
 
@@ -49,6 +50,10 @@ class Metrics:
         self.usage_texts = Counter("tunery_usage_texts", "Billed texts", ["tenant", "model"], **kw)
         self.usage_tokens = Counter("tunery_usage_tokens", "Billed tokens", ["tenant", "model"], **kw)
         self.usage_requests = Counter("tunery_usage_requests", "Billed requests", ["tenant", "model"], **kw)
+        self.usage_explanations = Counter("tunery_usage_explanations", "Billed explanations (texts explained)",
+                                          ["tenant", "model"], **kw)
+        self.explain_in_flight = Gauge("tunery_explain_requests", "Explain requests running or waiting for an "
+                                       "explainer", **gauge_kw)
 
     def render(self, *, tenants: bool = False) -> bytes:
         """The exposition text; the per-tenant series only with ``tenants``."""

@@ -1,4 +1,5 @@
-"""Serving settings: plans (price, monthly quota, rate limit), request and connection limits, batching.
+"""Serving settings: plans (price, monthly quota, rate limit, of predictions and of explanations), request
+and connection limits, batching, the explain endpoint's executor and caps.
 
 They come from a YAML file (``tunery serve --config serve.yaml``, or ``TUNERY_SERVE_CONFIG``) and
 default to the values below, so a server runs with no file at all. The same file is read by
@@ -8,10 +9,14 @@ default to the values below, so a server runs with no file at all. The same file
 
     currency: USD
     plans:
-      free: {monthly_quota: 1000, rate_limit: 2, burst: 10}
-      pro:  {price_per_1k_texts: 0.50, monthly_quota: 1000000, rate_limit: 50, burst: 100}
+      free: {monthly_quota: 1000, rate_limit: 2, burst: 10,
+             explain: {monthly_quota: 100, rate_limit: 0.2, burst: 2}}
+      pro:  {price_per_1k_texts: 0.50, monthly_quota: 1000000, rate_limit: 50, burst: 100,
+             explain: {price_per_1k: 5.0, monthly_quota: 100000, rate_limit: 5, burst: 10}}
     limits: {max_texts_per_request: 256, max_chars_per_text: 20000, max_body_bytes: 4194304,
              max_header_bytes: 65536, max_headers: 100}
+    explain: {workers: 1, max_queued_requests: 16, timeout_seconds: 30, max_texts_per_request: 8,
+              max_words_per_text: 256, max_steps: 200, max_samples: 1000, max_batch: 256}
     connections: {header_timeout_seconds: 10, body_timeout_seconds: 30, keep_alive_seconds: 5,
                   max_connections: null}
     batching: {max_batch_size: 32, max_wait_ms: 0, inference_batch_size: 8}
@@ -40,6 +45,27 @@ class _Part(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class ExplainPlan(_Part):
+    """What a plan allows of ``POST /v1/models/{name}/explain``: explanations (one per text explained)
+    are their own usage unit, priced, counted against a monthly quota and rate-limited apart from
+    predictions. A plan that says nothing of explanations gets this default: no charge, no quota,
+    1 request/s per key (burst 1)."""
+
+    price_per_1k: float = Field(0.0, ge=0, description="price per 1,000 explanations (texts explained)")
+    monthly_quota: int | None = Field(
+        None, ge=0, description="explanations per tenant and calendar month (UTC); none: unlimited"
+    )
+    rate_limit: float | None = Field(1.0, gt=0, description="explain requests per second per key; none: unlimited")
+    burst: int | None = Field(None, ge=1, description="token bucket size; default: the rate rounded up")
+
+    @property
+    def bucket_size(self) -> float:
+        return float(self.burst or max(1, math.ceil(self.rate_limit or 1)))
+
+    def cost(self, explanations: int) -> float:
+        return explanations / 1000 * self.price_per_1k
+
+
 class Plan(_Part):
     price_per_1k_texts: float = Field(0.0, ge=0)
     price_per_1k_tokens: float = Field(0.0, ge=0)
@@ -47,13 +73,15 @@ class Plan(_Part):
     quota_unit: Literal["texts", "tokens", "requests"] = "texts"
     rate_limit: float | None = Field(None, gt=0, description="requests per second per key; none: unlimited")
     burst: int | None = Field(None, ge=1, description="token bucket size; default: the rate rounded up")
+    explain: ExplainPlan = Field(default_factory=ExplainPlan, description="explanations: price, quota, rate")
 
     @property
     def bucket_size(self) -> float:
         return float(self.burst or max(1, math.ceil(self.rate_limit or 1)))
 
-    def cost(self, texts: int, tokens: int) -> float:
-        return texts / 1000 * self.price_per_1k_texts + tokens / 1000 * self.price_per_1k_tokens
+    def cost(self, texts: int, tokens: int, explanations: int = 0) -> float:
+        return (texts / 1000 * self.price_per_1k_texts + tokens / 1000 * self.price_per_1k_tokens
+                + self.explain.cost(explanations))
 
 
 class Limits(_Part):
@@ -108,11 +136,38 @@ class Batching(_Part):
     )
 
 
+class Explain(_Part):
+    """``POST /v1/models/{name}/explain``: its executor, time limit and caps (per server process).
+    Explanations run on their own threads, never on the prediction batcher's, so they cannot
+    starve predictions (they do share the CPU cores)."""
+
+    workers: int = Field(1, ge=1, description="explanation threads per server process, shared by the models")
+    max_queued_requests: int = Field(
+        16, ge=0, description="explain requests waiting for a free worker beyond which requests get 503 (overloaded)"
+    )
+    timeout_seconds: float = Field(
+        30.0, gt=0, description="per request, from admission (waiting included) to the last word: slower "
+        "requests are stopped and answered 504 explain_timeout, and nothing is billed"
+    )
+    max_texts_per_request: int = Field(8, ge=1, description="texts per explain request; more: 413")
+    max_words_per_text: int = Field(
+        256, ge=1, description="words explained per text (after truncation to the run's max_length); more: 413"
+    )
+    max_steps: int = Field(200, ge=1, description="IG's steps (option 'steps'); more: 422")
+    max_samples: int = Field(1000, ge=1, description="LIME's and SHAP's samples (option 'samples'); more: 422")
+    max_batch: int = Field(
+        256, ge=1, description="model evaluations at once (options 'batch', 'internal_batch_size'); more: 422"
+    )
+
+
 def _default_plans() -> dict[str, Plan]:
     return {
-        "free": Plan(monthly_quota=1_000, rate_limit=2, burst=10),
-        "pro": Plan(price_per_1k_texts=0.50, monthly_quota=1_000_000, rate_limit=50, burst=100),
-        "enterprise": Plan(price_per_1k_texts=0.30),
+        "free": Plan(monthly_quota=1_000, rate_limit=2, burst=10,
+                     explain=ExplainPlan(monthly_quota=100, rate_limit=0.2, burst=2)),
+        "pro": Plan(price_per_1k_texts=0.50, monthly_quota=1_000_000, rate_limit=50, burst=100,
+                    explain=ExplainPlan(price_per_1k=5.0, monthly_quota=100_000, rate_limit=5, burst=10)),
+        "enterprise": Plan(price_per_1k_texts=0.30,
+                           explain=ExplainPlan(price_per_1k=3.0, rate_limit=None, burst=None)),
     }
 
 
@@ -122,6 +177,7 @@ class ServeConfig(_Part):
     limits: Limits = Field(default_factory=Limits)
     connections: Connections = Field(default_factory=Connections)
     batching: Batching = Field(default_factory=Batching)
+    explain: Explain = Field(default_factory=Explain)
     precision: Literal["auto", "fp32", "bf16"] = Field(
         "auto", description="inference precision; auto: bf16 where the hardware runs it fast (as training)"
     )
@@ -153,7 +209,7 @@ def load_serve_config(path: str | Path | None = None) -> ServeConfig:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"serve config {path} does not exist (given by --config or {ENV_CONFIG})")
-    tree = read_yaml_mapping(path, "plans, limits, connections, batching, currency")
+    tree = read_yaml_mapping(path, "plans, limits, connections, batching, explain, currency")
     try:
         return ServeConfig.model_validate(tree)
     except ValidationError as e:

@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 VERSION_TABLE = "tunery_alembic_version"
-REVISIONS: tuple[str, ...] = ("0001", "0002")  # oldest first; the files in migrations/versions
+REVISIONS: tuple[str, ...] = ("0001", "0002", "0003")  # oldest first; the files in migrations/versions
 HEAD = REVISIONS[-1]
 # The tables of revision 0001, which databases made before migrations have without a version row.
 TABLES_0001 = ("runs", "model_versions", "model_aliases", "tenants", "api_keys", "usage_events",

@@ -43,7 +43,10 @@ class ApiKeyRow(Base):
 
 
 class UsageRow(Base):
-    """One billed prediction request. Written before the response is acknowledged."""
+    """One billed request: a prediction (``texts`` and ``tokens``) or an explanation request
+    (``explanations``, the texts explained, and ``evaluations``, the model evaluations they cost;
+    its ``texts`` and ``tokens`` are 0, so prediction totals and prices stay predictions'). Written
+    before the response is acknowledged."""
 
     __tablename__ = "usage_events"
 
@@ -58,6 +61,8 @@ class UsageRow(Base):
     latency_ms: Mapped[float]
     request_id: Mapped[str] = mapped_column(String(64), unique=True)
     idempotency_key: Mapped[str | None] = mapped_column(String(255))
+    explanations: Mapped[int] = mapped_column(default=0, server_default="0")  # revision 0003
+    evaluations: Mapped[int] = mapped_column(default=0, server_default="0")  # revision 0003
 
 
 class QuotaCounterRow(Base):
@@ -72,6 +77,7 @@ class QuotaCounterRow(Base):
     requests: Mapped[int] = mapped_column(default=0)
     texts: Mapped[int] = mapped_column(default=0)
     tokens: Mapped[int] = mapped_column(default=0)
+    explanations: Mapped[int] = mapped_column(default=0, server_default="0")  # revision 0003
 
 
 class IdempotencyRow(Base):

@@ -1,0 +1,258 @@
+"""What the server adds to `tunery.explain` for ``POST /v1/models/{name}/explain``: the caps on a
+request, a time limit that stops a running explanation, and an executor of its own.
+
+- **Caps** (``explain`` in the serve config): texts per request and words per text (413), IG's
+  steps, LIME's and SHAP's samples and the batch options (422), each refused with the cap's name,
+  the value and the fix. A method's default above a cap the operator lowered is lowered to the cap.
+- **Time limit**: every model call an explanation makes goes through `Guarded`, which checks the
+  request's `Budget` first; past ``explain.timeout_seconds`` (counted from admission, waiting for a
+  worker included) the next call raises `ExplainTimeout`, so a stopped request frees its worker
+  within one batch of model evaluations, and it is answered 504 and never billed.
+- **Executor**: `Explainer` runs explanations on ``explain.workers`` threads of their own (never on a
+  model's prediction thread, so explanations cannot starve predictions) and refuses work past
+  ``explain.max_queued_requests`` waiting requests (503).
+- **Gradients without touching the served model**: IG (Captum's LayerIntegratedGradients) puts
+  forward hooks on the model's embedding layer while it runs; on the model that serves predictions
+  those hooks would also rewrite the embeddings of a prediction running at the same moment on the
+  batcher's thread. Gradient methods therefore run on a copy of the model, made at the first
+  gradient request of each served model (memory: one more copy of the weights).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import copy
+import math
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from tunery.explain.methods import GRADIENT_METHODS, METHODS
+
+# option -> the serve config field that caps it (explain.<field>)
+CAPPED_OPTIONS = {"steps": "max_steps", "samples": "max_samples", "batch": "max_batch",
+                  "internal_batch_size": "max_batch"}
+MAX_OPTION_VALUE = 1e12  # anything larger is no sensible count or width (and would overflow a float)
+
+
+class CapError(Exception):
+    """A request over one of the explain caps: (status, code, message)."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+class ExplainTimeout(Exception):
+    """The request's time limit passed: the explanation stopped at its next model call."""
+
+
+class Budget:
+    """A request's time limit; `stop()` ends it at once (the request was given up)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.admitted = time.monotonic()
+        self.until = self.admitted + seconds
+        self.started: float | None = None  # when a worker took the request
+        self._stopped = False
+
+    def stop(self) -> None:
+        self._stopped = True
+
+    def remaining(self) -> float:
+        return max(0.0, self.until - time.monotonic())
+
+    def check(self) -> None:
+        if self._stopped or time.monotonic() > self.until:
+            raise ExplainTimeout()
+
+
+class _GuardedModel:
+    """A torch model whose every call checks the budget first (IG's forward passes)."""
+
+    def __init__(self, model, budget: Budget) -> None:
+        self._model, self._budget = model, budget
+
+    def __call__(self, *args, **kwargs):
+        self._budget.check()
+        return self._model(*args, **kwargs)
+
+    def __getattr__(self, name: str):
+        return getattr(self._model, name)
+
+
+class Guarded:
+    """A predictor as `tunery.explain.explain` sees it: the served one, with each model call checked
+    against the budget, and ``model`` the gradient copy (for IG) when one is given."""
+
+    def __init__(self, predictor, budget: Budget, gradient_model=None) -> None:
+        self._predictor, self._budget, self._gradient_model = predictor, budget, gradient_model
+
+    @property
+    def model(self):
+        if self._gradient_model is None:
+            return self._predictor.model
+        return _GuardedModel(self._gradient_model, self._budget)
+
+    def encoded_scores(self, data):
+        self._budget.check()
+        return self._predictor.encoded_scores(data)
+
+    def __getattr__(self, name: str):
+        return getattr(self._predictor, name)
+
+
+def methods_for(predictor) -> list[str]:
+    """The explanation methods this predictor's backend can run."""
+    if not getattr(predictor, "explainable", True):
+        return []
+    if getattr(predictor, "supports_gradients", False):
+        return list(METHODS)
+    return [m for m in METHODS if m not in GRADIENT_METHODS]
+
+
+def check_options(method: str, given: dict[str, Any], caps) -> dict[str, Any]:
+    """The method's options (its defaults updated by ``given``) within the caps.
+
+    Raises CapError (422) for a given value over its cap, ExplainError (from the core) for an
+    unknown name or a value that is not a positive number."""
+    from tunery.explain.core import resolve_options
+
+    for name, value in given.items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and (
+                not math.isfinite(value) or abs(value) > MAX_OPTION_VALUE):
+            raise CapError(422, "invalid_option", f"option {name}={value!r} is not a usable number: give a finite "
+                           f"number of at most {MAX_OPTION_VALUE:g}")
+    options = resolve_options(method, given)
+    for name, field in CAPPED_OPTIONS.items():
+        if name not in options:
+            continue
+        cap = getattr(caps, field)
+        if options[name] <= cap:
+            continue
+        if name not in given:  # the method's default is above a cap the operator lowered
+            options[name] = cap
+            continue
+        fix = {"steps": "fewer steps (the response's 'delta', IG's completeness gap, tells whether more would help)",
+               "samples": "fewer samples", "batch": "a smaller batch",
+               "internal_batch_size": "a smaller internal_batch_size"}[name]
+        raise CapError(422, "option_too_large", f"option {name}={given[name]:g} is above this server's cap "
+                       f"explain.{field}={cap}: ask for {fix}, at most {cap}")
+    return options
+
+
+def count_words(predictor, texts: list[str], pairs: list[str] | None, caps) -> list[int]:
+    """The words each text (with its pair) has as the model reads it (after truncation to the run's
+    max_length); CapError (413) for the first text over ``explain.max_words_per_text``."""
+    from tunery.explain.words import tokenize_words
+
+    counts = []
+    for i, text in enumerate(texts):
+        tokens = tokenize_words(predictor.tokenizer, text, pairs[i] if pairs else None,
+                                max_length=predictor.meta["max_length"])
+        n = len(tokens)
+        if n > caps.max_words_per_text:
+            with_pair = " with its pair" if pairs else ""
+            raise CapError(413, "too_many_words", f"texts[{i}]{with_pair} has {n} words as the model reads it; "
+                           f"the limit is explain.max_words_per_text={caps.max_words_per_text}: explain a shorter "
+                           "passage (split the text, or send the sentences that matter)")
+        counts.append(n)
+    return counts
+
+
+@dataclass
+class Job:
+    """One explain request as a worker runs it."""
+
+    predictor: Any
+    texts: list[str]
+    pairs: list[str] | None
+    method: str
+    target: Any
+    options: dict[str, Any]
+    seed: int
+    faithfulness: bool
+    budget: Budget
+    gradient_model: Callable[[], Any] | None = None  # the model gradient methods run on (made on first use)
+
+
+def run(job: Job) -> list[dict]:
+    """The explanations of ``job``, as JSON-ready dicts (non-finite numbers as null)."""
+    from tunery.explain.core import explain
+
+    job.budget.started = time.monotonic()
+    job.budget.check()  # it may have waited past its time limit
+    gradient_model = job.gradient_model() if job.gradient_model is not None else None
+    guarded = Guarded(job.predictor, job.budget, gradient_model)
+    out = explain(guarded, job.texts, job.pairs, method=job.method, target=job.target, options=job.options,
+                  seed=job.seed, with_faithfulness=job.faithfulness)
+    return [_finite(e.to_dict()) for e in out]
+
+
+def _finite(value):
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
+
+
+class Explainer:
+    """The explanation executor of one server process (shared by its models), with its queue bound
+    and the gradient copies of the models."""
+
+    def __init__(self, workers: int, max_queued: int) -> None:
+        self.workers, self.max_queued = workers, max_queued
+        self.executor = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="tunery-explain")
+        self._lock = threading.Lock()
+        self._in_flight = 0  # requests submitted and not finished (running or waiting)
+        self._copies: dict[str, Any] = {}
+
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight
+
+    @property
+    def waiting(self) -> int:
+        return max(0, self._in_flight - self.workers)
+
+    def admit(self) -> bool:
+        """Take a place for one more request; False when ``max_queued`` requests already wait."""
+        with self._lock:
+            if self._in_flight >= self.workers + self.max_queued:
+                return False
+            self._in_flight += 1
+            return True
+
+    def submit(self, job: Job) -> concurrent.futures.Future:
+        """Run ``job`` on a worker (after `admit`); the place is given back when it is done."""
+        future = self.executor.submit(run, job)
+        future.add_done_callback(self._release)
+        return future
+
+    def release_unused(self) -> None:
+        """Give back a place taken by `admit` for a request that submitted nothing."""
+        self._release(None)
+
+    def _release(self, _future) -> None:
+        with self._lock:
+            self._in_flight -= 1
+
+    def gradient_model(self, name: str, predictor):
+        """The copy of ``predictor``'s model that gradient methods run on (made once per model)."""
+        with self._lock:
+            model = self._copies.get(name)
+        if model is not None:
+            return model
+        made = copy.deepcopy(predictor.model)
+        made.eval()
+        with self._lock:
+            return self._copies.setdefault(name, made)
+
+    def shutdown(self) -> None:
+        self.executor.shutdown(wait=True, cancel_futures=True)
