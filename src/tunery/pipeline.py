@@ -639,7 +639,7 @@ def score_and_write(p: Prepared, model, work: Path, enc: dict, training: dict, *
                                        "thresholds": thresholds,
                                        "model": metrics, "baseline": baseline, "training": training,
                                        **({"verdict": verdict} if verdict else {})})
-    _write_report(work, p, meta, metrics, baseline, scores, y, training, decide, verdict)
+    _write_report(work, p, meta, metrics, baseline, scores, y, training, decide, verdict, model=to_save)
     write_json(work / META, meta)  # written last: its presence marks a complete run
     final = final_dir(work)
     work.rename(final)
@@ -697,7 +697,8 @@ def _fold_scaling(model, mean: float, scale: float) -> None:
 
 
 def _write_report(work: Path, p: Prepared, meta: dict, metrics: dict, baseline, scores, y, training, threshold,
-                  verdict: dict | None):
+                  verdict: dict | None, *, model=None):
+    """report.html of a run; `model` (the saved weights, in memory) explains a few test predictions."""
     from tunery.evaluate.report import summarize_splits, write_report
     from tunery.evaluate.verdict import read_history
 
@@ -716,13 +717,133 @@ def _write_report(work: Path, p: Prepared, meta: dict, metrics: dict, baseline, 
                                f"{soup['first_validation']:.4f}")
     predictions = {split: (_texts(getattr(p.data, split)), y[split], s) for split, s in scores.items()}
     frames = {split: getattr(p.data, split) for split in ("train", "validation", "test")}
+    explanations = None
+    split = next((s for s in ("test", "validation") if s in scores and len(y[s])), None)
+    if model is not None and split is not None and p.cfg.evaluate.explanations:
+        from tunery.predict import Predictor
+
+        frame = frames[split]
+        explanations = report_explanations(
+            lambda: Predictor(_on_cpu(model), p.tokenizer, meta, batch_size=p.cfg.train.eval_batch_size), split,
+            frame["text"].astype(str).tolist(),
+            frame["text_pair"].astype(str).tolist() if "text_pair" in frame else None,
+            y[split], scores[split], n=p.cfg.evaluate.explanations, threshold=threshold,
+            origin=_origins(frame))
     write_report(work / "report.html", title=f"tunery run {meta['name']}", run_info=run_info, task=meta["task"],
                  label_names=meta["label_names"], metrics=metrics, baseline=baseline, predictions=predictions,
                  history=history, n_errors=p.cfg.evaluate.n_errors, threshold=threshold,
                  calibration_bins=p.cfg.evaluate.calibration_bins, verdict=verdict,
                  data_summary=summarize_splits(frames, meta["task"], meta["label_names"]),
                  findings=p.report.to_dict()["findings"], config=p.cfg.to_dict(),
-                 origins={split: _origins(frames[split]) for split in scores})
+                 origins={split: _origins(frames[split]) for split in scores}, explanations=explanations)
+
+
+# The report's explanations stop starting new ones once this many seconds are spent (a base-sized
+# model on a CPU takes a few seconds per Integrated Gradients explanation).
+REPORT_EXPLAIN_SECONDS = 30.0
+
+
+def _on_cpu(model):
+    """The model on the CPU: tunery.explain's Integrated Gradients feeds it CPU tensors. Called at the
+    end of a run, once the weights are saved, so moving them off an accelerator changes nothing else."""
+    if next(model.parameters()).device.type != "cpu":
+        model.to("cpu")
+    return model
+
+
+def _captum_missing() -> bool:
+    try:
+        import captum.attr  # noqa: F401 - Integrated Gradients' engine (tunery[explain])
+    except ImportError:
+        return True
+    return False
+
+
+def report_explanations(predictor, split: str, texts: list[str], pairs: list[str] | None, y, scores, *, n: int,
+                        threshold, origin=None) -> dict | None:
+    """The report's Explanations section (tunery.evaluate.report): up to `n` examples of `split`
+    (`tunery.evaluate.errors.examples_to_explain`: the most confident mistakes, then correct
+    predictions), each explained for its target by Integrated Gradients, or by leave-one-out
+    occlusion where the backend has no gradients (ONNX), Captum is not installed or IG fails. None
+    where there is nothing to explain (a TF-IDF run, n = 0, no rows) or explaining failed: the
+    report is written without the section, with a warning. `predictor`: a Predictor, or a function
+    that makes one (called only when there is something to explain)."""
+    if n <= 0 or not len(texts):
+        return None
+    try:
+        if callable(predictor) and not hasattr(predictor, "meta"):
+            predictor = predictor()
+        if not getattr(predictor, "explainable", True):
+            return None
+        return _explain_examples(predictor, split, texts, pairs, y, scores, n=n, threshold=threshold, origin=origin)
+    except Exception as err:  # noqa: BLE001 - the run and its report matter more than its explanations
+        log.warning("report.html has no explanations: explaining its examples failed (%s: %s)",
+                    type(err).__name__, str(err).strip().splitlines()[0][:300] if str(err).strip() else "")
+        return None
+
+
+def _explain_examples(predictor, split, texts, pairs, y, scores, *, n, threshold, origin) -> dict | None:
+    from dataclasses import replace as _replace
+
+    from tunery.evaluate.errors import examples_to_explain
+    from tunery.explain import explain
+
+    shown = texts if pairs is None else [f"{a} [SEP] {b}" for a, b in zip(texts, pairs)]
+    rows, sources = (origin[0], origin[1]) if origin is not None else (None, None)
+    examples = examples_to_explain(predictor.meta["task"], shown, np.asarray(y), np.asarray(scores),
+                                   predictor.label_names, n=n, threshold=threshold, rows=rows, sources=sources)
+    if not examples:
+        return None
+    notes = []
+    if not getattr(predictor, "supports_gradients", False):
+        methods = ["occlusion"]
+        notes.append(f"A {predictor.meta.get('backend', 'transformers')} run has no gradients: leave-one-out "
+                     "occlusion instead of Integrated Gradients.")
+    elif _captum_missing():
+        methods = ["occlusion"]
+        notes.append("Integrated Gradients needs Captum, which is not installed (pip install 'tunery[explain]'): "
+                     "leave-one-out occlusion instead.")
+    else:
+        methods = ["ig", "occlusion"]
+    for method in methods:
+        items, started = [], time.perf_counter()
+        try:
+            for ex in examples:
+                if items and time.perf_counter() - started > REPORT_EXPLAIN_SECONDS:
+                    notes.append(f"Stopped after {len(items)} of {len(examples)} examples: explaining took over "
+                                 f"{REPORT_EXPLAIN_SECONDS:.0f} s.")
+                    break
+                i = ex["index"]
+                e = explain(predictor, [texts[i]], [pairs[i]] if pairs is not None else None, method=method,
+                            target=ex["target"])[0]
+                items.append({**ex, "explanation": _shown_part(e, _replace)})
+        except Exception as err:  # noqa: BLE001 - IG failing falls back to occlusion, which needs no gradients
+            if method == methods[-1]:
+                raise
+            reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else ""
+            log.warning("Integrated Gradients failed on the report's examples (%s: %s); using occlusion",
+                        type(err).__name__, reason)
+            notes.append(f"Integrated Gradients failed here ({type(err).__name__}: {reason}): leave-one-out "
+                         "occlusion instead.")
+            continue
+        seconds = time.perf_counter() - started
+        log.info("explained %d %s predictions for the report by %s in %.1f s", len(items), split, method, seconds)
+        return {"split": split, "method": method, "seconds": seconds, "note": " ".join(notes) or None,
+                "items": items}
+    return None
+
+
+def _shown_part(e, replace):
+    """The explanation with its text (and pair) cut after the last word the model read, when the
+    model truncated it: the report shows what was explained, not a whole long document."""
+    if not e.truncated:
+        return e
+    cut = {seg: max((w.end for w in e.words if w.segment == seg), default=0) for seg in (0, 1)}
+    text = e.text[:cut[0]] + " …" if cut[0] < len(e.text) else e.text
+    pair = e.pair
+    if pair is not None and cut[1] < len(pair):
+        pair = pair[:cut[1]] + " …"
+    return replace(e, text=text, pair=pair)
 
 
 def _origins(frame) -> tuple[list, list, str] | None:
@@ -839,6 +960,10 @@ def evaluate_run(ref: str | Path, *, data: str | Path | None = None) -> dict:
     write_json(out_dir / "metrics.json", result)
     from tunery.evaluate.report import write_report
 
+    origin = (_origins(frame) if data is None else
+              _named_origins(list(range(1, len(texts) + 1)), [str(data)] * len(texts)))
+    explanations = report_explanations(predictor, name, texts, pairs, y, scores, n=cfg.evaluate.explanations,
+                                       threshold=threshold, origin=origin)
     write_report(out_dir / "report.html", title=f"tunery evaluation of {meta['name']} on {result['data']}",
                  run_info={"run": str(run_dir), "data": result["data"], "rows": len(texts), "task": meta["task"],
                            "backbone": meta["backbone"]},
@@ -846,8 +971,7 @@ def evaluate_run(ref: str | Path, *, data: str | Path | None = None) -> dict:
                  baseline={name: baseline} if baseline else None, predictions={name: (shown, y, scores)},
                  n_errors=cfg.evaluate.n_errors, threshold=threshold,
                  calibration_bins=cfg.evaluate.calibration_bins, verdict=result.get("verdict"),
-                 origins={name: _origins(frame) if data is None else
-                          _named_origins(list(range(1, len(texts) + 1)), [str(data)] * len(texts))})
+                 origins={name: origin}, explanations=explanations)
     return result
 
 

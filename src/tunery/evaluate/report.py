@@ -702,6 +702,83 @@ def _config_html(config: dict | None) -> str:
             + _table(["setting", "value"], rows))
 
 
+_METHOD_NOTES = {
+    "ig": "Integrated Gradients (Captum): each word's share of the change in the explained score from a "
+          "[CLS] [PAD]… [SEP] input to the text, over {steps} steps; the completeness gap is the sum of the "
+          "word scores minus that change (near 0: the scores account for the prediction)",
+    "occlusion": "leave-one-out occlusion: each word's score is how much the explained score drops when that "
+                 "word alone is removed",
+}
+
+
+def _explanations_html(task: str, section: dict | None) -> str:
+    """The Explanations section: `section` = {"split", "method", "seconds", "note" (optional), "items":
+    [example dicts of `tunery.evaluate.errors.examples_to_explain`, each with its "explanation" (a
+    `tunery.explain.Explanation`)]}. Empty where there is nothing to show."""
+    if not section or not section.get("items"):
+        return ""
+    from tunery.explain.html import explanation_html
+
+    items = section["items"]
+    n_wrong = sum(it["kind"] == "mistake" for it in items)
+    n_right = len(items) - n_wrong
+    regression = task == "regression"
+    wrong_word, right_word = ("largest errors", "closest predictions") if regression else \
+        ("most confident mistakes", "correct predictions")
+    def count(k: int, words: str) -> str:
+        return f"{k} {words if k != 1 else words[:-1]}"
+
+    what = " and ".join(x for x in (f"the {count(n_wrong, wrong_word)}" if n_wrong else "",
+                                    count(n_right, right_word) if n_right else "") if x)
+    if regression:
+        explained = "The explained score is the predicted value."
+    elif task == "multilabel":
+        explained = ("For a mistake, the explained score is the probability of the label the model was most "
+                     "confidently wrong about: for a label it gave wrongly, the green words are why it gave it; "
+                     "for a label it missed, the red words are why it did not. For a correct prediction, it is "
+                     "the probability of its top label.")
+    else:
+        explained = ("For a mistake, the explained score is the probability of the label the model "
+                     "<b>predicted</b>, not the true one: the green words are why it said so.")
+    method = section.get("method", "")
+    params = getattr(items[0]["explanation"], "params", {}) or {}
+    how = _METHOD_NOTES.get(method, method).format(steps=params.get("steps", "?"))
+    parts = ['<h2 id="explanations">Explanations</h2>',
+             f"<p>Which words drove the model's predictions on the <b>{escape(str(section.get('split', '')))}"
+             f"</b> split, for {escape(what)}. Each word is coloured by its attribution to the explained score: "
+             '<mark style="background:rgba(22,163,74,.6)">green</mark> raises it, '
+             '<mark style="background:rgba(220,38,38,.6)">red</mark> lowers it (hover a word for its number). '
+             f"{explained}</p>",
+             f'<p class="muted">Method: {escape(how)}. {len(items)} explanation{"s" * (len(items) != 1)} in '
+             f"{float(section.get('seconds', 0.0)):.1f} s.</p>"]
+    if section.get("note"):
+        parts.append(f'<p class="muted">{escape(str(section["note"]))}</p>')
+
+    def lab(v) -> str:
+        if isinstance(v, list):
+            return ", ".join(map(str, v)) or "(none)"
+        return _fmt(v)
+
+    for kind, title in (("mistake", wrong_word.capitalize()), ("correct", right_word.capitalize())):
+        chosen = [it for it in items if it["kind"] == kind]
+        if not chosen:
+            continue
+        parts.append(f"<h3>{escape(title)}</h3>")
+        for it in chosen:
+            where = ""
+            if "row" in it:
+                src = it.get("source")
+                where = f"{'row' if isinstance(it['row'], int) else 'index'} {escape(_fmt(it['row']))}" + (
+                    f' in <span title="{escape(str(src))}">{escape(Path(str(src)).name)}</span>' if src else "")
+            else:
+                where = f"#{it['index']}"
+            sure = (f"absolute error {_fmt(it['error'])}" if regression else f"confidence {_fmt(it['confidence'])}")
+            head = (f'<div class="muted">{where} · true <b>{escape(lab(it["true"]))}</b> · predicted '
+                    f'<b>{escape(lab(it["predicted"]))}</b> · {sure}</div>')
+            parts.append(f'<div class="tx-item tx-{kind}">{head}{explanation_html(it["explanation"])}</div>')
+    return "\n".join(parts)
+
+
 # ---------------------------------------------------------------------------------------------
 
 
@@ -711,6 +788,7 @@ def render_report(
     history: list[dict] | None = None, n_errors: int = 20, threshold=0.5, calibration_bins: int = 10,
     verdict: dict | None = None, data_summary: dict | None = None, findings: list[dict] | None = None,
     config: dict | None = None, origins: dict[str, tuple] | None = None, tables: list[dict] | None = None,
+    explanations: dict | None = None,
 ) -> str:
     """The report as an HTML string (see `write_report`)."""
     with _plot_style():
@@ -718,7 +796,7 @@ def render_report(
             title=title, run_info=run_info, task=task, label_names=label_names, metrics=metrics,
             baseline=baseline, predictions=predictions, history=history, n_errors=n_errors,
             threshold=threshold, calibration_bins=calibration_bins, verdict=verdict, data_summary=data_summary,
-            findings=findings, config=config, origins=origins, tables=tables)
+            findings=findings, config=config, origins=origins, tables=tables, explanations=explanations)
 
 
 def _tables_html(tables: list[dict] | None) -> str:
@@ -734,7 +812,8 @@ def _tables_html(tables: list[dict] | None) -> str:
 
 
 def _render(*, title, run_info, task, label_names, metrics, baseline, predictions, history, n_errors,
-            threshold, calibration_bins, verdict, data_summary, findings, config, origins, tables=None) -> str:
+            threshold, calibration_bins, verdict, data_summary, findings, config, origins, tables=None,
+            explanations=None) -> str:
     metrics = dict(metrics)
     if verdict is None and isinstance(metrics.get("verdict"), dict):
         verdict = metrics["verdict"]
@@ -759,6 +838,13 @@ def _render(*, title, run_info, task, label_names, metrics, baseline, prediction
             split, task, label_names, metrics.get(split), (baseline or {}).get(split),
             predictions.get(split), n_errors=n_errors, threshold=threshold,
             calibration_bins=calibration_bins, origin=(origins or {}).get(split)))
+    explained = _explanations_html(task, explanations)
+    css = _CSS
+    if explained:
+        from tunery.explain.html import STYLE
+
+        body.append(explained)
+        css += STYLE + ".tx-item{margin:.2rem 0 .9rem}.tx-item .tx-expl{margin:0}\n"
     body.append(_config_html(config))
     if baseline is None:
         body.append('<p class="muted">No baseline was computed for this run.</p>')
@@ -768,7 +854,7 @@ def _render(*, title, run_info, task, label_names, metrics, baseline, prediction
                     "regression, fitted on the same training split.</p>")
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
-            f"<title>{escape(title)}</title><style>{_CSS}</style></head><body>\n"
+            f"<title>{escape(title)}</title><style>{css}</style></head><body>\n"
             + "\n".join(b for b in body if b) + "\n</body></html>\n")
 
 
@@ -779,7 +865,7 @@ def write_report(
     history: list[dict] | None = None, n_errors: int = 20, threshold=0.5,
     calibration_bins: int = 10, verdict: dict | None = None, data_summary: dict | None = None,
     findings: list[dict] | None = None, config: dict | None = None, origins: dict[str, tuple] | None = None,
-    tables: list[dict] | None = None,
+    tables: list[dict] | None = None, explanations: dict | None = None,
 ) -> None:
     """Write one self-contained HTML report to `path` (atomically: temp file, then rename).
 
@@ -793,13 +879,15 @@ def write_report(
     findings) under Data; `config` (the resolved run config) under Configuration. `origins[split]
     = (rows, sources)`, one per text, makes the mistakes table show where each example is in the
     user's file (the prepared frames' `row` and `source` columns). `tables`: extra sections under
-    Run, each {"title", "headers", "rows", optional "note"}.
+    Run, each {"title", "headers", "rows", optional "note"}. `explanations`: the Explanations
+    section, explained examples made by the caller (see `_explanations_html`; this module runs no
+    model).
     """
     html = render_report(
         title=title, run_info=run_info, task=task, label_names=label_names, metrics=metrics,
         baseline=baseline, predictions=predictions, history=history, n_errors=n_errors,
         threshold=threshold, calibration_bins=calibration_bins, verdict=verdict, data_summary=data_summary,
-        findings=findings, config=config, origins=origins, tables=tables)
+        findings=findings, config=config, origins=origins, tables=tables, explanations=explanations)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(path, html)  # readable as the umask says, like any other output (not mkstemp's 0600)
