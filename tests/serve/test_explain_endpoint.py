@@ -433,3 +433,48 @@ def test_the_request_methods_are_the_cores():
     from tunery.serve.app import ExplainRequest
 
     assert get_args(ExplainRequest.model_fields["method"].annotation) == METHODS
+
+
+def test_explanations_tokenize_with_copies_of_their_own(served):
+    """A fast tokenizer called from two threads at once fails ("Already borrowed"): the predictions'
+    tokenizer is never the one an explanation uses."""
+    _, _, app = served
+    predictor = app.state.tunery.models["sentiment"].predictor
+    guarded = explaining.Guarded(predictor, explaining.Budget(10))
+    assert guarded.tokenizer is not predictor.tokenizer and guarded.tokenizer is explaining.own_tokenizer(predictor)
+    other: list = []
+    thread = threading.Thread(target=lambda: other.append(explaining.own_tokenizer(predictor)))
+    thread.start()
+    thread.join()
+    assert other[0] is not guarded.tokenizer
+    assert guarded.tokenizer("a b").input_ids == predictor.tokenizer("a b").input_ids
+
+
+def test_methods_for_each_backend():
+    from types import SimpleNamespace
+
+    assert explaining.methods_for(SimpleNamespace(supports_gradients=True)) == ["ig", "shap", "lime", "occlusion"]
+    assert explaining.methods_for(SimpleNamespace(supports_gradients=False)) == ["shap", "lime", "occlusion"]
+    assert explaining.methods_for(SimpleNamespace(explainable=False, supports_gradients=False)) == []
+
+
+def test_openapi_documents_the_endpoint_and_metrics_count_explanations(served):
+    client, headers, tenant = _client(served)
+    spec = client.get("/openapi.json").json()
+    op = spec["paths"]["/v1/models/{name}/explain"]["post"]
+    body = op["requestBody"]["content"]["application/json"]
+    assert body["schema"] == {"$ref": "#/components/schemas/ExplainRequest"}
+    assert set(body["examples"]) == {"onnx", "sentiment"}
+    assert body["examples"]["onnx"]["value"]["method"] == "occlusion" and body["examples"]["sentiment"]["value"]["method"] == "ig"
+    for example in body["examples"].values():  # each example works on its model as it is
+        name = "onnx" if example["value"]["method"] == "occlusion" else "sentiment"
+        assert client.post(f"/v1/models/{name}/explain", headers=headers, json=example["value"]).status_code == 200
+    assert op["responses"]["200"]["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/ExplainResponse"}
+    assert {"413", "422", "429", "503", "504"} <= set(op["responses"])
+    assert spec["components"]["schemas"]["ExplainRequest"]["properties"]["method"]["enum"] == ["ig", "shap", "lime", "occlusion"]
+    _, store, _ = served
+    admin, _ = create_key(store, tenant=f"ops{uuid.uuid4().hex[:6]}", plan="pro", admin=True)
+    text = client.get("/metrics", headers={"Authorization": f"Bearer {admin}"}).text
+    assert f'tunery_usage_explanations_total{{model="onnx",tenant="{tenant}"}} 1.0' in text
+    assert "tunery_explain_requests 0.0" in text
+    assert "tunery_usage_explanations" not in client.get("/metrics").text  # tenants: admin only

@@ -16,6 +16,9 @@ request, a time limit that stops a running explanation, and an executor of its o
   those hooks would also rewrite the embeddings of a prediction running at the same moment on the
   batcher's thread. Gradient methods therefore run on a copy of the model, made at the first
   gradient request of each served model (memory: one more copy of the weights).
+- **Tokenizers**: a fast (Rust) tokenizer sets its truncation on every call, and a call from one
+  thread while another thread's call runs fails ("Already borrowed"); explanations therefore
+  tokenize with copies of their own, one per thread, never with the one predictions use.
 """
 
 from __future__ import annotations
@@ -86,10 +89,12 @@ class _GuardedModel:
 
 class Guarded:
     """A predictor as `tunery.explain.explain` sees it: the served one, with each model call checked
-    against the budget, and ``model`` the gradient copy (for IG) when one is given."""
+    against the budget, ``tokenizer`` this thread's copy, and ``model`` the gradient copy (for IG)
+    when one is given."""
 
-    def __init__(self, predictor, budget: Budget, gradient_model=None) -> None:
+    def __init__(self, predictor, budget: Budget, gradient_model=None, tokenizer=None) -> None:
         self._predictor, self._budget, self._gradient_model = predictor, budget, gradient_model
+        self.tokenizer = tokenizer if tokenizer is not None else own_tokenizer(predictor)
 
     @property
     def model(self):
@@ -103,6 +108,34 @@ class Guarded:
 
     def __getattr__(self, name: str):
         return getattr(self._predictor, name)
+
+
+_local = threading.local()
+
+
+def own_tokenizer(predictor):
+    """This thread's copy of ``predictor``'s tokenizer (made on first use; see the module)."""
+    copies = getattr(_local, "tokenizers", None)
+    if copies is None:
+        copies = _local.tokenizers = {}
+    entry = copies.get(id(predictor))
+    if entry is None or entry[0] is not predictor:
+        entry = copies[id(predictor)] = (predictor, copy.deepcopy(predictor.tokenizer))
+    return entry[1]
+
+
+_counting: dict[int, tuple[Any, Any, threading.Lock]] = {}
+_counting_lock = threading.Lock()
+
+
+def _counting_tokenizer(predictor) -> tuple[Any, threading.Lock]:
+    """One more copy of ``predictor``'s tokenizer, for counting words before admission (from the
+    request threads, one at a time under its lock)."""
+    with _counting_lock:
+        entry = _counting.get(id(predictor))
+        if entry is None or entry[0] is not predictor:
+            entry = _counting[id(predictor)] = (predictor, copy.deepcopy(predictor.tokenizer), threading.Lock())
+    return entry[1], entry[2]
 
 
 def methods_for(predictor) -> list[str]:
@@ -149,11 +182,11 @@ def count_words(predictor, texts: list[str], pairs: list[str] | None, caps) -> l
     max_length); CapError (413) for the first text over ``explain.max_words_per_text``."""
     from tunery.explain.words import tokenize_words
 
+    tokenizer, lock = _counting_tokenizer(predictor)
     counts = []
     for i, text in enumerate(texts):
-        tokens = tokenize_words(predictor.tokenizer, text, pairs[i] if pairs else None,
-                                max_length=predictor.meta["max_length"])
-        n = len(tokens)
+        with lock:
+            n = len(tokenize_words(tokenizer, text, pairs[i] if pairs else None, max_length=predictor.meta["max_length"]))
         if n > caps.max_words_per_text:
             with_pair = " with its pair" if pairs else ""
             raise CapError(413, "too_many_words", f"texts[{i}]{with_pair} has {n} words as the model reads it; "
