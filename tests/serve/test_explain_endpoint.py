@@ -73,7 +73,7 @@ def _client(served, plan: str = "pro") -> tuple[TestClient, dict, str]:
 
 def _usage(served, tenant: str) -> list[dict]:
     client, store, app = served
-    return metering.usage_report(store, app.state.tunery.config, tenant=tenant)
+    return metering.usage_report(store, app.state.tunery.config, tenant=tenant, explanations=True)
 
 
 # -- the explanation ----------------------------------------------------------------------------
@@ -350,7 +350,8 @@ def test_a_stuck_explanation_leaves_predictions_answering_and_fills_the_queue(ti
         release.set()
         thread.join(60)
     assert first[0].status_code == 200, first[0].text
-    assert [(r["requests"], r["explain_requests"]) for r in metering.usage_report(store, ServeConfig())] == [(1, 1)]
+    rows = metering.usage_report(store, ServeConfig(), explanations=True)
+    assert [(r["requests"], r["explain_requests"]) for r in rows] == [(1, 1)]
 
 
 @pytest.mark.parametrize("tight", [1], indirect=True)
@@ -382,7 +383,7 @@ def test_the_time_limit_answers_504_bills_nothing_and_frees_the_worker(tight, mo
     monkeypatch.setattr(explaining.Guarded, "encoded_scores", original)
     assert client.post("/v1/models/sentiment/explain", headers=headers,
                        json={"texts": ["x"], "method": "occlusion"}).status_code == 200
-    assert [r["explain_requests"] for r in metering.usage_report(store, ServeConfig())] == [1]
+    assert [r["explain_requests"] for r in metering.usage_report(store, ServeConfig(), explanations=True)] == [1]
 
 
 # -- metering and settings without a server -------------------------------------------------------
@@ -404,10 +405,12 @@ def test_explanation_quota_counts_explanations_only():
                                        _event(4, plan, texts=1), _event(5, plan, texts=1)])
     assert [o.status for o in outcomes] == ["billed", "billed", "over_quota", "billed", "billed", "over_quota"]
     create_key(store, tenant="acme", plan="pro")
-    (row,) = metering.usage_report(store, ServeConfig())
+    (row,) = metering.usage_report(store, ServeConfig(), explanations=True)
     assert (row["requests"], row["texts"], row["explain_requests"], row["explanations"], row["evaluations"]) == \
         (2, 5, 2, 5, 50)
     assert row["cost"] == pytest.approx(5 * 0.0005 + 5 * 0.005)  # pro: 0.50 per 1k texts, 5.00 per 1k explanations
+    (plain,) = metering.usage_report(store, ServeConfig())  # the shape `tunery usage report` prints
+    assert "explanations" not in plain and plain["cost"] == row["cost"] and plain["requests"] == 2
 
 
 def test_plans_configure_explanations_and_refuse_unknown_keys(tmp_path):

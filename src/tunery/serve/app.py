@@ -788,7 +788,7 @@ def _routes(app: FastAPI, state: _State) -> None:
         if problem is not None:
             raise ApiError(422, "invalid_request", problem)
         rows = await run_in_threadpool(
-            lambda: metering.usage_report(store, config, tenant=tenant, start=start, end=end))
+            lambda: metering.usage_report(store, config, tenant=tenant, start=start, end=end, explanations=True))
         totals = {field: sum(r[field] for r in rows) for field in (
             "requests", "texts", "tokens", "explain_requests", "explanations", "evaluations")}
         totals.update(cost=round(sum(r["cost"] or 0 for r in rows), 6), currency=config.currency)

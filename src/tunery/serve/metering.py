@@ -363,13 +363,14 @@ def _day(dialect: str):
 
 def usage_report(
     store: Store, config: ServeConfig, *, tenant: str | None = None, start: date | None = None,
-    end: date | None = None,
+    end: date | None = None, explanations: bool = False,
 ) -> list[dict[str, Any]]:
     """Totals per tenant, model and UTC day in ``[start, end]`` (inclusive days), with the cost
     under each tenant's current plan. Rows sorted by tenant, day, model.
 
-    ``requests``, ``texts`` and ``tokens`` are predictions'; ``explain_requests``, ``explanations``
-    and ``evaluations`` (model evaluations spent explaining) are explanations'; ``cost`` is both."""
+    ``requests``, ``texts`` and ``tokens`` are predictions'; with ``explanations``, the rows also
+    have ``explain_requests``, ``explanations`` and ``evaluations`` (model evaluations spent
+    explaining). ``cost`` is both units' either way."""
     problem = day_range_problem(start, end, "--from", "--to")
     if problem is not None:
         raise ValueError(problem)
@@ -395,16 +396,16 @@ def usage_report(
         plans = dict(s.execute(select(TenantRow.name, TenantRow.plan)).all())
         rows = s.execute(query).all()
     out = []
-    for t, d, model, ref, requests, texts, tokens, explain_requests, explanations, evaluations in rows:
+    for t, d, model, ref, requests, texts, tokens, explain_requests, n_explanations, evaluations in rows:
         plan_name = plans.get(t)
         plan = config.plans.get(plan_name) if plan_name else None
-        texts, tokens, explanations = int(texts or 0), int(tokens or 0), int(explanations or 0)
+        texts, tokens, n_explanations = int(texts or 0), int(tokens or 0), int(n_explanations or 0)
         out.append({
             "tenant": t, "day": d, "model": model, "model_ref": ref, "plan": plan_name,
             "requests": int(requests or 0), "texts": texts, "tokens": tokens,
-            "explain_requests": int(explain_requests or 0), "explanations": explanations,
-            "evaluations": int(evaluations or 0),
-            "cost": round(plan.cost(texts, tokens, explanations), 6) if plan else None,
+            **({"explain_requests": int(explain_requests or 0), "explanations": n_explanations,
+                "evaluations": int(evaluations or 0)} if explanations else {}),
+            "cost": round(plan.cost(texts, tokens, n_explanations), 6) if plan else None,
             "currency": config.currency,
         })  # fmt: skip
     return out
