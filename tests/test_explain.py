@@ -243,3 +243,64 @@ def test_an_empty_text_has_no_words_to_explain(planted):
     model, _ = planted
     e = model.explain("", method="lime")
     assert e.words == [] and 0 <= e.score <= 1
+
+
+# -- the command line ---------------------------------------------------------------------------------
+def test_cli_explains_texts_in_colour_json_and_html(runs, tmp_path):
+    import json
+
+    from tests.integration.helpers import cli
+
+    run = str(runs["planted"])
+    shown = cli("explain", run, "--text", "the film zorblax was", "--method", "occlusion", "--faithfulness",
+                cwd=tmp_path).stdout
+    assert "predicted yes" in shown and "top words: zorblax" in shown and "comprehensiveness" in shown
+    got = json.loads(cli("explain", run, "--text", "zorblax the plot", "--text", "the plot", "--json", "--method",
+                         "lime", "--option", "samples=40", "--seed", "2", cwd=tmp_path).stdout)
+    assert [e["method"] for e in got] == ["lime", "lime"] and got[0]["params"]["samples"] == 40
+    assert got[0]["words"][0] == {"text": "zorblax", "start": 0, "end": 7, "segment": 0, "score": got[0]["words"][0]["score"]}
+    cli("explain", run, "--text", "a zorblax <b>story</b>", "--html", "page.html", cwd=tmp_path)
+    page = (tmp_path / "page.html").read_text()
+    # one mark per word (a, zorblax, <, b, >, story, <, /, b, >), each titled with its score; the legend's are not
+    assert page.count('" title="') == 10 and "&lt;" in page and "<b>story" not in page
+
+
+def test_cli_explains_a_file_and_evaluates_the_methods(runs, tmp_path):
+    import json
+
+    from tests.integration.helpers import cli
+
+    run = str(runs["planted"])
+    _planted(8, seed=9).to_csv(tmp_path / "texts.csv", index=False)
+    cli("explain", run, "--input", "texts.csv", "--output", "out.jsonl", "--method", "occlusion", "--limit", "5",
+        cwd=tmp_path)
+    lines = [json.loads(x) for x in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert len(lines) == 5 and all(e["method"] == "occlusion" for e in lines)
+    cli("explain", run, "--input", "texts.csv", "--output", "out.html", "--method", "ig", cwd=tmp_path)
+    assert (tmp_path / "out.html").read_text().count('class="tx-expl"') == 8
+    table = cli("explain", run, "--evaluate", "--data", "texts.csv", "--n", "4", "--methods", "ig,occlusion",
+                cwd=tmp_path).stdout
+    assert "faithfulness on 4 texts" in table and "ig" in table and "occlusion" in table
+    doc = json.loads(cli("explain", run, "--evaluate", "--data", "texts.csv", "--n", "3", "--methods", "occlusion",
+                         "--json", cwd=tmp_path).stdout)
+    occl = doc["methods"]["occlusion"]
+    assert doc["texts"] == 3 and occl["loo_spearman"] == pytest.approx(1.0) and occl["evaluations_per_explanation"] > 1
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--text", "x", "--input", "f.csv"], "give one of --text TEXT, --input FILE --output FILE, or --evaluate"),
+    ([], "give one of --text TEXT"),
+    (["--input", "texts.csv"], "--input needs --output FILE (.jsonl, .json or .html)"),
+    (["--input", "texts.csv", "--output", "x.txt"], "--output x.txt: give a .jsonl, .json or .html file"),
+    (["--text", "x", "--option", "steps"], "--option 'steps': write KEY=VALUE"),
+    (["--text", "x", "--option", "samples=5"], "option 'samples' is not one of ig's options (steps, internal_batch_size)"),
+    (["--text", "x", "--method", "deeplift"], "method 'deeplift' is not one tunery has"),
+    (["--evaluate"], "--evaluate needs --data FILE"),
+    (["--input", "texts.csv", "--output", "o.jsonl", "--text-column", "body"], "no column 'body'"),
+])
+def test_cli_bad_flags_say_what_to_do(runs, tmp_path, args, message):
+    from tests.integration.helpers import cli
+
+    _planted(4).to_csv(tmp_path / "texts.csv", index=False)
+    proc = cli("explain", str(runs["planted"]), *args, cwd=tmp_path, expect=None)
+    assert proc.returncode != 0 and message in " ".join((proc.stdout + proc.stderr).split()), proc.stderr

@@ -487,6 +487,210 @@ def compress(run: str = typer.Argument(..., help="run directory, run name or reg
 
 @app.command()
 @_guard
+def explain(run: str = typer.Argument(..., help="run directory, run name or registry name"),
+            text: Optional[list[str]] = typer.Option(None, "--text", help="a text to explain (repeatable)"),
+            pair: Optional[list[str]] = typer.Option(None, "--pair", help="its second text, for a pair model"),
+            input: Optional[Path] = typer.Option(None, "--input", "-i", help="explain every row of a file"),
+            output: Optional[Path] = typer.Option(None, "--output", "-o", help="with --input: .jsonl, .json or .html"),
+            evaluate: bool = typer.Option(False, "--evaluate", help="measure every method's faithfulness on --data"),
+            data: Optional[Path] = typer.Option(None, "--data", help="with --evaluate: a file of texts"),
+            n: int = typer.Option(200, "--n", min=1, help="with --evaluate: texts sampled from --data (seeded)"),
+            methods: Optional[str] = typer.Option(None, help="with --evaluate: methods to compare, e.g. ig,occlusion "
+                                                  "(default: every one the run can do)"),
+            method: str = typer.Option("ig", "--method", "-m", help="ig, shap, lime or occlusion"),
+            target: Optional[str] = typer.Option(None, help="the label to explain (default: the predicted one)"),
+            option: list[str] = typer.Option([], "--option", help="a method option, e.g. --option steps=100 (IG), "
+                                             "--option samples=500 (LIME, SHAP) (repeatable)"),
+            seed: int = typer.Option(0, help="LIME and SHAP repeat exactly for the same seed"),
+            faithfulness: bool = typer.Option(False, "--faithfulness", help="also measure each explanation's "
+                                              "faithfulness (more model evaluations)"),
+            text_column: Optional[str] = typer.Option(None, help="with --input/--data: default the column trained on"),
+            text_pair_column: Optional[str] = typer.Option(None),
+            limit: Optional[int] = typer.Option(None, min=1, help="with --input: explain the first N rows only"),
+            html: Optional[Path] = typer.Option(None, "--html", help="with --text: also write an HTML view here"),
+            as_json: bool = typer.Option(False, "--json", help="print JSON")):
+    """Explain predictions: which words drove them (IG, SHAP, LIME, occlusion), and how faithful each method is."""
+    from tunery.explain import explain as explain_texts
+    from tunery.predict import load
+
+    modes = [m for m, on in (("--text", bool(text)), ("--input", input is not None), ("--evaluate", evaluate)) if on]
+    if len(modes) != 1:
+        _fail(TuneryError("give one of --text TEXT, --input FILE --output FILE, or --evaluate --data FILE"
+                          + (f" (not {' and '.join(modes)} together)" if modes else "")))
+    options = _method_options(option)
+    predictor = load(run)
+    if evaluate:
+        return _explain_evaluate(predictor, run, data, n, methods, seed, options if option else None, method,
+                                 text_column, text_pair_column, as_json)
+    if input is not None:
+        return _explain_file(predictor, input, output, method, target, options, seed, faithfulness, text_column,
+                             text_pair_column, limit)
+    if output is not None:
+        _fail(TuneryError("--output goes with --input; for --text use --html FILE or --json"))
+    if pair and len(pair) != len(text):
+        _fail(TuneryError(f"{len(text)} --text but {len(pair)} --pair: give one --pair per --text"))
+    found = explain_texts(predictor, list(text), list(pair) if pair else None, method=method, target=target,
+                          options=options, seed=seed, with_faithfulness=faithfulness)
+    if html is not None:
+        from tunery.explain.html import page
+
+        html.write_text(page(found, title=f"tunery explanations: {run}"), encoding="utf-8")
+    if as_json:
+        out.print_json(json.dumps([e.to_dict() for e in found]))
+        return
+    for e in found:
+        _print_explanation(e)
+    if html is not None:
+        out.print(f"html: {html}", highlight=False)
+
+
+def _method_options(items: list[str]) -> dict:
+    options = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            _fail(TuneryError(f"--option {item!r}: write KEY=VALUE, e.g. --option steps=100"))
+        try:
+            options[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            options[key.strip()] = value
+    return options
+
+
+def _print_explanation(e) -> None:
+    scale = max((abs(w.score) for w in e.words), default=0.0) or 1.0
+
+    def coloured(source: str, segment: int) -> str:
+        parts, pos = [], 0
+        for w in (w for w in e.words if w.segment == segment):
+            parts.append(escape(source[pos:w.start]))
+            strength = abs(w.score) / scale
+            style = ("bold green" if w.score > 0 else "bold red") if strength > 0.5 else (
+                ("green" if w.score > 0 else "red") if strength > 0.15 else "")
+            parts.append(f"[{style}]{escape(w.text)}[/]" if style else escape(w.text))
+            pos = w.end
+        return "".join(parts) + escape(source[pos:])
+
+    pred = e.prediction.get("label") or "|".join(e.prediction.get("labels", [])) or e.prediction.get("value")
+    what = f"{e.target} {e.score:.4f}" if e.target is not None else f"value {e.score:.4f}"
+    out.print(coloured(e.text, 0) + (" [dim]|[/] " + coloured(e.pair, 1) if e.pair is not None else ""))
+    line = (f"  predicted {pred}; explained {what} by {e.method}: {e.evaluations} model evaluations, "
+            f"{1000 * e.seconds:.0f} ms")
+    if e.delta is not None:
+        line += f"; completeness gap {e.delta:+.4f} (baseline {e.baseline_score:.4f})"
+    out.print(escape(line), highlight=False)
+    top = ", ".join(f"{w.text} {w.score:+.3f}" for w in e.top(5))
+    out.print(f"  top words: {escape(top)}", highlight=False)
+    if e.faithfulness:
+        f = e.faithfulness
+        out.print(f"  comprehensiveness {f['comprehensiveness']:.3f} (random {f['random_comprehensiveness']:.3f}), "
+                  f"sufficiency {f['sufficiency']:.3f} (random {f['random_sufficiency']:.3f})", highlight=False)
+    if e.truncated:
+        out.print("  [dim]words past the model's max length were cut off and are not explained[/]")
+
+
+def _file_texts(path: Path, text_column, text_pair_column, predictor, limit=None):
+    """Texts (and pairs) of a file's column, the first `limit` rows; DataError naming the column."""
+    from tunery.data.load import read_table
+    from tunery.errors import DataError
+
+    frame = read_table(path)
+    column = text_column or predictor.meta["text_column"]
+    pair_column = text_pair_column or predictor.meta.get("text_pair_column")
+    for col in filter(None, (column, pair_column)):
+        if col not in frame.columns:
+            raise DataError(f"{path}: no column {col!r} (columns: {', '.join(map(str, frame.columns))}); "
+                            "name the text column with --text-column")
+    if limit:
+        frame = frame.head(limit)
+    texts = frame[column].fillna("").astype(str).tolist()
+    pairs = frame[pair_column].fillna("").astype(str).tolist() if pair_column else None
+    return texts, pairs
+
+
+def _explain_file(predictor, input, output, method, target, options, seed, faithfulness, text_column,
+                  text_pair_column, limit) -> None:
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from tunery.explain import explain as explain_texts
+    from tunery.explain.html import page
+    from tunery.rundir import write_text_atomic
+
+    if output is None or output.suffix.lower() not in (".jsonl", ".json", ".html"):
+        _fail(TuneryError(f"--output {output}: give a .jsonl, .json or .html file" if output else
+                          "--input needs --output FILE (.jsonl, .json or .html)"))
+    texts, pairs = _file_texts(input, text_column, text_pair_column, predictor, limit)
+    found = []
+    with Progress(TextColumn("explaining"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                  TimeRemainingColumn(), console=err) as bar:
+        task = bar.add_task("explaining", total=len(texts))
+        for i, t in enumerate(texts):
+            found += explain_texts(predictor, [t], [pairs[i]] if pairs else None, method=method, target=target,
+                                   options=options, seed=seed, with_faithfulness=faithfulness)
+            bar.advance(task)
+    suffix = output.suffix.lower()
+    if suffix == ".html":
+        body = page(found, title=f"tunery explanations: {input.name}")
+    elif suffix == ".json":
+        body = json.dumps([e.to_dict() for e in found], ensure_ascii=False, indent=1)
+    else:
+        body = "".join(json.dumps(e.to_dict(), ensure_ascii=False) + "\n" for e in found)
+    write_text_atomic(output, body)
+    out.print(f"wrote {len(found)} explanations ({method}) to {output}", highlight=False)
+
+
+def _explain_evaluate(predictor, run, data, n, methods, seed, options, method, text_column, text_pair_column,
+                      as_json) -> None:
+    import numpy as np
+
+    from tunery.explain import METHODS
+    from tunery.explain.evaluate import evaluate_methods, runnable_methods
+
+    if data is None:
+        _fail(TuneryError("--evaluate needs --data FILE: texts to explain (e.g. the run's test file)"))
+    texts, pairs = _file_texts(data, text_column, text_pair_column, predictor)
+    if len(texts) > n:
+        pick = np.sort(np.random.default_rng(seed).choice(len(texts), size=n, replace=False))
+        texts = [texts[i] for i in pick]
+        pairs = [pairs[i] for i in pick] if pairs else None
+    wanted = [m.strip() for m in methods.split(",") if m.strip()] if methods else None
+    unknown = [m for m in wanted or [] if m not in METHODS]
+    if unknown:
+        _fail(TuneryError(f"--methods: {', '.join(unknown)} not among {', '.join(METHODS)}"))
+    chosen = runnable_methods(predictor, wanted)
+    per_method = {method: options} if options else None
+    from rich.progress import BarColumn, Progress, TextColumn
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                  console=err) as bar:
+        task = bar.add_task("explaining", total=len(texts) * len(chosen))
+        result = evaluate_methods(predictor, texts, pairs, methods=chosen, seed=seed, options=per_method,
+                                  on_text=lambda m, i: bar.update(task, advance=1, description=m))
+    if as_json:
+        out.print_json(json.dumps({"run": str(run), "data": str(data), **result}))
+        return
+    table = Table(title=f"faithfulness on {len(texts)} texts of {data.name} (higher comprehensiveness and LOO "
+                        "correlation, lower sufficiency are better; each beside a random ranking's)")
+    for col in ("method", "comprehensiveness", "random", "sufficiency", "random", "LOO Spearman", "random",
+                "ms / expl.", "evals / expl."):
+        table.add_column(col, justify="left" if col == "method" else "right")
+
+    def f(v):
+        return "-" if v is None else f"{v:.3f}"
+
+    for name, r in result["methods"].items():
+        table.add_row(name, f(r["comprehensiveness"]), f(r["random_comprehensiveness"]), f(r["sufficiency"]),
+                      f(r["random_sufficiency"]), f(r["loo_spearman"]), f(r["random_loo_spearman"]),
+                      f"{r['ms_per_explanation']:.0f}", f"{r['evaluations_per_explanation']:.0f}")
+    out.print(table)
+    skipped = [m for m in (wanted or METHODS) if m not in chosen]
+    if skipped:
+        out.print(f"not run on this backend (no gradients): {', '.join(skipped)}", highlight=False)
+    out.print("Compare methods within one model: AOPC ranges differ between models.", highlight=False)
+
+
+@app.command()
+@_guard
 def predict(run: str = typer.Argument(..., help="run directory, run name or registry name"),
             input: Path = typer.Option(..., "--input", "-i", help="csv, tsv, jsonl or parquet"),
             output: Path = typer.Option(..., "--output", "-o", help="csv, tsv, jsonl or parquet"),

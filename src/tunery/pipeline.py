@@ -724,7 +724,7 @@ def _write_report(work: Path, p: Prepared, meta: dict, metrics: dict, baseline, 
 
         frame = frames[split]
         explanations = report_explanations(
-            lambda: Predictor(_on_cpu(model), p.tokenizer, meta, batch_size=p.cfg.train.eval_batch_size), split,
+            lambda: Predictor(model, p.tokenizer, meta, batch_size=p.cfg.train.eval_batch_size), split,
             frame["text"].astype(str).tolist(),
             frame["text_pair"].astype(str).tolist() if "text_pair" in frame else None,
             y[split], scores[split], n=p.cfg.evaluate.explanations, threshold=threshold,
@@ -741,14 +741,6 @@ def _write_report(work: Path, p: Prepared, meta: dict, metrics: dict, baseline, 
 # The report's explanations stop starting new ones once this many seconds are spent (a base-sized
 # model on a CPU takes a few seconds per Integrated Gradients explanation).
 REPORT_EXPLAIN_SECONDS = 30.0
-
-
-def _on_cpu(model):
-    """The model on the CPU: tunery.explain's Integrated Gradients feeds it CPU tensors. Called at the
-    end of a run, once the weights are saved, so moving them off an accelerator changes nothing else."""
-    if next(model.parameters()).device.type != "cpu":
-        model.to("cpu")
-    return model
 
 
 def _captum_missing() -> bool:

@@ -89,11 +89,14 @@ def integrated_gradients(predictor, tokens: WordTokens, target: Target, *, steps
     from captum.attr import LayerIntegratedGradients
 
     model, task, meta = predictor.model, predictor.meta["task"], predictor.meta
+    device = next(model.parameters()).device  # the inputs go where the model is (a GPU run explains there)
     pad = predictor.tokenizer.pad_token_id or 0
-    ids = torch.from_numpy(tokens.input_ids)[None]
-    baseline = torch.where(torch.from_numpy(tokens.special)[None], ids, torch.full_like(ids, pad))
+    ids = torch.from_numpy(tokens.input_ids)[None].to(device)
+    special = torch.from_numpy(tokens.special)[None].to(device)
+    baseline = torch.where(special, ids, torch.full_like(ids, pad))
     mask = torch.ones_like(ids)
-    types = torch.from_numpy(tokens.token_type_ids)[None] if tokens.token_type_ids is not None else None
+    types = (torch.from_numpy(tokens.token_type_ids)[None].to(device)
+             if tokens.token_type_ids is not None else None)
 
     def forward(input_ids, attention_mask, token_type_ids):
         kwargs = {"input_ids": input_ids, "attention_mask": attention_mask}
@@ -106,7 +109,7 @@ def integrated_gradients(predictor, tokens: WordTokens, target: Target, *, steps
     attr, delta = explainer.attribute(ids, baselines=baseline, additional_forward_args=(mask, types),
                                       n_steps=int(steps), internal_batch_size=int(internal_batch_size),
                                       return_convergence_delta=True)
-    token_scores = attr[0].sum(-1).detach().double().numpy()
+    token_scores = attr[0].sum(-1).detach().double().cpu().numpy()
     with torch.no_grad():
         baseline_score = float(forward(baseline, mask, types)[0])
     # Captum runs `steps` points, its delta check 2 more passes; we add the baseline's score
