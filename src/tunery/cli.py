@@ -1163,7 +1163,7 @@ def usage_report(tenant: Optional[str] = typer.Option(None, help="default: every
                  end: Optional[str] = typer.Option(None, "--to", help="last day, inclusive"),
                  as_csv: bool = typer.Option(False, "--csv", help="CSV on stdout"),
                  config: Optional[Path] = typer.Option(None, "--config", "-c", help="serve config with the plans")):
-    """Usage per tenant, model and day, with the cost under each tenant's plan."""
+    """Usage per tenant, model and day (predictions and explanations), with the cost under each tenant's plan."""
     import csv
     from datetime import date
 
@@ -1180,8 +1180,11 @@ def usage_report(tenant: Optional[str] = typer.Option(None, help="default: every
             raise ValueError(f"{flag} {value!r} is not a date: use YYYY-MM-DD") from None
 
     rows = report(Store(), load_serve_config(config), tenant=tenant, start=day(start, "--from"),
-                  end=day(end, "--to"))
-    columns = ["tenant", "day", "model", "model_ref", "plan", "requests", "texts", "tokens", "cost", "currency"]
+                  end=day(end, "--to"), explanations=True)
+    # requests, texts, tokens: predictions'; explain_requests, explanations (the billed unit), evaluations:
+    # explanations'; cost: both under the tenant's plan
+    columns = ["tenant", "day", "model", "model_ref", "plan", "requests", "texts", "tokens", "explain_requests",
+               "explanations", "evaluations", "cost", "currency"]
     if as_csv:
         writer = csv.DictWriter(sys.stdout, fieldnames=columns, lineterminator="\n")
         writer.writeheader()
@@ -1193,7 +1196,8 @@ def usage_report(tenant: Optional[str] = typer.Option(None, help="default: every
     out.print(table)
     cost = sum(r["cost"] or 0 for r in rows)
     out.print(f"{len(rows)} rows; {sum(r['requests'] for r in rows)} requests, {sum(r['texts'] for r in rows)} "
-              f"texts, {sum(r['tokens'] for r in rows)} tokens; cost {cost:.4f}", highlight=False)
+              f"texts, {sum(r['tokens'] for r in rows)} tokens; {sum(r['explain_requests'] for r in rows)} explain "
+              f"requests, {sum(r['explanations'] for r in rows)} explanations; cost {cost:.4f}", highlight=False)
 
 
 _DB_URL_HELP = "a database URL (default: TUNERY_DB_URL, else the SQLite file in TUNERY_HOME)"

@@ -38,6 +38,29 @@ def test_usage_report_on_an_empty_store_says_so(tmp_path):
     assert "0 rows" in proc.stdout
 
 
+def test_usage_report_shows_explanations_beside_predictions_and_prices_both(tmp_path):
+    import csv
+    import io
+    from datetime import datetime, timezone
+
+    from tunery.store import Store, TenantRow, UsageRow
+
+    (tmp_path / "serve.yaml").write_text("plans:\n  metered: {price_per_1k_texts: 1.0, explain: {price_per_1k: 10.0}}\n")
+    now = datetime.now(timezone.utc)
+    with Store().transaction() as s:
+        s.add(TenantRow(name="acme", plan="metered", created_at=now))
+        for i, (texts, tokens, explanations, evaluations) in enumerate([(3, 30, 0, 0), (0, 0, 2, 106), (0, 0, 1, 53)]):
+            s.add(UsageRow(created_at=now, tenant="acme", key_id="k", model="m", model_ref="m@1", texts=texts,
+                           tokens=tokens, latency_ms=1.0, request_id=f"r{i}", explanations=explanations,
+                           evaluations=evaluations))
+    (row,) = csv.DictReader(io.StringIO(cli("usage", "report", "--csv", "--config", "serve.yaml", cwd=tmp_path).stdout))
+    assert {k: row[k] for k in ("requests", "texts", "tokens", "explain_requests", "explanations", "evaluations")} == {
+        "requests": "1", "texts": "3", "tokens": "30", "explain_requests": "2", "explanations": "3", "evaluations": "159"}
+    assert float(row["cost"]) == 3 * 1.0 / 1000 + 3 * 10.0 / 1000
+    shown = cli("usage", "report", "--config", "serve.yaml", cwd=tmp_path).stdout
+    assert "2 explain requests, 3 explanations" in shown
+
+
 def test_serve_an_unknown_model_fails_with_the_reason(tmp_path):
     proc = cli("serve", "nosuchmodel", cwd=tmp_path, expect=1)
     assert "nosuchmodel" in proc.stderr and "not registered" in proc.stderr

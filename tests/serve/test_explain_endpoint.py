@@ -30,8 +30,10 @@ CONFIG = {
         "slow": {"rate_limit": None, "explain": {"rate_limit": 0.001, "burst": 2}},
     },
     "limits": {"max_texts_per_request": 16, "max_chars_per_text": 2000},
+    # nice 0: the test machine runs other tests beside this one, and at the default nice 19 an explanation
+    # would only get the CPU they leave (the priority itself: test_explanation_threads_..._lower_priority)
     "explain": {"max_texts_per_request": 4, "max_words_per_text": 40, "max_steps": 64, "max_samples": 300,
-                "max_batch": 128, "timeout_seconds": 60},
+                "max_batch": 128, "timeout_seconds": 60, "nice": 0},
 }
 TEXTS = ["a great film with superb acting", "terrible plot and awful music"]
 
@@ -127,7 +129,8 @@ def test_removal_methods_target_seed_and_faithfulness(served):
 def test_pairs_are_explained_with_their_segment(pair_run, tmp_path):
     store = Store(f"sqlite:///{tmp_path / 'pairs.db'}")
     key, _ = create_key(store, tenant="acme", plan="enterprise")
-    with TestClient(create_app({"nli": pair_run}, store=store)) as client:
+    config = ServeConfig.model_validate({"explain": {"nice": 0}})  # see CONFIG
+    with TestClient(create_app({"nli": pair_run}, store=store, config=config)) as client:
         _wait_ready(client)
         headers = {"Authorization": f"Bearer {key}"}
         r = client.post("/v1/models/nli/explain", headers=headers,
@@ -313,7 +316,7 @@ def tight(tiny_run, tmp_path, request):
     (``@pytest.mark.parametrize("tight", [seconds], indirect=True)``)."""
     store = Store(f"sqlite:///{tmp_path / 'tight.db'}")
     key, _ = create_key(store, tenant="acme", plan="enterprise")
-    config = ServeConfig.model_validate({"explain": {"workers": 1, "max_queued_requests": 0,
+    config = ServeConfig.model_validate({"explain": {"workers": 1, "max_queued_requests": 0, "nice": 0,
                                                      "timeout_seconds": request.param}})
     app = create_app({"sentiment": tiny_run}, store=store, config=config)
     with TestClient(app) as client:
@@ -481,3 +484,46 @@ def test_openapi_documents_the_endpoint_and_metrics_count_explanations(served):
     assert f'tunery_usage_explanations_total{{model="onnx",tenant="{tenant}"}} 1.0' in text
     assert "tunery_explain_requests 0.0" in text
     assert "tunery_usage_explanations" not in client.get("/metrics").text  # tenants: admin only
+
+
+def _nice_of_threads() -> dict[int, int]:
+    """Each thread of this process: its nice value (field 19 of /proc/self/task/TID/stat)."""
+    import os
+
+    out = {}
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/stat") as f:
+                out[int(tid)] = int(f.read().rsplit(")", 1)[1].split()[16])
+        except OSError:  # the thread ended meanwhile
+            pass
+    return out
+
+
+@pytest.mark.skipif(not __import__("sys").platform.startswith("linux"), reason="per-thread nice values are Linux's")
+def test_explanation_threads_and_the_torch_threads_they_start_run_at_a_lower_priority():
+    import os
+
+    import torch
+
+    before = _nice_of_threads()
+    own = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    explainer = explaining.Explainer(1, 4, nice=19)
+    try:
+        def work():
+            a = torch.randn(512, 512)
+            for _ in range(20):  # large enough that torch runs it on its OpenMP threads
+                a = torch.tanh(a @ a)
+            return threading.get_native_id(), os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+        with torch.inference_mode():
+            tid, nice = explainer.executor.submit(work).result()
+        after = _nice_of_threads()
+    finally:
+        explainer.shutdown()
+    assert nice == min(19, own + 19) and after[tid] == nice
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == own  # the server's own threads keep theirs
+    started = {t: n for t, n in after.items() if t not in before and t != tid}
+    if torch.get_num_threads() > 1:  # the OpenMP team the explanation thread started inherits its priority
+        assert started and set(started.values()) == {nice}, started
+    assert explaining.lower_priority(0) is None

@@ -17,9 +17,11 @@ from tests.serve.conftest import new_key, start_server
 CONFIG = {
     "plans": {"pro": {"price_per_1k_texts": 0.5, "explain": {"price_per_1k": 5.0, "rate_limit": None}}},
     "limits": {"max_texts_per_request": 16, "max_chars_per_text": 500, "max_body_bytes": 64 * 1024},
-    # /explain is fuzzed like the rest; small caps keep each generated explanation quick
+    # /explain is fuzzed like the rest; small caps keep each generated explanation quick.
+    # nice 0: the test machine runs other tests beside this one, and at the default nice 19 an explanation
+    # would only get the CPU they leave (the priority itself: test_explanation_threads_..._lower_priority)
     "explain": {"max_texts_per_request": 4, "max_steps": 8, "max_samples": 32, "max_batch": 32,
-                "timeout_seconds": 20},
+                "timeout_seconds": 20, "nice": 0},
 }
 
 

@@ -68,5 +68,6 @@ def test_usage_example_reports_csv_per_day(readme_server):
     proc = subprocess.run(["bash", "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     header, *rows = proc.stdout.strip().splitlines()
-    assert header.startswith("tenant,day,model,model_ref,plan,requests,texts,tokens,cost")
+    assert header == ("tenant,day,model,model_ref,plan,requests,texts,tokens,explain_requests,explanations,"
+                      "evaluations,cost,currency")
     assert rows and all(r.startswith("acme,") for r in rows)

@@ -427,7 +427,8 @@ def create_app(
                    meter=metering.Meter(store, idempotency_retention=timedelta(
                        hours=config.idempotency_retention_hours)),
                    keys=KeyCache(config.auth_cache_seconds),
-                   explainer=explaining.Explainer(config.explain.workers, config.explain.max_queued_requests))
+                   explainer=explaining.Explainer(config.explain.workers, config.explain.max_queued_requests,
+                                                  config.explain.nice))
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):

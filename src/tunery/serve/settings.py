@@ -15,7 +15,7 @@ default to the values below, so a server runs with no file at all. The same file
              explain: {price_per_1k: 5.0, monthly_quota: 100000, rate_limit: 5, burst: 10}}
     limits: {max_texts_per_request: 256, max_chars_per_text: 20000, max_body_bytes: 4194304,
              max_header_bytes: 65536, max_headers: 100}
-    explain: {workers: 1, max_queued_requests: 16, timeout_seconds: 30, max_texts_per_request: 8,
+    explain: {workers: 1, nice: 19, max_queued_requests: 16, timeout_seconds: 30, max_texts_per_request: 8,
               max_words_per_text: 256, max_steps: 200, max_samples: 1000, max_batch: 256}
     connections: {header_timeout_seconds: 10, body_timeout_seconds: 30, keep_alive_seconds: 5,
                   max_connections: null}
@@ -138,10 +138,14 @@ class Batching(_Part):
 
 class Explain(_Part):
     """``POST /v1/models/{name}/explain``: its executor, time limit and caps (per server process).
-    Explanations run on their own threads, never on the prediction batcher's, so they cannot
-    starve predictions (they do share the CPU cores)."""
+    Explanations run on their own threads, never on the prediction batcher's, at a lower scheduling
+    priority (``nice``), so that they run on the CPU time predictions leave."""
 
     workers: int = Field(1, ge=1, description="explanation threads per server process, shared by the models")
+    nice: int = Field(
+        19, ge=0, le=19, description="how much lower the explanation threads' scheduling priority is than the "
+        "server's (Linux nice, 19: explanations only use CPU that predictions leave; 0: equal shares)"
+    )
     max_queued_requests: int = Field(
         16, ge=0, description="explain requests waiting for a free worker beyond which requests get 503 (overloaded)"
     )
