@@ -140,11 +140,19 @@ class ModelConfig(_Part):
 class AdversarialConfig(_Part):
     """Adversarial training on the word embeddings (train/adversarial.py)."""
 
-    method: Literal["none", "fgm"] = Field(
-        "none", description="fgm: also train on embeddings moved against the model (2x the step cost)"
+    method: Literal["none", "fgm", "pgd", "freelb"] = Field(
+        "none", description="fgm: also train on embeddings moved against the model (2 passes a step); pgd: moved "
+        "by `steps` projected ascent steps (steps + 1 passes); freelb: the mean gradient of `steps` perturbed "
+        "passes, no clean pass (steps passes)"
     )
     epsilon: float = Field(
-        0.05, gt=0, lt=1, description="size of each text's perturbation, relative to the L2 norm of its word embeddings"
+        0.05, gt=0, lt=1, description="size of each text's perturbation (pgd, freelb: the radius of its ball), "
+        "relative to the L2 norm of its word embeddings"
+    )
+    steps: int = Field(3, ge=1, le=32, description="pgd, freelb: ascent steps K")
+    step_size: float | None = Field(
+        None, gt=0, lt=1, description="pgd, freelb: each ascent step's length, in the unit of epsilon; "
+        "default 2 * epsilon / steps"
     )
 
 
@@ -169,6 +177,10 @@ class TrainConfig(_Part):
         None, gt=0, lt=1, description="evaluate and keep an exponential moving average of the weights"
     )
     adversarial: AdversarialConfig = Field(default_factory=AdversarialConfig)
+    rdrop: float = Field(
+        0.0, ge=0, description="R-Drop: weight of the divergence between two dropout passes of each batch "
+        "(0: off; the paper used 0.1-1 for classification); 2x the step cost"
+    )
     precision: Literal["auto", "fp32", "bf16"] = Field(
         "auto", description="auto: bf16 autocast where the hardware runs it fast (AVX512-BF16/AMX, CUDA)"
     )
@@ -197,6 +209,14 @@ class TrainConfig(_Part):
         False, description="keep checkpoints/ (the last and best training state) when the run completes; "
         "by default only model/ (the best weights) is kept"
     )
+
+    @model_validator(mode="after")
+    def _one_robustness_objective(self) -> TrainConfig:
+        if self.rdrop and self.adversarial.method != "none":
+            raise ValueError(f"rdrop: {self.rdrop} and adversarial.method: {self.adversarial.method} together are not "
+                             f"supported (R-Drop doubles the clean pass that the adversarial step builds on); "
+                             f"set one of them: train.rdrop: 0 or train.adversarial.method: none")
+        return self
 
 
 class EvaluateConfig(_Part):

@@ -156,6 +156,8 @@ def prepare(p, model, work: Path, train: Encoded) -> tuple[Encoded, object, dict
         raise ConfigError("distill with model.method: lora is not supported; use model.method: full")
     if cfg.train.adversarial.method != "none":
         raise ConfigError("distill with train.adversarial is not supported: leave one of them out")
+    if cfg.train.rdrop:
+        raise ConfigError("distill with train.rdrop is not supported: set train.rdrop: 0")
     run, meta = teacher_run(d.teacher)
     label_names = list(p.data.label_names)
     if meta["task"] != p.data.task or (p.data.task != "regression" and list(meta["label_names"]) != label_names):

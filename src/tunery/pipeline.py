@@ -534,6 +534,9 @@ def _train_and_write(p: Prepared, model, work: Path, *, resume: bool, callbacks)
                 "stopped_early": state.stopped_early,
                 "samples_seen": state.samples_seen, "train_seconds": round(state.train_seconds, 2),
                 "samples_per_s": round(state.samples_seen / max(state.train_seconds, 1e-9), 2),
+                # what the robustness objective (train.adversarial, train.rdrop) costs: passes per batch, time per step
+                "passes_per_step": trainer.passes_per_step,
+                "seconds_per_step": round(state.train_seconds / max(state.step, 1), 4),
                 **({"distillation": distilled} if distilled else {})}
     return score_and_write(p, trainer.model, work, enc, training, accelerator=trainer.accelerator, started=started)
 

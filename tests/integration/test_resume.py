@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 from safetensors.torch import load_file
 
 from tests.conftest import fast_train, make_dataset
@@ -28,15 +29,20 @@ def _config(tmp_path, name, backbone, **extra):
                                                     "model": {"backbone": backbone}, "train": train})
 
 
-def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path, st_backbone):
-    # The sentence-transformers backbone gets the added mean-pooling layer, and FGM adds a second,
-    # perturbed pass per step: both must rebuild and replay exactly on resume.
-    adversarial = {"method": "fgm", "epsilon": 0.05}
-    cli("train", str(_config(tmp_path, "straight", st_backbone, adversarial=adversarial)), "--no-progress",
+@pytest.mark.parametrize("objective", [
+    {"adversarial": {"method": "fgm", "epsilon": 0.05}},
+    {"adversarial": {"method": "pgd", "epsilon": 0.02, "steps": 2}},
+    {"adversarial": {"method": "freelb", "epsilon": 0.05, "steps": 2}},  # its random starts continue exactly
+    {"rdrop": 1.0},  # its dropout masks come from the restored RNG
+], ids=["fgm", "pgd", "freelb", "rdrop"])
+def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path, st_backbone, objective):
+    # The sentence-transformers backbone gets the added mean-pooling layer, and each robust objective
+    # adds perturbed or doubled passes per step: all of it must rebuild and replay exactly on resume.
+    cli("train", str(_config(tmp_path, "straight", st_backbone, **objective)), "--no-progress",
         cwd=tmp_path)
 
     proc = subprocess.Popen([sys.executable, "-m", "tunery", "train",
-                             str(_config(tmp_path, "killed", st_backbone, adversarial=adversarial)),
+                             str(_config(tmp_path, "killed", st_backbone, **objective)),
                              "--no-progress"], cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     state = tmp_path / "runs" / "killed.partial" / "checkpoints" / "last" / "trainer.pt"
     deadline = time.time() + 240

@@ -61,7 +61,9 @@ class RichProgress(Callback):
         self.progress.update(self.task_id, completed=state.step)
 
     def on_log(self, state, record: dict) -> None:
-        self.progress.update(self.task_id, info=f"loss {record['loss']:.4f} | {record['samples_per_s']:.0f} samples/s")
+        passes = f" | {record['passes_per_step']} passes/step" if record.get("passes_per_step") else ""
+        self.progress.update(self.task_id,
+                             info=f"loss {record['loss']:.4f} | {record['samples_per_s']:.0f} samples/s{passes}")
 
     def on_evaluate(self, state, record: dict) -> None:
         metrics = ", ".join(f"{k} {v:.4f}" for k, v in record.items()

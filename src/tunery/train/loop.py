@@ -26,7 +26,7 @@ from tunery.config import TrainConfig
 from tunery.pooling import model_pooling
 from tunery.rundir import write_text_atomic
 from tunery.tasks import Task
-from tunery.train.adversarial import EmbeddingAdversary
+from tunery.train.adversarial import EmbeddingAdversary, rdrop_loss
 from tunery.inference import Encoded, collate, predict_scores, resolve_precision
 from tunery.train.batching import batch_order
 from tunery.train.callbacks import Callback
@@ -213,6 +213,7 @@ class Trainer:
         self.callbacks = callbacks or []
         self.pos_weight = pos_weight  # multi-label: weight of each label's positives in the loss
         self.distiller = distiller  # tunery.train.distill.Distiller: the batch loss of distillation, or None
+        self.passes_per_step = 1  # forward+backward passes a batch costs (set by fit: adversarial, R-Drop)
 
     # -- helpers ---------------------------------------------------------------------------
     def _emit(self, event: str, *args) -> None:
@@ -312,9 +313,13 @@ class Trainer:
         n_labels = self.n_labels
         done = state.step >= total_steps or state.stopped_early
         adversary = None
-        if cfg.adversarial.method == "fgm":
+        if cfg.adversarial.method != "none":
             embeddings = accelerator.unwrap_model(model).get_input_embeddings()
-            adversary = EmbeddingAdversary(embeddings, cfg.adversarial.epsilon).attach()
+            adversary = EmbeddingAdversary(embeddings, cfg.adversarial.epsilon, method=cfg.adversarial.method,
+                                           steps=cfg.adversarial.steps, step_size=cfg.adversarial.step_size,
+                                           seed=cfg.seed).attach()
+        passes = adversary.passes_per_step if adversary is not None else (2 if cfg.rdrop else 1)
+        self.passes_per_step = passes
         try:
             while not done:
                 batches = batch_order(lengths, cfg.batch_size, seed=cfg.seed, epoch=state.epoch,
@@ -328,17 +333,30 @@ class Trainer:
                     k = cfg.grad_accum_steps
                     is_last_micro = (b + 1) % k == 0 or b + 1 == len(batches)
                     window_size = min(k, len(batches) - (b // k) * k)  # the last window may be short
-                    with accelerator.autocast():
-                        if self.distiller is None:
-                            loss = self._loss(model(**batch).logits, labels)
-                        else:
-                            loss, _ = self.distiller.loss(model, batch, idx, labels)
-                    accelerator.backward(loss / window_size)
-                    if adversary is not None:
-                        with adversary.perturbed(), accelerator.autocast():
-                            adv_loss = self._loss(model(**batch).logits, labels)
-                        accelerator.backward(adv_loss / window_size)
-                    state.window_loss += float(loss.detach())
+                    def task_loss(batch=batch, labels=labels):
+                        with accelerator.autocast():
+                            return self._loss(model(**batch).logits, labels)
+
+                    def backward(value, window_size=window_size):
+                        accelerator.backward(value / window_size)
+
+                    if adversary is not None and adversary.replaces_clean_pass:  # FreeLB: K perturbed passes
+                        loss = adversary.step(task_loss, backward, batch["attention_mask"], state.samples_seen)
+                    else:
+                        with accelerator.autocast():
+                            if self.distiller is not None:
+                                loss, _ = self.distiller.loss(model, batch, idx, labels)
+                            elif cfg.rdrop:
+                                doubled = {k: torch.cat([v, v]) for k, v in batch.items()}
+                                loss = rdrop_loss(model(**doubled).logits, lambda z: self._loss(z, labels),
+                                                  cfg.rdrop, self.task.problem_type)
+                            else:
+                                loss = self._loss(model(**batch).logits, labels)
+                        backward(loss)
+                        loss = float(loss.detach())
+                        if adversary is not None:  # FGM, PGD: after the clean pass's backward
+                            adversary.step(task_loss, backward, batch["attention_mask"], state.samples_seen)
+                    state.window_loss += loss
                     state.window_batches += 1
                     state.window_samples += len(idx)
                     state.samples_seen += len(idx)
@@ -365,6 +383,8 @@ class Trainer:
                                   "loss": state.window_loss / max(state.window_batches, 1),
                                   "lr": scheduler.get_last_lr()[0],
                                   "samples_per_s": state.window_samples / max(elapsed, 1e-9)}
+                        if passes > 1:  # what the robustness objective costs: forward+backward passes a batch
+                            record["passes_per_step"] = passes
                         self._log(record)
                         self._emit("on_log", state, record)
                         state.window_loss, state.window_batches, state.window_samples = 0.0, 0, 0
