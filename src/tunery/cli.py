@@ -691,6 +691,46 @@ def _explain_evaluate(predictor, run, data, n, methods, seed, options, method, t
 
 @app.command()
 @_guard
+def attack(run: str = typer.Argument(..., help="run directory, run name or registry name"),
+           data: Path = typer.Option(..., "--data", help="a labelled file (the run's columns)"),
+           recipe: str = typer.Option("all", "--recipe", help="typo, synonym or all"),
+           n: int = typer.Option(500, "--n", min=1, help="rows sampled from --data (seeded)"),
+           budget: Optional[int] = typer.Option(None, "--budget", help="model queries per text (default: no limit)"),
+           max_share: float = typer.Option(0.2, "--max-share", help="the largest share of a text's words changed"),
+           min_similarity: float = typer.Option(0.8, "--min-similarity",
+                                                help="synonym: the least cosine similarity to the original"),
+           encoder: str = typer.Option("minilm-l6", "--encoder", help="synonym: the sentence encoder of the "
+                                       "similarity constraint (a backbone, mean-pooled)"),
+           seed: int = typer.Option(0, help="the sample and the edits repeat for the same seed"),
+           as_json: bool = typer.Option(False, "--json", help="print JSON")):
+    """Attack a run's model with typos and synonyms: accuracy under attack, with the constraints it was measured under."""
+    from tunery.attack import attack_run
+
+    recipes = ["typo", "synonym"] if recipe == "all" else [r.strip() for r in recipe.split(",") if r.strip()]
+    settings = {"max_share": max_share, "budget": budget, "min_similarity": min_similarity, "encoder": encoder}
+    results = attack_run(run, data, recipes=recipes, n=n, seed=seed, settings=settings)
+    if as_json:
+        print(json.dumps(results, indent=2, ensure_ascii=False))
+        return
+    pct = lambda v: "-" if v is None else f"{100 * v:.1f} %"  # noqa: E731
+    for name, r in results.items():
+        constraints = ", ".join(f"{k} {v}" for k, v in r["settings"].items() if k != "recipe")
+        out.print(f"[bold]{name}[/] on {r['n']} texts ({escape(constraints)})", highlight=False)
+        table = Table("clean accuracy", "accuracy under attack", "attack success", "mean queries",
+                      "words changed", "similarity", "seconds")
+        table.add_row(pct(r["clean_accuracy"]), pct(r["accuracy_under_attack"]), pct(r["attack_success_rate"]),
+                      "-" if r["mean_queries"] is None else f"{r['mean_queries']:.1f}", pct(r["mean_share_perturbed"]),
+                      "-" if r["mean_similarity"] is None else f"{r['mean_similarity']:.3f}", f"{r['seconds']:.0f}")
+        out.print(table)
+        for ex in r["examples"][:3]:
+            out.print(f"  {escape(ex['original'])}\n  -> {escape(ex['perturbed'])}  "
+                      f"[dim]({ex['predicted_before']} -> {ex['predicted_after']})[/]", highlight=False)
+    out.print("written to the run: robustness.json, attacks/<recipe>.jsonl and metrics.json's robustness",
+              highlight=False)
+
+
+@app.command()
+@_guard
 def predict(run: str = typer.Argument(..., help="run directory, run name or registry name"),
             input: Path = typer.Option(..., "--input", "-i", help="csv, tsv, jsonl or parquet"),
             output: Path = typer.Option(..., "--output", "-o", help="csv, tsv, jsonl or parquet"),
