@@ -42,7 +42,7 @@ NO_SMOKE = {"mpnet_pooling.py": "needs pip install 'tunery[mpnet]' (438 MB) and 
 def test_every_bench_script_has_a_smoke_test():
     scripts = sorted(p.name for p in BENCH.glob("*.py") if p.name not in NO_SMOKE)
     assert scripts == ["auto.py", "compress.py", "distill.py", "explain.py", "multilabel.py", "multilabel_ablation.py", "naive_server.py",
-                       "serve.py", "sst2.py"], \
+                       "robust.py", "serve.py", "sst2.py"], \
         f"bench/ has new scripts {scripts}: give each a --smoke mode and a test here"
 
 
@@ -187,6 +187,22 @@ def test_explain_bench_smoke(tmp_path):
         assert served[load]["ok"] > 0 and not served[load]["errors"], (load, served[load])
     # stopped by SIGTERM: uvicorn drains, then re-raises the signal, so -15 is a clean stop too
     assert served["exit_code"] in (0, -15) and isinstance(served["targets"]["predict_p99_within_1_5x"], bool)
+
+
+def test_robust_bench_smoke(tmp_path):
+    """Every training method, each attacked by both recipes, on the tiny backbone and generated rows."""
+    pytest.importorskip("nltk")
+    result = run_bench("robust.py", tmp_path=tmp_path)
+    assert set(result["methods"]) == {"plain", "fgm", "pgd", "freelb", "rdrop"}
+    passes = {"plain": 1, "fgm": 2, "pgd": 4, "freelb": 3, "rdrop": 2}
+    for method, entry in result["methods"].items():
+        assert entry["passes_per_step"] == passes[method] and 0 <= entry["dev_accuracy"] <= 1, method
+        for recipe in ("typo", "synonym"):
+            attack = entry["attacks"][recipe]
+            assert attack["settings"]["recipe"] == recipe and attack["accuracy_under_attack"] <= attack["clean_accuracy"]
+    per = result["summary"]["per_method"]
+    assert per["pgd"]["train_time_vs_plain"] > 0 and "typo_points_vs_plain" in per["freelb"]
+    assert isinstance(result["summary"]["target_attack_gain_10_points"], bool)
 
 
 def test_distill_bench_smoke(tmp_path):
