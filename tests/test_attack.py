@@ -143,6 +143,10 @@ def test_attack_run_writes_its_figures_with_their_settings_into_the_run(run, tin
     again = attack_run(run_dir, data, recipes=["typo"], n=12, seed=1, settings={"encoder": tiny_backbone})
     assert again["typo"] | {"seconds": 0} == results["typo"] | {"seconds": 0}
     assert set(json.loads((run_dir / "robustness.json").read_text())) == {"typo", "synonym"}  # merged
+    page = (run_dir / "report.html").read_text()
+    assert page.count('<h2 id="robustness">Robustness</h2>') == 1  # refreshed, not added twice
+    assert page.index('id="robustness"') < page.index("<h2>Configuration</h2>")
+    assert "synonym on 12 texts" in page and "max_share 0.2" in page
 
 
 def test_the_cli_prints_each_figure_beside_its_constraints(run, tiny_backbone, tmp_path):

@@ -4,8 +4,8 @@ Results per recipe (with the settings they were measured under: attack figures m
 without them): clean accuracy, accuracy under attack, attack success rate (texts flipped among those
 the model had right), mean model queries per attacked text, mean share of words changed in the
 successful attacks, and examples. Written to RUN/robustness.json (one entry per recipe, the last
-attack of each), RUN/attacks/<recipe>.jsonl (every text's outcome) and the run's metrics.json under
-"robustness"; the run's weights and other files are untouched.
+attack of each), RUN/attacks/<recipe>.jsonl (every text's outcome), the run's metrics.json under
+"robustness" and a Robustness section of its report.html; the run's weights are untouched.
 """
 
 from __future__ import annotations
@@ -179,4 +179,8 @@ def attack_run(ref, data: str | Path, *, recipes: list[str], n: int | None = 500
         metrics = json.loads(metrics_file.read_text())
         metrics["robustness"] = merged
         write_json(metrics_file, metrics)
+    if (run_dir / "report.html").exists():  # the report gets (or refreshes) its Robustness section
+        from tunery.evaluate.report import put_section, robustness_html
+
+        put_section(run_dir / "report.html", "robustness", robustness_html(merged))
     return results

@@ -891,3 +891,51 @@ def write_report(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(path, html)  # readable as the umask says, like any other output (not mkstemp's 0600)
+
+
+# ---------------------------------------------------------------------------------------------
+# sections added to a written report by later capabilities (tunery attack)
+
+_SECTION_START, _SECTION_END = "<!-- tunery-section:{key} -->", "<!-- /tunery-section:{key} -->"
+
+
+def robustness_html(results: dict) -> str:
+    """The Robustness section: per attack recipe, its constraints, its figures and a few examples
+    (`results`: tunery.attack.attack_run's, recipe -> summary)."""
+    pct = lambda v: "—" if v is None else f"{100 * v:.1f} %"  # noqa: E731
+    parts = ['<h2 id="robustness">Robustness</h2>',
+             '<p class="muted">Accuracy under attack: a text counts as correct only if the model had it right '
+             "and the attack did not change the prediction. Figures hold only under the constraints beside them.</p>"]
+    for recipe, r in results.items():
+        settings = ", ".join(f"{k} {v}" for k, v in r["settings"].items() if k != "recipe")
+        parts.append(f"<h3>{escape(recipe)} on {r['n']:,} texts of {escape(Path(r.get('data') or '').name)}</h3>")
+        parts.append(f'<p class="muted">{escape(settings)}</p>')
+        parts.append(_table(
+            ["clean accuracy", "accuracy under attack", "attack success", "mean queries", "words changed", "similarity"],
+            [[f'<td class="num">{pct(r["clean_accuracy"])}</td>', f'<td class="num">{pct(r["accuracy_under_attack"])}</td>',
+              f'<td class="num">{pct(r["attack_success_rate"])}</td>', _td(r["mean_queries"]),
+              f'<td class="num">{pct(r["mean_share_perturbed"])}</td>', _td(r["mean_similarity"])]]))
+        rows = [[f"<td>{escape(ex['original'])}</td>", f"<td>{escape(ex['perturbed'] or '')}</td>",
+                 f"<td>{escape(str(ex['predicted_before']))} → {escape(str(ex['predicted_after']))}</td>"]
+                for ex in r["examples"]]
+        if rows:
+            parts.append(_table(["original", "perturbed", "prediction"], rows))
+    return "\n".join(parts)
+
+
+def put_section(path, key: str, html: str) -> None:
+    """Put a section into a written report: replace the section `key` where the report has one, else
+    insert it before the Configuration section (or at the end). Written atomically."""
+    path = Path(path)
+    page = path.read_text(encoding="utf-8")
+    start, end = _SECTION_START.format(key=key), _SECTION_END.format(key=key)
+    block = f"{start}\n{html}\n{end}"
+    if start in page and end in page:
+        page = page[:page.index(start)] + block + page[page.index(end) + len(end):]
+    elif "<h2>Configuration</h2>" in page:
+        i = page.index("<h2>Configuration</h2>")
+        page = page[:i] + block + "\n" + page[i:]
+    else:
+        i = page.rindex("</body>")
+        page = page[:i] + block + "\n" + page[i:]
+    write_text_atomic(path, page)
