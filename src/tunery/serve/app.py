@@ -491,6 +491,25 @@ def _request_hash(model: str, body: PredictRequest) -> str:
     return hashlib.sha256(blob.encode("utf-8", "surrogatepass")).hexdigest()
 
 
+async def _replayed(store, key, idempotency_key: str | None, request_hash: str | None):
+    """The stored response of an earlier request with this Idempotency-Key (None: a new request);
+    a malformed key is refused."""
+    if idempotency_key is None:
+        return None
+    if not _IDEMPOTENCY_RE.fullmatch(idempotency_key):
+        raise ApiError(422, "bad_header", "Idempotency-Key must be 1-255 printable ASCII characters")
+    stored = await run_in_threadpool(metering.find_idempotent, store, key.key_id, idempotency_key)
+    return None if stored is None else _replay(stored, request_hash, idempotency_key)
+
+
+def _plan_of(key, config):
+    plan = config.plans.get(key.plan)
+    if plan is None:
+        raise ApiError(403, "unknown_plan", f"this key's plan {key.plan!r} is not configured on this server; "
+                       "ask the operator to add it to the serve config")
+    return plan
+
+
 def _explain_hash(model: str, body: ExplainRequest) -> str:
     blob = json.dumps({"endpoint": "explain", "model": model, **body.model_dump()}, ensure_ascii=False,
                       separators=(",", ":"), sort_keys=True)
@@ -583,18 +602,11 @@ def _routes(app: FastAPI, state: _State) -> None:
         _check_limits(body, m, config)
         if not state.ready.is_set():
             raise ApiError(503, "loading", "models are loading; retry shortly", headers={"Retry-After": "1"})
-        request_hash = None
-        if idempotency_key is not None:
-            if not _IDEMPOTENCY_RE.fullmatch(idempotency_key):
-                raise ApiError(422, "bad_header", "Idempotency-Key must be 1-255 printable ASCII characters")
-            request_hash = _request_hash(name, body)
-            stored = await run_in_threadpool(metering.find_idempotent, store, key.key_id, idempotency_key)
-            if stored is not None:
-                return _replay(stored, request_hash, idempotency_key)
-        plan = config.plans.get(key.plan)
-        if plan is None:
-            raise ApiError(403, "unknown_plan", f"this key's plan {key.plan!r} is not configured on this server; "
-                           "ask the operator to add it to the serve config")
+        request_hash = _request_hash(name, body) if idempotency_key is not None else None
+        replayed = await _replayed(store, key, idempotency_key, request_hash)
+        if replayed is not None:
+            return replayed
+        plan = _plan_of(key, config)
         # The rate limit is looked at first (a limited client costs no store read), but its token is
         # spent only once the quota admits the request: a request refused for its quota costs no rate.
         rate = {"rate": plan.rate_limit, "size": plan.bucket_size}
@@ -683,18 +695,11 @@ def _routes(app: FastAPI, state: _State) -> None:
         except ExplainError as e:
             raise ApiError(422, "invalid_target", str(e)) from None
 
-        request_hash = None
-        if idempotency_key is not None:
-            if not _IDEMPOTENCY_RE.fullmatch(idempotency_key):
-                raise ApiError(422, "bad_header", "Idempotency-Key must be 1-255 printable ASCII characters")
-            request_hash = _explain_hash(name, body)
-            stored = await run_in_threadpool(metering.find_idempotent, store, key.key_id, idempotency_key)
-            if stored is not None:
-                return _replay(stored, request_hash, idempotency_key)
-        plan = config.plans.get(key.plan)
-        if plan is None:
-            raise ApiError(403, "unknown_plan", f"this key's plan {key.plan!r} is not configured on this server; "
-                           "ask the operator to add it to the serve config")
+        request_hash = _explain_hash(name, body) if idempotency_key is not None else None
+        replayed = await _replayed(store, key, idempotency_key, request_hash)
+        if replayed is not None:
+            return replayed
+        plan = _plan_of(key, config)
         bucket = f"{key.key_id}:explain"  # its own token bucket: explanations do not spend prediction rate
         rate = {"rate": plan.explain.rate_limit, "size": plan.explain.bucket_size}
         limited = functools.partial(_rate_limited, key, plan.explain.rate_limit, plan.explain.bucket_size,
