@@ -94,8 +94,8 @@ def main(argv: list[str] | None = None) -> dict:
         backbone = encoder = None
         if args.smoke:
             backbone = encoder = smoke_backbone(tmp)
-            data_dir = write_smoke_data(tmp / "data", train_rows=96, dev_rows=12)
-            args.rows, args.epochs, args.typo_n, args.synonym_n = 96, 2, 12, 6
+            data_dir = write_smoke_data(tmp / "data", train_rows=64, dev_rows=8)
+            args.rows, args.epochs, args.typo_n, args.synonym_n = 64, 1, 8, 4
             train_file, dev_file = data_dir / "train.tsv", data_dir / "dev.tsv"
         else:
             data_dir = Path(args.data_dir)

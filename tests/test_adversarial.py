@@ -260,9 +260,8 @@ def test_rdrop_divergence_is_zero_for_identical_passes_and_positive_otherwise(pr
 @pytest.mark.parametrize("objective", [{"adversarial": {"method": "pgd", "epsilon": 0.02, "steps": 2}},
                                        {"adversarial": {"method": "freelb", "epsilon": 0.05, "steps": 2}},
                                        {"rdrop": 1.0}], ids=["pgd", "freelb", "rdrop"])
-def test_each_robust_objective_learns_records_its_cost_and_repeats(tmp_path, tiny_backbone, objective):
-    from safetensors.torch import load_file
-
+def test_each_robust_objective_learns_and_records_its_cost(tmp_path, tiny_backbone, objective):
+    # that each repeats exactly is tested by tests/integration/test_resume.py (killed and resumed = straight)
     run = pipeline.train(run_config(tmp_path, tiny_backbone, "a", epochs=8, **objective))
     m = json.loads((run / "metrics.json").read_text())
     assert m["training"]["best_validation"] >= 0.9 and m["model"]["test"]["accuracy"] >= 0.8
@@ -270,9 +269,6 @@ def test_each_robust_objective_learns_records_its_cost_and_repeats(tmp_path, tin
     assert m["training"]["passes_per_step"] == passes and m["training"]["seconds_per_step"] > 0
     logged = [json.loads(x) for x in (run / "log.jsonl").read_text().splitlines()]
     assert all(r["passes_per_step"] == passes for r in logged if "lr" in r)  # the training records
-    again = pipeline.train(run_config(tmp_path, tiny_backbone, "b", epochs=8, **objective))
-    wa, wb = (load_file(r / "model" / "model.safetensors") for r in (run, again))
-    assert all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
 @pytest.mark.parametrize("train, message", [
