@@ -257,8 +257,9 @@ def served(run: Path, texts: list[str], tmp: Path, *, seconds: float, smoke: boo
         eprint(f"[served] /explain c=4: {out['explain_alone']['latency_ms']}")
         with concurrent.futures.ThreadPoolExecutor(2) as pool:
             # the explain load's warm-up (4 requests) and margin on both sides of the predict load
-            background = pool.submit(load, "explain", 4, seconds + 20, "explain-loaded", ig, 4)
-            time.sleep(8)
+            margin = 3 if smoke else 10  # seconds of explain load on each side of the predict load
+            background = pool.submit(load, "explain", 4, seconds + 2 * margin, "explain-loaded", ig, 4)
+            time.sleep(margin)
             out["predict_under_explain_load"] = load("predict", 1, seconds, "predict-loaded", warmup=20)
             out["explain_during"] = background.result()
         eprint(f"[served] /predict under load: {out['predict_under_explain_load']['latency_ms']}")
