@@ -26,6 +26,7 @@ under attack, and counts so in the accuracy under attack).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -98,6 +99,7 @@ class Text:
         return "".join(parts)
 
 
+@functools.lru_cache(maxsize=1)
 def stopwords() -> frozenset[str]:
     from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
 
