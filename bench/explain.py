@@ -149,6 +149,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated (default {','.join(METHODS)})")
     ap.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
+                    help="the model's precision, as `tunery.load` takes it (default auto: bf16 on CPUs with "
+                         "AVX512-BF16/AMX, else fp32)")
     ap.add_argument("--served", action="store_true", help="also measure the served /explain and /predict")
     ap.add_argument("--explain-nice", type=int, default=None,
                     help="--served: the serve config's explain.nice (default: its default, 19)")
@@ -186,8 +189,9 @@ def main(argv: list[str] | None = None) -> dict:
         texts = df["sentence"].astype(str).tolist()
         if len(texts) > args.n:
             texts = [texts[i] for i in np.sort(np.random.default_rng(args.seed).choice(len(texts), args.n, False))]
-        predictor = tunery.load(run, threads=args.threads)
+        predictor = tunery.load(run, threads=args.threads, precision=args.precision)
         result.update({"run": str(run), "data": str(data), "texts": len(texts), "threads": args.threads,
+                       "precision": predictor.precision,
                        "words_per_text": float(np.mean([len(t.split()) for t in texts])),
                        "loadavg_before": loadavg()})
         result["methods"] = offline(predictor, texts, methods, args.seed)

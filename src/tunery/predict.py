@@ -323,6 +323,7 @@ def load(run: str | Path, *, batch_size: int = 64, precision: str = "fp32", thre
         raise RunError(f"{run_dir / 'model'}: no loadable model ({type(err).__name__}: {first[:300]}); the run "
                        "directory is damaged or incomplete: restore it from a copy or train the run again") from err
     model.eval()
+    model.requires_grad_(False)  # inference only: IG's gradients go to its inputs, never to the weights
     precision = resolve_precision(precision)
     if precision == "bf16":
         # Autocast would cast every weight to bf16 on every call (most of the time of a one-text

@@ -1,7 +1,7 @@
 """The attribution methods, each a plain function: (input, model function, options) -> one score per
 word, the model evaluations it made, and what else it reports.
 
-- ``ig``: Integrated Gradients (Captum's LayerIntegratedGradients on the input embeddings) from the
+- ``ig``: Integrated Gradients (Captum's IntegratedGradients on the word embeddings) from the
   baseline `[CLS] [PAD]... [SEP]` (special tokens kept, every other token padding); its convergence
   delta is sum(attributions) - (f(x) - f(baseline)), so completeness is checked on every call.
   Needs gradients: transformers runs only.
@@ -84,34 +84,43 @@ def shap(f: WordFunction, n_words: int, *, samples: int = 200, batch: int = 64, 
 
 def integrated_gradients(predictor, tokens: WordTokens, target: Target, *, steps: int = 50,
                          internal_batch_size: int = 50, **_) -> tuple[np.ndarray, dict]:
-    """Word attributions by IG, and {delta, baseline_score, evaluations}."""
+    """Word attributions by IG, and {delta, baseline_score, evaluations}.
+
+    Captum's IntegratedGradients on the output of the word-embedding layer, fed to the model as
+    ``inputs_embeds``: the same attributions as LayerIntegratedGradients on that layer (positions
+    and token types are added inside the model as before), without the two forward passes
+    LayerIntegratedGradients makes to capture the layer's output for the input and the baseline, the
+    hooks it puts on the model, or Captum's two passes for the delta (the caller has f(x), the
+    prediction; f(baseline) is one pass at the start of the same path). The
+    weights need no gradients (`tunery.load` freezes them): only the path's embeddings get them.
+    """
     import torch
-    from captum.attr import LayerIntegratedGradients
+    from captum.attr import IntegratedGradients
 
     model, task, meta = predictor.model, predictor.meta["task"], predictor.meta
-    device = next(model.parameters()).device  # the inputs go where the model is (a GPU run explains there)
+    embed = model.get_input_embeddings()
+    device = embed.weight.device  # the inputs go where the model is (a GPU run explains there)
     pad = predictor.tokenizer.pad_token_id or 0
     ids = torch.from_numpy(tokens.input_ids)[None].to(device)
     special = torch.from_numpy(tokens.special)[None].to(device)
     baseline = torch.where(special, ids, torch.full_like(ids, pad))
-    mask = torch.ones_like(ids)
     types = (torch.from_numpy(tokens.token_type_ids)[None].to(device)
              if tokens.token_type_ids is not None else None)
+    with torch.no_grad():
+        x, base = embed(ids), embed(baseline)
 
-    def forward(input_ids, attention_mask, token_type_ids):
-        kwargs = {"input_ids": input_ids, "attention_mask": attention_mask}
-        if token_type_ids is not None:
-            kwargs["token_type_ids"] = token_type_ids
+    def forward(embeddings):
+        n = embeddings.shape[0]
+        kwargs = {"inputs_embeds": embeddings,
+                  "attention_mask": torch.ones(embeddings.shape[:2], dtype=torch.long, device=device)}
+        if types is not None:
+            kwargs["token_type_ids"] = types.expand(n, -1)
         return torch_target(model(**kwargs).logits, task, target, meta)
 
-    model.eval()
-    explainer = LayerIntegratedGradients(forward, model.get_input_embeddings())
-    attr, delta = explainer.attribute(ids, baselines=baseline, additional_forward_args=(mask, types),
-                                      n_steps=int(steps), internal_batch_size=int(internal_batch_size),
-                                      return_convergence_delta=True)
-    token_scores = attr[0].sum(-1).detach().double().cpu().numpy()
+    attr = IntegratedGradients(forward).attribute(x, baselines=base, n_steps=int(steps),
+                                                  internal_batch_size=int(internal_batch_size))
     with torch.no_grad():
-        baseline_score = float(forward(baseline, mask, types)[0])
-    # Captum runs `steps` points, its delta check 2 more passes; we add the baseline's score
-    return tokens.word_scores(token_scores), {"delta": float(delta[0]), "baseline_score": baseline_score,
-                                              "evaluations": int(steps) + 3}
+        baseline_score = float(forward(base)[0])
+    token_scores = attr[0].float().sum(-1).double().cpu().numpy()
+    # `steps` points with gradients and the baseline (f(x) is the prediction, counted by the caller)
+    return tokens.word_scores(token_scores), {"baseline_score": baseline_score, "evaluations": int(steps) + 1}

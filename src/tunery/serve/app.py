@@ -724,11 +724,8 @@ def _routes(app: FastAPI, state: _State) -> None:
             state.explainer.release_unused()
             raise
         budget = explaining.Budget(caps.timeout_seconds)
-        gradient = None
-        if body.method in explaining.GRADIENT_METHODS:
-            gradient = functools.partial(state.explainer.gradient_model, name, predictor)
         job = explaining.Job(predictor, body.texts, body.pairs, body.method, body.target, options, body.seed,
-                             body.faithfulness, budget, gradient)
+                             body.faithfulness, budget)
         future = state.explainer.submit(job)
         try:
             results = await asyncio.wait_for(asyncio.wrap_future(future), timeout=caps.timeout_seconds)

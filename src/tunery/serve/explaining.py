@@ -16,11 +16,9 @@ request, a time limit that stops a running explanation, and an executor of its o
   starts for it inherit it); the kernel then runs an explanation only on CPU time predictions leave
   (nice 19 against 0: about 1.5 % of a core when both want it), and a prediction that arrives
   preempts it at once.
-- **Gradients without touching the served model**: IG (Captum's LayerIntegratedGradients) puts
-  forward hooks on the model's embedding layer while it runs; on the model that serves predictions
-  those hooks would also rewrite the embeddings of a prediction running at the same moment on the
-  batcher's thread. Gradient methods therefore run on a copy of the model, made at the first
-  gradient request of each served model (memory: one more copy of the weights).
+- **Gradients on the served model**: IG feeds the model embeddings it makes itself (no hooks on the
+  model, weights that need no gradients), so it runs on the very model that serves predictions, at
+  the same time as they run, with no copy of the weights.
 - **Tokenizers**: a fast (Rust) tokenizer sets its truncation on every call, and a call from one
   thread while another thread's call runs fails ("Already borrowed"); explanations therefore
   tokenize with copies of their own, one per thread, never with the one predictions use.
@@ -36,7 +34,6 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -99,18 +96,15 @@ class _GuardedModel:
 
 class Guarded:
     """A predictor as `tunery.explain.explain` sees it: the served one, with each model call checked
-    against the budget, ``tokenizer`` this thread's copy, and ``model`` the gradient copy (for IG)
-    when one is given."""
+    against the budget (IG's passes included) and ``tokenizer`` this thread's copy."""
 
-    def __init__(self, predictor, budget: Budget, gradient_model=None, tokenizer=None) -> None:
-        self._predictor, self._budget, self._gradient_model = predictor, budget, gradient_model
+    def __init__(self, predictor, budget: Budget, tokenizer=None) -> None:
+        self._predictor, self._budget = predictor, budget
         self.tokenizer = tokenizer if tokenizer is not None else own_tokenizer(predictor)
 
     @property
     def model(self):
-        if self._gradient_model is None:
-            return self._predictor.model
-        return _GuardedModel(self._gradient_model, self._budget)
+        return _GuardedModel(self._predictor.model, self._budget)
 
     def encoded_scores(self, data):
         self._budget.check()
@@ -219,7 +213,6 @@ class Job:
     seed: int
     faithfulness: bool
     budget: Budget
-    gradient_model: Callable[[], Any] | None = None  # the model gradient methods run on (made on first use)
 
 
 def run(job: Job) -> list[dict]:
@@ -228,8 +221,7 @@ def run(job: Job) -> list[dict]:
 
     job.budget.started = time.monotonic()
     job.budget.check()  # it may have waited past its time limit
-    gradient_model = job.gradient_model() if job.gradient_model is not None else None
-    guarded = Guarded(job.predictor, job.budget, gradient_model)
+    guarded = Guarded(job.predictor, job.budget)
     out = explain(guarded, job.texts, job.pairs, method=job.method, target=job.target, options=job.options,
                   seed=job.seed, with_faithfulness=job.faithfulness)
     return [_finite(e.to_dict()) for e in out]
@@ -261,8 +253,7 @@ def lower_priority(nice: int) -> int | None:
 
 
 class Explainer:
-    """The explanation executor of one server process (shared by its models), with its queue bound
-    and the gradient copies of the models."""
+    """The explanation executor of one server process (shared by its models), with its queue bound."""
 
     def __init__(self, workers: int, max_queued: int, nice: int = 0) -> None:
         self.workers, self.max_queued = workers, max_queued
@@ -270,7 +261,6 @@ class Explainer:
                                                               initializer=lower_priority, initargs=(nice,))
         self._lock = threading.Lock()
         self._in_flight = 0  # requests submitted and not finished (running or waiting)
-        self._copies: dict[str, Any] = {}
 
     @property
     def in_flight(self) -> int:
@@ -301,17 +291,6 @@ class Explainer:
     def _release(self, _future) -> None:
         with self._lock:
             self._in_flight -= 1
-
-    def gradient_model(self, name: str, predictor):
-        """The copy of ``predictor``'s model that gradient methods run on (made once per model)."""
-        with self._lock:
-            model = self._copies.get(name)
-        if model is not None:
-            return model
-        made = copy.deepcopy(predictor.model)
-        made.eval()
-        with self._lock:
-            return self._copies.setdefault(name, made)
 
     def shutdown(self) -> None:
         self.executor.shutdown(wait=True, cancel_futures=True)
