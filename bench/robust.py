@@ -1,4 +1,4 @@
-"""Robustness benchmark: plain, FGM, PGD, FreeLB and R-Drop training on one SST-2 slice, each model's
+"""Robustness benchmark: plain, FGM, PGD, FreeLB, R-Drop and noisy-copy training on one SST-2 slice, each model's
 clean accuracy and accuracy under the `typo` and `synonym` attacks on SST-2 dev, and its training time
 relative to plain, in one run.
 
@@ -32,7 +32,7 @@ from pathlib import Path
 BENCH_DIR = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH_DIR))
 
-from sst2 import (DEFAULT_DATA, eprint, loadavg, read_tsv, smoke_backbone, start_result, take_slice,  # noqa: E402
+from sst2 import (DEFAULT_DATA, eprint, loadavg, smoke_backbone, start_result, take_slice,  # noqa: E402
                   write_result, write_smoke_data, write_tsv)
 
 METHODS = {
@@ -41,6 +41,8 @@ METHODS = {
     "pgd": {"train.adversarial.method": "pgd"},
     "freelb": {"train.adversarial.method": "freelb"},
     "rdrop": {"train.rdrop": 1.0},
+    # noisy copies of the training texts (train/noise.py): random typos and synonyms under the gold label
+    "noise": {"train.noise.copies": 2, "train.noise.typo": 0.2, "train.noise.synonym": 0.2},
 }
 
 
@@ -63,7 +65,8 @@ def train_one(method: str, train_file: Path, dev_file: Path, runs_dir: Path, arg
     m = json.loads((run_dir / "metrics.json").read_text())
     return {"run_dir": str(run_dir), "wall_s": round(time.perf_counter() - t0, 1),
             "train_seconds": m["training"]["train_seconds"], "passes_per_step": m["training"]["passes_per_step"],
-            "steps": m["training"]["steps"], "dev_accuracy": m["model"]["test"]["accuracy"]}
+            "steps": m["training"]["steps"], "noisy_copies": m["training"].get("noisy_copies", 0),
+            "dev_accuracy": m["model"]["test"]["accuracy"]}
 
 
 def main(argv: list[str] | None = None) -> dict:

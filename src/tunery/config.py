@@ -156,6 +156,25 @@ class AdversarialConfig(_Part):
     )
 
 
+class NoiseConfig(_Part):
+    """Perturbed copies of the training texts with their gold labels (train/noise.py): training on
+    text as attacks and careless typing change it. Training split only; seeded by train.seed."""
+
+    copies: int = Field(0, ge=0, le=8, description="perturbed copies of each training text (0: off); each copy "
+                        "costs one more pass over the training rows per epoch")
+    typo: float = Field(0.2, ge=0, le=1, description="share of each copy's words given one typo (swap, delete, "
+                        "insert, a keyboard neighbour), at least one word")
+    synonym: float = Field(0.0, ge=0, le=1, description="share of each copy's words replaced by a random WordNet "
+                           "synonym (stopwords and capitalised names kept); needs WordNet (Debian wordnet-base)")
+
+    @model_validator(mode="after")
+    def _something_to_do(self) -> NoiseConfig:
+        if self.copies and not (self.typo or self.synonym):
+            raise ValueError(f"copies: {self.copies} with typo: 0 and synonym: 0 makes exact copies: give "
+                             f"train.noise.typo or train.noise.synonym a share above 0, or copies: 0")
+        return self
+
+
 class TrainConfig(_Part):
     epochs: float = Field(3, gt=0)
     max_steps: int | None = Field(None, ge=1, description="stop after this many optimizer steps")
@@ -177,6 +196,7 @@ class TrainConfig(_Part):
         None, gt=0, lt=1, description="evaluate and keep an exponential moving average of the weights"
     )
     adversarial: AdversarialConfig = Field(default_factory=AdversarialConfig)
+    noise: NoiseConfig = Field(default_factory=NoiseConfig)
     rdrop: float = Field(
         0.0, ge=0, description="R-Drop: weight of the divergence between two dropout passes of each batch "
         "(0: off; the paper used 0.1-1 for classification); 2x the step cost"

@@ -100,6 +100,24 @@ def _encode_split(tokenizer, frame, max_length: int) -> Encoded:
                   max_length=max_length)
 
 
+def _with_noisy_copies(p, train: Encoded) -> tuple[Encoded, int]:
+    """The training split with `train.noise` copies of its rows appended (train/noise.py), and how many."""
+    from tunery.train.noise import noisy_rows, wordnet_synonyms
+
+    n = p.cfg.train.noise
+    frame = p.data.train
+    texts = frame["text"].astype(str).tolist()
+    pairs = frame["text_pair"].astype(str).tolist() if "text_pair" in frame else None
+    extra_t, extra_p, extra_l = noisy_rows(texts, pairs, frame["label"].tolist(), copies=n.copies, typo_share=n.typo,
+                                           synonym_share=n.synonym, seed=p.cfg.train.seed,
+                                           synonyms=wordnet_synonyms() if n.synonym else None)
+    extra = encode(p.tokenizer, extra_t, extra_p, extra_l, max_length=p.cfg.data.max_length)
+    joined = Encoded(train.input_ids + extra.input_ids,
+                     None if train.token_type_ids is None else train.token_type_ids + (extra.token_type_ids or []),
+                     list(train.labels) + list(extra.labels))
+    return joined, len(extra)
+
+
 @dataclass
 class Prepared:
     """Everything a run needs before training starts."""
@@ -515,10 +533,13 @@ def _train_and_write(p: Prepared, model, work: Path, *, resume: bool, callbacks)
         if cfg.train.label_prior_bias and not resume:
             set_head_bias(model, label_prior_bias(y_train, None if pos_weight is None else pos_weight.numpy()))
     train_enc, distiller, distilled = enc["train"], None, None
+    noisy = 0
+    if cfg.train.noise.copies:
+        train_enc, noisy = _with_noisy_copies(p, train_enc)
     if cfg.distill.teacher:
         from tunery.distillation import prepare as prepare_distillation
 
-        train_enc, distiller, distilled = prepare_distillation(p, model, work, enc["train"])
+        train_enc, distiller, distilled = prepare_distillation(p, model, work, train_enc)
     trainer = Trainer(model, task, cfg.train, n_labels=n_labels, pad_id=p.tokenizer.pad_token_id or 0,
                       workdir=work, metric=metric, greater_is_better=greater_is_better(metric),
                       metric_fn=metric_fn, callbacks=callbacks, pos_weight=pos_weight, distiller=distiller)
@@ -536,6 +557,7 @@ def _train_and_write(p: Prepared, model, work: Path, *, resume: bool, callbacks)
                 "samples_per_s": round(state.samples_seen / max(state.train_seconds, 1e-9), 2),
                 # what the robustness objective (train.adversarial, train.rdrop) costs: passes per batch, time per step
                 "passes_per_step": trainer.passes_per_step,
+                "noisy_copies": noisy,  # train.noise: perturbed training rows added to n_train's
                 "seconds_per_step": round(state.train_seconds / max(state.step, 1), 4),
                 **({"distillation": distilled} if distilled else {})}
     return score_and_write(p, trainer.model, work, enc, training, accelerator=trainer.accelerator, started=started)
