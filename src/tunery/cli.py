@@ -691,6 +691,46 @@ def _explain_evaluate(predictor, run, data, n, methods, seed, options, method, t
 
 @app.command()
 @_guard
+def federate(config: Path = typer.Argument(..., help="run config (YAML) with a federated: section"),
+             set_: list[str] = typer.Option([], "--set", help="override a key: --set federated.alpha=0.1"),
+             partition_only: bool = typer.Option(False, "--partition-only",
+                                                 help="write each client's data file and print its label counts"),
+             out_dir: Optional[Path] = typer.Option(None, "--out", help="--partition-only: the folder for the "
+                                                    "client files (default <output_dir>/<name>-partitions)"),
+             as_json: bool = typer.Option(False, "--json", help="print JSON")):
+    """Federated fine-tuning across clients whose data stays with them (so far: --partition-only)."""
+    from tunery.config import load_config
+    from tunery.federated.partition import partition_file
+
+    cfg = load_config(config, overrides=set_)
+    if cfg.federated is None:
+        _fail(TuneryError(f"{config} has no federated: section; add one, e.g. federated: {{clients: 4, "
+                          f"partition: dirichlet, alpha: 0.5}}"))
+    if not partition_only:
+        _fail(TuneryError("this tunery version partitions data for federated training (--partition-only); "
+                          "training across clients on Flower is not in it yet"))
+    if cfg.federated.client_data is not None:
+        _fail(TuneryError("federated.client_data already gives each client its file: there is nothing to partition"))
+    name = cfg.name or Path(cfg.data.train).name.split(".")[0]
+    folder = out_dir or Path(cfg.output_dir) / f"{name}-partitions"
+    paths, hist = partition_file(cfg, folder)
+    if as_json:
+        print(json.dumps([{"file": str(p), "rows": sum(h.values()), "labels": h} for p, h in zip(paths, hist)],
+                         indent=2, ensure_ascii=False))
+        return
+    fed = cfg.federated
+    how = f"dirichlet alpha {fed.alpha}" if fed.partition == "dirichlet" else "iid"
+    out.print(f"{len(paths)} clients ({how}, seed {cfg.train.seed if fed.seed is None else fed.seed}) in "
+              f"{escape(str(folder))}", highlight=False)
+    labels = list(hist[0])
+    table = Table("client", "rows", *labels)
+    for path, h in zip(paths, hist):
+        table.add_row(path.name, str(sum(h.values())), *(str(h[k]) for k in labels))
+    out.print(table)
+
+
+@app.command()
+@_guard
 def attack(run: str = typer.Argument(..., help="run directory, run name or registry name"),
            data: Path = typer.Option(..., "--data", help="a labelled file (the run's columns)"),
            recipe: str = typer.Option("all", "--recipe", help="typo, synonym or all"),

@@ -281,6 +281,51 @@ class DistillConfig(_Part):
     attention_weight: float = Field(1.0, ge=0, description="weight of the attention-map MSE term")
 
 
+class FederatedConfig(_Part):
+    """`tunery federate`: training across clients whose data stays with them (federated/)."""
+
+    clients: int | None = Field(None, ge=2, le=64, description="clients made by splitting data.train "
+                                "(partition); leave out when client_data lists each client's own file")
+    client_data: list[str] | None = Field(None, description="each client's own labelled file (2 or more), "
+                                          "instead of splitting data.train")
+    partition: Literal["iid", "dirichlet"] = Field(
+        "iid", description="how data.train is split: iid (a seeded shuffle) or dirichlet (each label's rows "
+        "shared out by Dir(alpha): non-IID)")
+    alpha: float = Field(0.5, gt=0, le=1000, description="dirichlet: concentration; small gives each client few labels")
+    min_rows: int = Field(8, ge=1, description="dirichlet: the fewest rows a client may get (drawn again below it)")
+    rounds: int = Field(3, ge=1, le=1000)
+    local_epochs: float = Field(1.0, gt=0, description="each client's training per round, in epochs of its data")
+    local_steps: int | None = Field(None, ge=1, description="each client's optimizer steps per round (instead "
+                                    "of local_epochs)")
+    fraction: float = Field(1.0, gt=0, le=1, description="share of the clients trained each round")
+    min_clients: int = Field(2, ge=1, description="the fewest clients a round needs (it fails below)")
+    round_timeout: float = Field(600, gt=0, description="seconds a round waits for its clients")
+    strategy: Literal["fedavg", "fedprox", "fedadam", "trimmed_mean", "krum"] = "fedavg"
+    mu: float = Field(0.01, ge=0, description="fedprox: weight of the proximal term (mu/2)*||w - w_global||^2")
+    server_lr: float = Field(0.01, gt=0, description="fedadam: the server optimizer's learning rate (eta)")
+    trim: float = Field(0.2, ge=0, lt=0.5, description="trimmed_mean: share cut from each end, per coordinate")
+    krum_malicious: int = Field(1, ge=0, description="krum: the bad clients it must withstand (f)")
+    updates: Literal["lora", "full"] = Field(
+        "lora", description="what clients send: lora (the adapters and the head: far fewer bytes) or full")
+    seed: int | None = Field(None, ge=0, le=SEED_MAX, description="partition and client sampling; default train.seed")
+
+    @model_validator(mode="after")
+    def _one_source_of_client_data(self) -> FederatedConfig:
+        if (self.clients is None) == (self.client_data is None):
+            raise ValueError("give federated.clients (split data.train into that many clients) or "
+                             "federated.client_data (one file per client), exactly one of them")
+        if self.client_data is not None and len(self.client_data) < 2:
+            raise ValueError(f"federated.client_data lists {len(self.client_data)} file: federated training "
+                             f"needs 2 or more clients")
+        n = self.clients if self.clients is not None else len(self.client_data or [])
+        if self.min_clients > n:
+            raise ValueError(f"federated.min_clients {self.min_clients} is more than the {n} clients: lower it")
+        if self.strategy == "krum" and n < 2 * self.krum_malicious + 3:
+            raise ValueError(f"federated.strategy krum withstands krum_malicious={self.krum_malicious} bad clients "
+                             f"only with at least {2 * self.krum_malicious + 3} clients (2f + 3); {n} given")
+        return self
+
+
 class RunConfig(_Part):
     name: str | None = Field(None, description="run name; default: data stem + timestamp")
     output_dir: str = "runs"
@@ -290,6 +335,7 @@ class RunConfig(_Part):
     train: TrainConfig = Field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     distill: DistillConfig = Field(default_factory=DistillConfig)
+    federated: FederatedConfig | None = Field(None, description="tunery federate: clients, rounds, strategy")
     search: dict[str, dict[str, Any]] | None = Field(
         None, description="tunery tune: the settings to search, by dotted key, e.g. {train.lr: {log: [1e-5, 5e-4]}}; "
         "kinds: log, float, int (a [low, high] range) or choice (a list); empty: defaults that fit the backbone"
