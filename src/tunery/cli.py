@@ -722,10 +722,14 @@ def federate(config: Path = typer.Argument(..., help="run config (YAML) with a f
     how = f"dirichlet alpha {fed.alpha}" if fed.partition == "dirichlet" else "iid"
     out.print(f"{len(paths)} clients ({how}, seed {cfg.train.seed if fed.seed is None else fed.seed}) in "
               f"{escape(str(folder))}", highlight=False)
-    labels = list(hist[0])
-    table = Table("client", "rows", *labels)
+    totals = {k: sum(h[k] for h in hist) for k in hist[0]}
+    labels = sorted(totals, key=lambda k: -totals[k])[:10]  # the 10 most frequent labels; the rest as "other"
+    rest = len(totals) > len(labels)
+    table = Table("client", "rows", *labels, *(["other"] if rest else []))
     for path, h in zip(paths, hist):
-        table.add_row(path.name, str(sum(h.values())), *(str(h[k]) for k in labels))
+        shown = [h[k] for k in labels]
+        table.add_row(path.name, str(sum(h.values())), *map(str, shown),
+                      *([str(sum(h.values()) - sum(shown))] if rest else []))
     out.print(table)
 
 
