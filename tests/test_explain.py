@@ -213,11 +213,11 @@ def test_ig_runs_in_the_models_own_precision(runs, planted):
     fp32, texts = planted
     model = tunery.load(runs["planted"], precision="bf16")
     assert str(next(model.model.parameters()).dtype) == "torch.bfloat16"  # weights cast once at load
-    for e, f in zip(model.explain(texts[:2], method="ig", options={"steps": 100}),
-                    fp32.explain(texts[:2], method="ig", options={"steps": 100})):
-        assert e.top(1)[0].text == f.top(1)[0].text == PLANT
-        assert abs(e.delta) <= 0.05 * abs(e.score - e.baseline_score) + 0.01
-        assert [w.score for w in e.words] == pytest.approx([w.score for w in f.words], abs=0.05)
+    e, f = model.explain(texts[0], method="ig", options={"steps": 32}), fp32.explain(texts[0], method="ig",
+                                                                                   options={"steps": 32})
+    assert e.top(1)[0].text == f.top(1)[0].text == PLANT
+    assert abs(e.delta - f.delta) <= 0.05 * abs(f.score - f.baseline_score) + 0.01  # bf16 adds little to the gap
+    assert [w.score for w in e.words] == pytest.approx([w.score for w in f.words], abs=0.05)
 
 
 def test_faithfulness_beats_random_rankings(planted):
