@@ -192,9 +192,7 @@ def prepare(p, model, work: Path, train: Encoded) -> tuple[Encoded, object, dict
     placeholder = float(task.mean) if p.data.task == "regression" else [] if p.data.task == "multilabel" else 0
     extra = encode(p.tokenizer, extra_t, extra_p, [placeholder] * len(extra_t), max_length=cfg.data.max_length) \
         if extra_t else Encoded([], [] if train.token_type_ids is not None else None, [])
-    joined = Encoded(train.input_ids + extra.input_ids,
-                     None if train.token_type_ids is None else train.token_type_ids + (extra.token_type_ids or []),
-                     list(train.labels) + list(extra.labels))
+    joined = train.extended(extra)
 
     teacher_model, mapping = None, None
     want = d.intermediate

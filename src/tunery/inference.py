@@ -26,6 +26,11 @@ class Encoded:
     def __len__(self) -> int:
         return len(self.input_ids)
 
+    def extended(self, more: Encoded) -> Encoded:
+        """These rows followed by `more`'s (the same tokenizer's)."""
+        types = None if self.token_type_ids is None else self.token_type_ids + (more.token_type_ids or [])
+        return Encoded(self.input_ids + more.input_ids, types, list(self.labels) + list(more.labels))
+
     @property
     def lengths(self) -> np.ndarray:
         return np.fromiter((len(x) for x in self.input_ids), dtype=np.int64, count=len(self))

@@ -102,7 +102,8 @@ def _encode_split(tokenizer, frame, max_length: int) -> Encoded:
 
 def _with_noisy_copies(p, train: Encoded) -> tuple[Encoded, int]:
     """The training split with `train.noise` copies of its rows appended (train/noise.py), and how many."""
-    from tunery.train.noise import noisy_rows, wordnet_synonyms
+    from tunery.attack.wordnet import synonym_source
+    from tunery.train.noise import noisy_rows
 
     n = p.cfg.train.noise
     frame = p.data.train
@@ -110,12 +111,9 @@ def _with_noisy_copies(p, train: Encoded) -> tuple[Encoded, int]:
     pairs = frame["text_pair"].astype(str).tolist() if "text_pair" in frame else None
     extra_t, extra_p, extra_l = noisy_rows(texts, pairs, frame["label"].tolist(), copies=n.copies, typo_share=n.typo,
                                            synonym_share=n.synonym, seed=p.cfg.train.seed,
-                                           synonyms=wordnet_synonyms() if n.synonym else None)
+                                           synonyms=synonym_source() if n.synonym else None)
     extra = encode(p.tokenizer, extra_t, extra_p, extra_l, max_length=p.cfg.data.max_length)
-    joined = Encoded(train.input_ids + extra.input_ids,
-                     None if train.token_type_ids is None else train.token_type_ids + (extra.token_type_ids or []),
-                     list(train.labels) + list(extra.labels))
-    return joined, len(extra)
+    return train.extended(extra), len(extra)
 
 
 @dataclass

@@ -89,12 +89,11 @@ def attack_texts(predictor, texts: list[str], labels: list[int], settings: Setti
     probabilities = (lambda batch: predictor.predict_scores(batch)) if pairs is None else None
     similarity = synonyms = None
     if settings.recipe == "synonym":
-        from tunery.attack.wordnet import database_dir, reader, synonyms as wordnet_synonyms
+        from tunery.attack.wordnet import synonym_source
 
-        wordnet = reader(str(database_dir()))
+        synonyms = synonym_source()
         encoder = encoder or SentenceEncoder(settings.encoder)
         similarity = encoder.similarity
-        synonyms = lambda word: wordnet_synonyms(word, wordnet)  # noqa: E731
     started = time.perf_counter()
     outcomes = []
     for i, (text, label) in enumerate(zip(texts, labels)):

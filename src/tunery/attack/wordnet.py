@@ -93,6 +93,15 @@ def reader(folder: str):
         return Reader(folder, None)
 
 
+def synonym_source():
+    """`synonyms` on the WordNet under TUNERY_HOME, as a function of the word (cached per word): what
+    the synonym attack and train.noise draw from. WordNetMissing names the install."""
+    import functools
+
+    wordnet = reader(str(database_dir()))
+    return functools.lru_cache(maxsize=None)(lambda word: synonyms(word, wordnet))
+
+
 def synonyms(word: str, wordnet) -> list[str]:
     """Single-word WordNet synonyms of `word` (all its senses, any part of speech, through WordNet's
     own lemmatiser), in WordNet's order, lower-case, without the word itself."""

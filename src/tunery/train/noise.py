@@ -63,22 +63,6 @@ def noisy_rows(texts: list[str], pairs: list[str] | None, labels: list, *, copie
     return out_t, out_p, out_l
 
 
-def wordnet_synonyms() -> Callable[[str], list[str]]:
-    """WordNet's synonyms of a word (the synonym attack's source); WordNetMissing names the install."""
-    from tunery.attack.wordnet import database_dir, reader, synonyms
-
-    wordnet = reader(str(database_dir()))
-    cache: dict[str, list[str]] = {}
-
-    def of(word: str) -> list[str]:
-        key = word.lower()
-        if key not in cache:
-            cache[key] = synonyms(key, wordnet)
-        return cache[key]
-
-    return of
-
-
 def _pick(allowed: list[int], share: float, rng: np.random.Generator) -> list[int]:
     if not allowed:
         return []
