@@ -16,14 +16,14 @@ from tests.conftest import fast_train, make_dataset
 from tests.integration.helpers import cli, write_config
 
 
-def _config(tmp_path, name, backbone, rows=1600, **extra):
+def _config(tmp_path, name, backbone, rows=1600, eval_every=40, **extra):
     data = tmp_path / "reviews.csv"
     if not data.exists():
         make_dataset("binary", n=rows).to_csv(data, index=False)
     # Many small steps and frequent checkpoints, so the kill lands mid-run.
     # Accumulation with a short last window, a log interval that does not divide the checkpoint
     # interval, and early stopping armed: all of it must survive the kill.
-    train = fast_train(epochs=3, batch_size=8, lr=2e-3, eval_every_steps=40, log_every_steps=7,
+    train = fast_train(epochs=3, batch_size=8, lr=2e-3, eval_every_steps=eval_every, log_every_steps=7,
                        grad_accum_steps=3, early_stopping_patience=5, ema_decay=0.9, **extra)
     return write_config(tmp_path / f"{name}.yaml", {"name": name, "data": {"train": str(data)},
                                                     "model": {"backbone": backbone}, "train": train})
@@ -38,13 +38,14 @@ def _config(tmp_path, name, backbone, rows=1600, **extra):
 def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path, st_backbone, objective):
     # The sentence-transformers backbone gets the added mean-pooling layer, and each robust objective
     # adds perturbed or doubled passes per step: all of it must rebuild and replay exactly on resume.
-    # 800 rows: each objective costs 2-4 passes a step; the kill still lands mid-run (checkpoints every
-    # 40 of 80 steps)
-    cli("train", str(_config(tmp_path, "straight", st_backbone, rows=800, **objective)), "--no-progress",
-        cwd=tmp_path)
+    # 400 rows (320 train: 40 batches of 8 an epoch, 13 accumulation windows of 3 and a short one of 1):
+    # each objective costs 2-4 passes a step; the kill still lands mid-run (checkpoints every 20 of 42
+    # steps), and the log interval (7) does not divide the checkpoint interval
+    cli("train", str(_config(tmp_path, "straight", st_backbone, rows=400, eval_every=20, **objective)),
+        "--no-progress", cwd=tmp_path)
 
     proc = subprocess.Popen([sys.executable, "-m", "tunery", "train",
-                             str(_config(tmp_path, "killed", st_backbone, **objective)),
+                             str(_config(tmp_path, "killed", st_backbone, eval_every=20, **objective)),
                              "--no-progress"], cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     state = tmp_path / "runs" / "killed.partial" / "checkpoints" / "last" / "trainer.pt"
     deadline = time.time() + 240
