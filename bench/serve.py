@@ -608,7 +608,7 @@ def main(argv: list[str] | None = None) -> dict:
         for kind in servers:
             served = int8_dir if kind == "tunery-int8" else run_dir
             result[kind] = bench_server(kind, args, served, serve_config, key, texts, tmp)
-            time.sleep(2)  # let the stopped server's process go before the next one starts
+            time.sleep(0.5 if args.smoke else 2)  # let the stopped server's process go before the next one starts
 
     if "tunery" in result:
         tu = result["tunery"]
