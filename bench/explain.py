@@ -229,7 +229,7 @@ def served(run: Path, texts: list[str], tmp: Path, *, seconds: float, smoke: boo
     cfg = load_serve_config(serve_config)
     key, _ = create_key(Store(), tenant=TENANT, plan=PLAN, known_plans=list(cfg.plans))
     name = Path(run).name
-    seconds = 3.0 if smoke else seconds
+    seconds = 1.5 if smoke else seconds
     settings = {"explain": cfg.explain.model_dump(mode="json"), "threads": cfg.threads, "plan": PLAN,
                 "predict_concurrency": 1, "explain_concurrency": 4, "explain_body": {"method": "ig"},
                 "seconds_per_load": seconds, "texts": f"the {len(texts)} bench sentences, cycled"}
@@ -261,7 +261,7 @@ def served(run: Path, texts: list[str], tmp: Path, *, seconds: float, smoke: boo
         eprint(f"[served] /explain c=4: {out['explain_alone']['latency_ms']}")
         with concurrent.futures.ThreadPoolExecutor(2) as pool:
             # the explain load's warm-up (4 requests) and margin on both sides of the predict load
-            margin = 3 if smoke else 10  # seconds of explain load on each side of the predict load
+            margin = 2 if smoke else 10  # seconds of explain load on each side of the predict load
             background = pool.submit(load, "explain", 4, seconds + 2 * margin, "explain-loaded", ig, 4)
             time.sleep(margin)
             out["predict_under_explain_load"] = load("predict", 1, seconds, "predict-loaded", warmup=20)
