@@ -11,7 +11,7 @@ $(BIN)/tunery: pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	# torch first and pinned: this takes the CPU wheel; an unpinned torch pulls a multi-GB CUDA build
 	$(BIN)/pip install -q $(TORCH)
-	$(BIN)/pip install -q -e '.[dev,onnx,explain,attack]'
+	$(BIN)/pip install -q -e '.[dev,onnx,explain,attack,federated]'
 	touch $(BIN)/tunery
 
 install: $(BIN)/tunery

@@ -62,6 +62,7 @@ def test_histograms_count_every_label_of_every_client():
     ({"clients": 3, "min_clients": 4}, "min_clients 4 is more than the 3 clients"),
     ({"clients": 4, "strategy": "krum"}, "at least 5 clients (2f + 3)"),
     ({"clients": 4, "strategy": "median"}, "fedavg"),
+    ({"clients": 3, "strategy": "trimmed_mean", "trim": 0.2}, "cuts no client from either end"),
 ])
 def test_bad_federated_sections_say_what_to_change(section, message):
     from tunery.config import config_from_dict
@@ -102,7 +103,8 @@ def test_cli_refuses_what_it_cannot_partition(tmp_path):
     config = _config(tmp_path, make_dataset("regression", n=60), {"clients": 2, "partition": "dirichlet"})
     assert "is a regression task: use partition: iid" in cli("federate", config, "--partition-only", cwd=tmp_path,
                                                               expect=1).stderr
-    assert "not in it yet" in cli("federate", config, cwd=tmp_path, expect=1).stderr
+    assert "give the run config" in cli("federate", cwd=tmp_path, expect=1).stderr
+    assert "--client needs --data" in cli("federate", "--client", cwd=tmp_path, expect=1).stderr
     (tmp_path / "plain.yaml").write_text(json.dumps({"data": {"train": "reviews.csv"}}))
     assert "has no federated: section" in cli("federate", "plain.yaml", "--partition-only", cwd=tmp_path,
                                               expect=1).stderr

@@ -691,24 +691,62 @@ def _explain_evaluate(predictor, run, data, n, methods, seed, options, method, t
 
 @app.command()
 @_guard
-def federate(config: Path = typer.Argument(..., help="run config (YAML) with a federated: section"),
+def federate(config: Optional[Path] = typer.Argument(None, help="run config (YAML) with a federated: section "
+                                                     "(not with --client: the server sends it)"),
              set_: list[str] = typer.Option([], "--set", help="override a key: --set federated.alpha=0.1"),
              partition_only: bool = typer.Option(False, "--partition-only",
                                                  help="write each client's data file and print its label counts"),
              out_dir: Optional[Path] = typer.Option(None, "--out", help="--partition-only: the folder for the "
                                                     "client files (default <output_dir>/<name>-partitions)"),
+             serve_superlink: Optional[str] = typer.Option(
+                 None, "--serve-superlink", help="HOST:PORT: start only the SuperLink there, for clients on other "
+                 "machines, and run the federation when they join"),
+             client: bool = typer.Option(False, "--client", help="run one client (a Flower SuperNode) on this "
+                                         "machine's --data, joining --superlink"),
+             data: Optional[Path] = typer.Option(None, "--data", help="--client: this client's labelled file"),
+             superlink: Optional[str] = typer.Option(None, "--superlink", help="--client: HOST:PORT of the SuperLink"),
+             name: Optional[str] = typer.Option(None, "--name", help="--client: the client's name in the run's "
+                                                "records (default: the file's stem)"),
+             fault: list[str] = typer.Option([], "--fault", help="fault drill: NAME=sign_flip[:K] or scale[:K] makes "
+                                             "that client send bad updates (--client: just the SPEC)"),
              as_json: bool = typer.Option(False, "--json", help="print JSON")):
-    """Federated fine-tuning across clients whose data stays with them (so far: --partition-only)."""
+    """Federated fine-tuning on Flower across clients whose data stays with them."""
     from tunery.config import load_config
     from tunery.federated.partition import partition_file
 
+    if client:
+        _federated_client(data, superlink, name, fault)
+        return
+    if config is None:
+        _fail(TuneryError("give the run config: tunery federate CONFIG (or --client --data FILE --superlink HOST:PORT)"))
     cfg = load_config(config, overrides=set_)
     if cfg.federated is None:
         _fail(TuneryError(f"{config} has no federated: section; add one, e.g. federated: {{clients: 4, "
                           f"partition: dirichlet, alpha: 0.5}}"))
     if not partition_only:
-        _fail(TuneryError("this tunery version partitions data for federated training (--partition-only); "
-                          "training across clients on Flower is not in it yet"))
+        from tunery.federated.run import federate as run_federation
+
+        faults = {}
+        for item in fault:
+            who, sep, spec = item.partition("=")
+            if not sep:
+                _fail(TuneryError(f"--fault {item!r}: expected NAME=SPEC, e.g. client-2=sign_flip:5"))
+            faults[who] = spec
+        run = run_federation(cfg, faults=faults, listen=serve_superlink)
+        m = json.loads((run / "metrics.json").read_text(encoding="utf-8"))
+        fed = m["federated"]
+        if as_json:
+            print(json.dumps({"run": str(run), **fed}, indent=2, ensure_ascii=False))
+            return
+        out.print(f"federated run {escape(str(run))}: {fed['rounds']} rounds of {fed['strategy']}, clients "
+                  f"{', '.join(fed['trained'])}; validation {m['metric']} {fed['final_eval_metric']}", highlight=False)
+        for who, why in fed["sat_out"].items():
+            out.print(f"  {escape(who)} sat out: {escape(why)}", highlight=False)
+        if fed["dropped"]:
+            out.print(f"  dropped in a round: {', '.join(fed['dropped'])}", highlight=False)
+        out.print(f"  bytes sent {fed['bytes_sent']:,}, received {fed['bytes_received']:,} "
+                  f"({fed['update_bytes']:,} per update, {fed['updates']})", highlight=False)
+        return
     if cfg.federated.client_data is not None:
         _fail(TuneryError("federated.client_data already gives each client its file: there is nothing to partition"))
     name = cfg.name or Path(cfg.data.train).name.split(".")[0]
@@ -731,6 +769,29 @@ def federate(config: Path = typer.Argument(..., help="run config (YAML) with a f
         table.add_row(path.name, str(sum(h.values())), *map(str, shown),
                       *([str(sum(h.values()) - sum(shown))] if rest else []))
     out.print(table)
+
+
+def _federated_client(data: Optional[Path], superlink: Optional[str], name: Optional[str], fault: list[str]) -> None:
+    """`tunery federate --client`: a Flower SuperNode on this machine's data, until stopped."""
+    import tempfile
+
+    from tunery.federated.deploy import free_ports, node_config, start_supernode, stop
+
+    if data is None or superlink is None:
+        _fail(TuneryError("--client needs --data FILE (this client's labelled file) and --superlink HOST:PORT"))
+    if not data.is_file():
+        _fail(TuneryError(f"--data {data} is not a file"))
+    home = Path(tempfile.mkdtemp(prefix="tunery-client-"))
+    (port,) = free_ports(1)
+    proc = start_supernode(home, superlink=superlink, clientappio=f"127.0.0.1:{port}",
+                           config=node_config(str(data), name or data.stem, 0, fault[0] if fault else None),
+                           log=home / "supernode.log")
+    err.print(f"client {escape(name or data.stem)} joined {escape(superlink)} (Flower log: {home / 'supernode.log'}); "
+              "Ctrl-C stops it", highlight=False)
+    try:
+        proc.wait()
+    finally:
+        stop(proc)
 
 
 @app.command()

@@ -320,6 +320,9 @@ class FederatedConfig(_Part):
         n = self.clients if self.clients is not None else len(self.client_data or [])
         if self.min_clients > n:
             raise ValueError(f"federated.min_clients {self.min_clients} is more than the {n} clients: lower it")
+        if self.strategy == "trimmed_mean" and int(self.trim * n) == 0:
+            raise ValueError(f"federated.trim {self.trim} of {n} clients cuts no client from either end, so "
+                             f"trimmed_mean would be a plain mean: set trim to at least {1 / n:.2f}")
         if self.strategy == "krum" and n < 2 * self.krum_malicious + 3:
             raise ValueError(f"federated.strategy krum withstands krum_malicious={self.krum_malicious} bad clients "
                              f"only with at least {2 * self.krum_malicious + 3} clients (2f + 3); {n} given")

@@ -129,14 +129,15 @@ class Prepared:
     encoded: dict[str, Encoded] | None = None  # the tokenised splits, filled by preflight
 
 
-def prepare_run(cfg: RunConfig, *, quiet: bool = False) -> Prepared:
+def prepare_run(cfg: RunConfig, *, quiet: bool = False, federated: bool = False) -> Prepared:
     """Resolve the backbone, read and validate the data. Raises DataError on any error, having
-    written nothing. The data warnings are logged unless `quiet` (the data was checked before)."""
+    written nothing. The data warnings are logged unless `quiet` (the data was checked before).
+    `federated`: the data is one client's share of a federation (see data.validate.prepare)."""
     from tunery.data.validate import prepare
 
     backbone_path = resolve_backbone(cfg.model.backbone)
     tokenizer = load_tokenizer(backbone_path)
-    data, report = prepare(cfg.data, cfg.task, tokenizer=tokenizer, backbone=cfg.model.backbone)
+    data, report = prepare(cfg.data, cfg.task, tokenizer=tokenizer, backbone=cfg.model.backbone, federated=federated)
     report.raise_for_errors()
     for finding in report.warnings:
         log.log(logging.DEBUG if quiet else logging.WARNING, "%s", finding.message)

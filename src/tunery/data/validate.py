@@ -746,9 +746,13 @@ def _label_set_key(cfg: DataConfig) -> str:
     return "data.labels" if cfg.labels or cfg.label_names is None else "data.label_names"
 
 
-def prepare(cfg: DataConfig, task: TaskConfig, *, tokenizer=None, backbone: str | None = None
-            ) -> tuple[PreparedData | None, ValidationReport]:
+def prepare(cfg: DataConfig, task: TaskConfig, *, tokenizer=None, backbone: str | None = None,
+            federated: bool = False) -> tuple[PreparedData | None, ValidationReport]:
     """Read, check and split the data of `cfg`. Returns (None, report) when there are errors.
+
+    `federated`: the file is one client's share of a federation, whose other clients hold the
+    other classes: a client with one class, or with mostly rare ones, is normal under a non-IID
+    split, so those findings are warnings there.
 
     Never writes anything. With a tokenizer, texts longer than cfg.max_length tokens are reported,
     and the tokenizer's vocabulary coverage is measured (judged against the languages of
@@ -830,7 +834,7 @@ def prepare(cfg: DataConfig, task: TaskConfig, *, tokenizer=None, backbone: str 
     need_test = cfg.test is None and cfg.test_fraction > 0
     big_enough = _check_split_size(ck, cfg, len(train), need_val, need_test) if need_val or need_test else True
     stratify = _check_classes(ck, cfg, train, task_name, names, splitting=need_val or need_test,
-                              label_column=label_col, judge_rare=big_enough)
+                              label_column=label_col, judge_rare=big_enough, federated=federated)
     if task_name != "regression":
         report.summary["train_label_counts"] = _class_counts(train, task_name, names)
     if tokenizer is not None:
@@ -888,8 +892,11 @@ def _split_note(cfg: DataConfig, need_val: bool, need_test: bool, how: str) -> s
 
 def _check_classes(ck: _Checker, cfg: DataConfig, train: pd.DataFrame, task: TaskName,
                    names: list[str], *, splitting: bool, label_column: str = "label",
-                   judge_rare: bool = True) -> bool:
-    """Imbalance and too-small classes in train; returns whether the split can be stratified."""
+                   judge_rare: bool = True, federated: bool = False) -> bool:
+    """Imbalance and too-small classes in train; returns whether the split can be stratified.
+    `federated` (one client's share): one class or mostly rare ones are warnings, not errors."""
+    severity = "warning" if federated else "error"
+    also = "; the federation's other clients may hold the rest" if federated else ""
     if task == "regression" or train.empty:
         return False
     counts = _class_counts(train, task, names)
@@ -897,14 +904,14 @@ def _check_classes(ck: _Checker, cfg: DataConfig, train: pd.DataFrame, task: Tas
     present = {n: c for n, c in counts.items() if c > 0}
     absent = [n for n, c in counts.items() if c == 0]
     if task == "classification" and len(present) < 2:
-        ck.add("error", "too_few_examples",
+        ck.add(severity if present else "error", "too_few_examples",
                f"{_where(path)}: only one class ({', '.join(map(repr, present)) or 'none'}) among the usable "
-               f"labels; a classifier needs examples of at least 2 classes", path, (), len(present))
+               f"labels; a classifier needs examples of at least 2 classes{also}", path, (), len(present))
         return False
     rare_classes = [n for n, c in present.items() if c < MIN_CLASS_EXAMPLES]
     if judge_rare and len(present) >= 2 and 2 * len(rare_classes) > len(present):
         word, words = ("class", "classes") if task == "classification" else ("label", "labels")
-        ck.add("error", "too_few_examples",
+        ck.add(severity, "too_few_examples",
                f"{_where(path)}: {len(rare_classes):,} of {len(present):,} {words} "
                f"({100 * len(rare_classes) / len(present):.0f}%) have fewer than {MIN_CLASS_EXAMPLES} "
                f"training examples ({len(train):,} usable rows, {len(train) / len(present):.1f} per "

@@ -200,7 +200,7 @@ class Trainer:
     def __init__(self, model, task: Task, cfg: TrainConfig, *, n_labels: int, pad_id: int, workdir: Path,
                  metric: str, greater_is_better: bool, metric_fn: MetricFn,
                  callbacks: list[Callback] | None = None, pos_weight: torch.Tensor | None = None,
-                 distiller=None) -> None:
+                 distiller=None, regularizer: Callable[[torch.nn.Module], torch.Tensor] | None = None) -> None:
         self.model = model
         self.task = task
         self.cfg = cfg
@@ -213,6 +213,8 @@ class Trainer:
         self.callbacks = callbacks or []
         self.pos_weight = pos_weight  # multi-label: weight of each label's positives in the loss
         self.distiller = distiller  # tunery.train.distill.Distiller: the batch loss of distillation, or None
+        # a loss term of the weights alone, added once per optimizer step (federated FedProx's proximal term)
+        self.regularizer = regularizer
         self.passes_per_step = 1  # forward+backward passes a batch costs (set by fit: adversarial, R-Drop)
 
     # -- helpers ---------------------------------------------------------------------------
@@ -356,6 +358,8 @@ class Trainer:
                         loss = float(loss.detach())
                         if adversary is not None:  # FGM, PGD: after the clean pass's backward
                             adversary.step(task_loss, backward, batch["attention_mask"], state.samples_seen)
+                    if self.regularizer is not None:  # its own backward: its gradient adds to the batch's
+                        backward(self.regularizer(model))
                     state.window_loss += loss
                     state.window_batches += 1
                     state.window_samples += len(idx)

@@ -1,0 +1,61 @@
+"""report.html of a federated run: the federation (clients, who trained, who sat out and why, who
+dropped), per-round curves (training loss and the clients' validation metric), per-client metrics
+of the last round, and the bytes sent and received. Built with the run report's HTML helpers."""
+
+from __future__ import annotations
+
+import json
+from html import escape
+from pathlib import Path
+
+from tunery.evaluate.report import _CSS, _figure, _img, _plot_style, _table, _td
+
+
+def _curves(rounds: list[dict], metric: str) -> str:
+    if not rounds:
+        return ""
+    with _plot_style():
+        fig = _figure(7.0, 2.8)
+        ax1, ax2 = fig.subplots(1, 2)
+        x = [r["round"] for r in rounds]
+        ax1.plot(x, [r["train_loss"] for r in rounds], marker="o")
+        ax1.set_title("training loss (clients, weighted)")
+        ax1.set_xlabel("round")
+        clients = sorted({c for r in rounds for c in r["per_client"]})
+        for c in clients:
+            ax2.plot(x, [r["per_client"].get(c, {}).get("eval_metric") for r in rounds], marker=".", alpha=0.6,
+                     label=c)
+        ax2.plot(x, [r["eval_metric"] for r in rounds], marker="o", color="black", label="weighted")
+        ax2.set_title(f"validation {metric} (each client's own)")
+        ax2.set_xlabel("round")
+        ax2.legend(fontsize=7)
+        return _img(fig, f"training loss and validation {metric} per round")
+
+
+def write_report(path: Path, cfg, meta: dict, summary: dict, rounds: list[dict]) -> None:
+    metric = meta["metric"]
+    info = [["run", meta["name"]], ["backbone", f"{meta['backbone']} ({meta['method']})"], ["task", meta["task"]],
+            ["strategy", summary["strategy"]], ["updates", f"{summary['updates']}: {summary['update_bytes']:,} bytes "
+                                                           "per client and direction"],
+            ["rounds", str(summary["rounds"])], ["clients", ", ".join(summary["clients"])],
+            ["trained", ", ".join(summary["trained"])],
+            ["sat out", "; ".join(f"{c}: {w}" for c, w in summary["sat_out"].items()) or "none"],
+            ["dropped in a round", ", ".join(summary["dropped"]) or "none"],
+            ["bytes sent / received", f"{summary['bytes_sent']:,} / {summary['bytes_received']:,}"],
+            ["wall time", f"{summary['wall_seconds']:.0f} s"]]
+    head = _table(["", ""], [[f"<th>{escape(k)}</th>", f"<td>{escape(v)}</td>"] for k, v in info])
+    per_round = _table(["round", "train loss", f"validation {metric}", "validation loss", "trained", "dropped",
+                        "bytes sent", "bytes received"],
+                       [[_td(r["round"]), _td(r["train_loss"]), _td(r["eval_metric"]), _td(r["eval_loss"]),
+                         _td(", ".join(r["clients_trained"])), _td(", ".join(r["dropped"]) or "—"),
+                         _td(r["bytes_sent"]), _td(r["bytes_received"])] for r in rounds])
+    last = rounds[-1]["per_client"] if rounds else {}
+    per_client = _table(["client", "rows", "train loss", f"validation {metric}", "validation loss"],
+                        [[_td(c), _td(summary["rows"].get(c)), _td(v["train_loss"]), _td(v["eval_metric"]),
+                          _td(v["eval_loss"])] for c, v in last.items()])
+    html = (f"<!doctype html><html><head><meta charset='utf-8'><title>tunery federated run {escape(meta['name'])}"
+            f"</title><style>{_CSS}</style></head><body><h1>Federated run {escape(meta['name'])}</h1>{head}"
+            f"<h2>Rounds</h2>{_curves(rounds, metric)}{per_round}<h2>Clients, last round</h2>{per_client}"
+            f"<h2>Config</h2><pre>{escape(json.dumps(cfg.to_dict(), indent=1, ensure_ascii=False))}</pre>"
+            "</body></html>")
+    path.write_text(html, encoding="utf-8")

@@ -1,0 +1,122 @@
+"""`tunery federate CONFIG`: a federated run on one machine, with real Flower processes.
+
+The clients' files are `federated.client_data`, or data.train split by `federated.partition` into
+`<output_dir>/<name>-clients/` (what each client's machine would hold). One SuperLink and one
+SuperNode per client start on 127.0.0.1; `flwr run` submits tunery's app; the ServerApp writes
+the global model into the run's `.partial` directory, claimed and recorded here like any run.
+
+The server's copy of the config names no client file: data.train reads "held by the clients"
+and federated.client_data is dropped, so the ServerApp has nothing of theirs to open.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+
+from tunery.config import RunConfig
+from tunery.errors import ConfigError, TuneryError
+
+log = logging.getLogger(__name__)
+
+HELD_BY_CLIENTS = "(held by the clients)"
+
+
+def resolve_federated(cfg: RunConfig) -> RunConfig:
+    """The config as the federation runs it: a name, the backbone's learning rate, model.method
+    from federated.updates (lora: adapters and head are what is trained and sent; full: everything),
+    no TF-IDF baseline (it would need the clients' text in one place)."""
+    from tunery.pipeline import _default_name, resolve_defaults
+
+    if cfg.federated is None:
+        raise ConfigError("the config has no federated: section; add one, e.g. federated: {clients: 3}")
+    cfg = resolve_defaults(cfg.model_copy(update={"name": cfg.name or _default_name(cfg)}))
+    method = "lora" if cfg.federated.updates == "lora" else "full"
+    if cfg.model.method != method and "method" in cfg.model.model_fields_set:
+        raise ConfigError(f"federated.updates {cfg.federated.updates} trains model.method {method}, but the config "
+                          f"sets model.method {cfg.model.method}: remove model.method or set federated.updates "
+                          f"{'full' if cfg.model.method == 'full' else 'lora'}")
+    return cfg.model_copy(update={"model": cfg.model.model_copy(update={"method": method}),
+                                  "evaluate": cfg.evaluate.model_copy(update={"baseline": False})})
+
+
+def server_config(cfg: RunConfig, n_clients: int) -> RunConfig:
+    """The config the ServerApp gets: no client file in it."""
+    data = cfg.data.model_copy(update={"train": HELD_BY_CLIENTS, "validation": None})
+    fed = cfg.federated.model_copy(update={"client_data": None, "clients": n_clients})
+    return cfg.model_copy(update={"data": data, "federated": fed})
+
+
+def client_files(cfg: RunConfig) -> list[tuple[str, str]]:
+    """(name, file) of each client: federated.client_data, or data.train partitioned."""
+    from tunery.federated.partition import partition_file
+
+    fc = cfg.federated
+    if fc.client_data:
+        for path in fc.client_data:
+            if not Path(path).is_file():
+                raise ConfigError(f"federated.client_data: {path} is not a file")
+        return [(f"client-{i}", str(Path(p).resolve())) for i, p in enumerate(fc.client_data)]
+    folder = Path(cfg.output_dir) / f"{cfg.name}-clients"
+    paths, _ = partition_file(cfg, folder)
+    return [(f"client-{i}", str(p.resolve())) for i, p in enumerate(paths)]
+
+
+def federate(cfg: RunConfig, *, store=None, faults: dict[str, str] | None = None, listen: str | None = None
+             ) -> Path:
+    """Run the federation of `cfg` on this machine; returns the completed run directory. With
+    `listen` (HOST:PORT), start only the SuperLink there and wait for the clients to join from
+    their machines (`tunery federate CONFIG --client ...`)."""
+    from tunery.federated.deploy import LocalFederation, write_app
+    from tunery.federated.server import ERROR_FILE
+    from tunery.pipeline import new_run
+    from tunery.rundir import META
+
+    cfg = resolve_federated(cfg)
+    fc = cfg.federated
+    clients = client_files(cfg) if listen is None else []
+    unknown = set(faults or {}) - {name for name, _ in clients}
+    if unknown:
+        raise ConfigError(f"--fault names {', '.join(sorted(unknown))}: the clients are "
+                          f"{', '.join(n for n, _ in clients)}")
+    n_clients = len(clients) if listen is None else (fc.clients or len(fc.client_data or []))
+    scfg = server_config(cfg, n_clients)
+    threads = max(1, (os.cpu_count() or 1) // max(len(clients), 1))
+    timeout = fc.round_timeout * (2 * fc.rounds + 1) + 300
+    with new_run(scfg, task=cfg.task.type, backbone=cfg.model.backbone, store=store) as run:
+        flower = run.work / "flower"
+        app = write_app(flower / "app", {"config": json.dumps(run.cfg.to_dict()), "run-dir": str(run.work.resolve())})
+        federation = LocalFederation(flower, clients, faults=dict(faults or {}), threads=threads, fleet=listen)
+        kept_logs = Path(scfg.output_dir) / f"{run.cfg.name}-federation-logs"  # a failed run's directory goes
+        try:
+            federation.start()
+            if listen:
+                log.warning("SuperLink listening on %s: start each client with `tunery federate --client --data FILE "
+                            "--superlink %s`", listen, listen)
+            status = federation.run(app, timeout)
+            error = run.work / ERROR_FILE
+            if error.exists():
+                raise TuneryError(f"the federated run failed on the server: {error.read_text().splitlines()[0]} "
+                                  f"(Flower's logs: {kept_logs})")
+            if status.get("status") != "finished:completed" or not (run.work / META).exists():
+                raise TuneryError(f"the federated run ended {status.get('status')}: "
+                                  f"{status.get('status-details', '')} (Flower's logs: {kept_logs})")
+        except BaseException:
+            federation.close()
+            shutil.copytree(flower / "logs", kept_logs, dirs_exist_ok=True)
+            raise
+        finally:
+            federation.close()
+            for home in flower.glob("*"):  # Flower's state and unpacked apps; the logs stay
+                if home.name not in ("logs", "app"):
+                    shutil.rmtree(home, ignore_errors=True)
+        metrics = json.loads((run.work / "metrics.json").read_text(encoding="utf-8"))
+        run.metrics = {"federated": {k: metrics["federated"][k] for k in ("final_eval_metric", "rounds", "strategy")}}
+    from tunery.store import Store
+
+    final = Path(scfg.output_dir) / run.cfg.name
+    (store or Store()).update_run(run.cfg.name, task=metrics["task"])
+    return final

@@ -1,0 +1,313 @@
+"""The server side of a federation: the body of the Flower ServerApp that `tunery federate` runs.
+
+It never reads a client's data. It asks each connected client to describe its data (checks passed
+or why not, task, label names, row count), builds the model for the federation's label set, runs
+the chosen Flower strategy for `federated.rounds` rounds and writes the global model as a run
+directory (model/, tunery.json, metrics.json, log.jsonl with one record per round, report.html)
+into the `.partial` directory `tunery federate` claimed for it.
+
+A `RecordingGrid` wraps Flower's Grid: it keeps clients that failed their data checks out of the
+rounds, and records per round who was sent what, who answered, who failed or dropped, each
+client's metrics, and the bytes each way.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import time
+import traceback
+from collections import defaultdict
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from tunery.config import RunConfig, config_from_dict
+from tunery.errors import TuneryError
+
+log = logging.getLogger(__name__)
+
+ERROR_FILE = "federation-error.txt"  # in the run's .partial directory when the ServerApp fails
+DESCRIBE = "query"  # Flower's message type for a question that is neither train nor evaluate
+
+
+def federation_task(fed: dict):
+    from tunery.tasks import get_task
+
+    return get_task(fed["task"], label_mean=fed.get("label_mean", 0.0), label_scale=fed.get("label_scale", 1.0))
+
+
+def merge_descriptions(cfg: RunConfig, described: dict[str, dict]) -> dict[str, Any]:
+    """The federation's facts from the clients' descriptions (those that passed their checks):
+    one task (they must agree), the union of their label names (or data.labels when given), the
+    pooled mean and scale of a regression target."""
+    from tunery.data.validate import _sort_names
+
+    ok = {name: d for name, d in described.items() if d.get("ok")}
+    tasks = defaultdict(list)
+    for name, d in ok.items():
+        tasks[d["task"]].append(name)
+    if len(tasks) > 1:
+        raise TuneryError("the clients' data are not of one task: " + "; ".join(
+            f"{t}: {', '.join(sorted(names))}" for t, names in sorted(tasks.items()))
+            + "; set task.type in the config, or fix the clients whose labels differ")
+    (task,) = tasks
+    fed: dict[str, Any] = {"task": task, "rows": {n: d["rows"] for n, d in ok.items()},
+                           "columns": next(iter(ok.values()))["columns"]}
+    if task == "regression":
+        n = sum(d["rows"] for d in ok.values())
+        mean = sum(d["label_sum"] for d in ok.values()) / n
+        var = max(sum(d["label_sumsq"] for d in ok.values()) / n - mean * mean, 0.0) * n / max(n - 1, 1)
+        fed.update(labels=[], label_mean=mean, label_scale=math.sqrt(var) or 1.0)
+    else:
+        fed["labels"] = list(cfg.data.labels) if cfg.data.labels else _sort_names(
+            {label for d in ok.values() for label in d["labels"]})
+    return fed
+
+
+class RecordingGrid:
+    """Flower's Grid, keeping `excluded` nodes out of the rounds and recording every exchange."""
+
+    def __init__(self, grid, names: dict[int, str], excluded: set[int]) -> None:
+        self.grid = grid
+        self.names = names
+        self.excluded = excluded
+        self.rounds: dict[int, dict] = defaultdict(lambda: {"train": {}, "evaluate": {}, "bytes_sent": 0,
+                                                            "bytes_received": 0})
+
+    def __getattr__(self, name: str):
+        return getattr(self.grid, name)
+
+    def get_node_ids(self):
+        return [n for n in self.grid.get_node_ids() if n not in self.excluded]
+
+    def send_and_receive(self, messages, *, timeout=None):
+        messages = list(messages)
+        if not messages:
+            return []
+        kind = messages[0].metadata.message_type.split(".")[0]
+        rnd = int(messages[0].content["config"].get("server-round", 0)) if "config" in messages[0].content else 0
+        rec = self.rounds[rnd]
+        sent = {m.metadata.dst_node_id for m in messages}
+        rec["bytes_sent"] += sum(_bytes(m.content) for m in messages)
+        t0 = time.time()
+        replies = list(self.grid.send_and_receive(messages, timeout=timeout))
+        rec[f"{kind}_seconds"] = round(time.time() - t0, 2)
+        got = set()
+        for r in replies:
+            node = r.metadata.src_node_id
+            got.add(node)
+            who = self.names.get(node, str(node))
+            if r.has_error():
+                rec[kind][who] = {"error": r.error.reason}
+                continue
+            rec["bytes_received"] += _bytes(r.content)
+            metrics = next(iter(r.content.metric_records.values()), {})
+            rec[kind][who] = {k: v for k, v in dict(metrics).items()}
+        for node in sent - got:
+            rec[kind][self.names.get(node, str(node))] = {"error": f"no reply within {timeout} s (dropped)"}
+        return replies
+
+
+def _bytes(content) -> int:
+    return int(sum(a.count_bytes() for a in content.array_records.values()))
+
+
+def make_strategy(fed_cfg, n_clients: int):
+    from flwr.serverapp import strategy as S
+
+    common = dict(fraction_train=fed_cfg.fraction, fraction_evaluate=1.0, min_train_nodes=fed_cfg.min_clients,
+                  min_evaluate_nodes=fed_cfg.min_clients, min_available_nodes=fed_cfg.min_clients)
+    name = fed_cfg.strategy
+    if name == "fedavg":
+        return S.FedAvg(**common)
+    if name == "fedprox":
+        return S.FedProx(proximal_mu=fed_cfg.mu, **common)
+    if name == "fedadam":
+        return S.FedAdam(eta=fed_cfg.server_lr, **common)
+    if name == "trimmed_mean":
+        return S.FedTrimmedAvg(beta=fed_cfg.trim, **common)
+    if name == "krum":
+        return S.Krum(num_malicious_nodes=fed_cfg.krum_malicious, **common)
+    raise TuneryError(f"federated.strategy {name!r} is unknown")
+
+
+def run_server(grid, run_config: dict) -> None:
+    """The ServerApp's body. A failure is written to the run directory for `tunery federate`."""
+    work = Path(str(run_config["run-dir"]))
+    try:
+        _serve(grid, run_config, work)
+    except BaseException as err:  # noqa: BLE001 - reported to the orchestrator, then raised for Flower
+        if work.is_dir():
+            (work / ERROR_FILE).write_text(f"{type(err).__name__}: {err}\n\n{traceback.format_exc()}",
+                                           encoding="utf-8")
+        raise
+
+
+def _describe_all(grid, cfg: RunConfig, cfg_json: str, expected: int, timeout: float) -> tuple[dict, dict]:
+    """Wait for the expected clients (at most `timeout` s, at least min_clients), ask each to
+    describe its data. Returns ({node: name}, {name: description})."""
+    from flwr.app import ConfigRecord, Message, RecordDict
+
+    deadline = time.time() + timeout
+    while len(list(grid.get_node_ids())) < expected and time.time() < deadline:
+        time.sleep(0.5)
+    nodes = list(grid.get_node_ids())
+    if len(nodes) < cfg.federated.min_clients:
+        raise TuneryError(f"{len(nodes)} clients connected within federated.round_timeout {timeout:g} s; "
+                          f"federated.min_clients is {cfg.federated.min_clients}: start more clients")
+    msgs = [Message(RecordDict({"config": ConfigRecord({"config": cfg_json})}), dst_node_id=n,
+                    message_type=DESCRIBE) for n in nodes]
+    replies = list(grid.send_and_receive(msgs, timeout=timeout))
+    names: dict[int, str] = {}
+    described: dict[str, dict] = {}
+    for r in replies:
+        node = r.metadata.src_node_id
+        if r.has_error():
+            names[node] = f"node-{node}"
+            described[names[node]] = {"ok": False, "error": r.error.reason}
+            continue
+        d = json.loads(str(r.content["description"]["json"]))
+        name = d.get("name") or f"node-{node}"
+        if name in described:
+            name = f"{name}-{node}"
+        names[node] = name
+        described[name] = d
+    for node in set(nodes) - set(names):
+        names[node] = f"node-{node}"
+        described[names[node]] = {"ok": False, "error": "no answer to describe (dropped)"}
+    return names, described
+
+
+def _serve(grid, run_config: dict, work: Path) -> None:
+    import torch
+    from flwr.app import ArrayRecord, ConfigRecord
+
+    from tunery.federated.weights import load_trainable, state_bytes, trainable_state
+    from tunery.pipeline import build_model, load_tokenizer, resolve_task_defaults
+    from tunery.backbones import resolve_backbone
+
+    started = time.time()
+    cfg_json = str(run_config["config"])
+    cfg = config_from_dict(json.loads(cfg_json))
+    fc = cfg.federated
+    expected = fc.clients if fc.clients is not None else len(fc.client_data or [])
+    names, described = _describe_all(grid, cfg, cfg_json, expected, fc.round_timeout)
+    sat_out = {name: d["error"] for name, d in described.items() if not d.get("ok")}
+    for name, why in sat_out.items():
+        log.warning("client %s sits this run out: %s", name, why)
+    ok_nodes = [n for n, name in names.items() if described[name].get("ok")]
+    if len(ok_nodes) < fc.min_clients:
+        raise TuneryError(f"{len(ok_nodes)} clients passed their data checks, federated.min_clients is "
+                          f"{fc.min_clients}: " + "; ".join(f"{n}: {w}" for n, w in sat_out.items()))
+    fed = merge_descriptions(cfg, described)
+    cfg = resolve_task_defaults(cfg, fed["task"], sum(fed["rows"].values()))
+    cfg_json = json.dumps(cfg.to_dict())
+    fed_json = json.dumps({k: v for k, v in fed.items() if k not in ("rows", "columns")})
+    seed = cfg.train.seed if fc.seed is None else fc.seed
+    random.seed(seed)  # Flower samples each round's clients with the random module
+
+    backbone_path = resolve_backbone(cfg.model.backbone)
+    task = federation_task(fed)
+    model = build_model(backbone_path, task, fed["labels"], cfg)
+    initial = trainable_state(model)
+    recording = RecordingGrid(grid, names, excluded={n for n in names if n not in ok_nodes})
+    strategy = make_strategy(fc, len(ok_nodes))
+    config = ConfigRecord({"config": cfg_json, "federation": fed_json})
+    log_path = work / "log.jsonl"
+
+    def after_round(rnd: int, arrays) -> None:
+        if rnd == 0:
+            return None
+        rec = recording.rounds[rnd]
+        record = {"round": rnd, "time": round(time.time() - started, 2), **_round_summary(rec)}
+        with open(log_path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+        return None
+
+    strategy_result = strategy.start(grid=recording, initial_arrays=ArrayRecord(torch_state_dict=initial),
+                                     num_rounds=fc.rounds, timeout=fc.round_timeout, train_config=config,
+                                     evaluate_config=ConfigRecord({"config": cfg_json, "federation": fed_json}),
+                                     evaluate_fn=after_round)
+    final = strategy_result.arrays.to_torch_state_dict()
+    load_trainable(model, final)
+    torch.set_grad_enabled(True)
+    rounds = [json.loads(line) for line in log_path.read_text(encoding="utf-8").splitlines()] if log_path.exists() else []
+    summary = {
+        "strategy": fc.strategy, "updates": fc.updates, "rounds": fc.rounds, "clients": sorted(described),
+        "trained": sorted(names[n] for n in ok_nodes), "sat_out": sat_out,
+        "rows": fed["rows"], "update_bytes": ArrayRecord(torch_state_dict=initial).count_bytes(),
+        "tensor_bytes": state_bytes(initial),
+        "bytes_sent": sum(r["bytes_sent"] for r in rounds), "bytes_received": sum(r["bytes_received"] for r in rounds),
+        "dropped": sorted({c for r in rounds for c in r["dropped"]}),
+        "final_eval_metric": rounds[-1]["eval_metric"] if rounds else None,
+        "wall_seconds": round(time.time() - started, 2), "seed": seed,
+    }
+    write_federated_run(work, cfg, fed, model, load_tokenizer(backbone_path), backbone_path, summary, rounds)
+
+
+def _round_summary(rec: dict) -> dict:
+    """One round's log record from what the RecordingGrid saw."""
+    def weighted(part: dict, key: str) -> float | None:
+        rows = [(v["num-examples"], v[key]) for v in part.values() if "error" not in v and key in v
+                and v.get("num-examples")]
+        n = sum(w for w, _ in rows)
+        return float(sum(w * x for w, x in rows) / n) if n else None
+
+    train, evaluate = rec["train"], rec["evaluate"]
+    failed = {c: v["error"] for part in (train, evaluate) for c, v in part.items() if "error" in v}
+    return {"train_loss": weighted(train, "train-loss"), "eval_metric": weighted(evaluate, "eval-metric"),
+            "eval_loss": weighted(evaluate, "eval-loss"),
+            "clients_trained": sorted(c for c, v in train.items() if "error" not in v),
+            "dropped": sorted(failed), "errors": failed,
+            "per_client": {c: {"train_loss": train.get(c, {}).get("train-loss"),
+                               "train_rows": train.get(c, {}).get("num-examples"),
+                               "train_seconds": train.get(c, {}).get("train-seconds"),
+                               "eval_metric": evaluate.get(c, {}).get("eval-metric"),
+                               "eval_loss": evaluate.get(c, {}).get("eval-loss")}
+                           for c in sorted(set(train) | set(evaluate)) if c not in failed},
+            "bytes_sent": rec["bytes_sent"], "bytes_received": rec["bytes_received"],
+            "train_seconds": rec.get("train_seconds"), "evaluate_seconds": rec.get("evaluate_seconds")}
+
+
+def write_federated_run(work: Path, cfg: RunConfig, fed: dict, model, tokenizer, backbone_path: str, summary: dict,
+                        rounds: list[dict]) -> None:
+    """The global model as a run directory (loads with tunery.load, serves, registers): model/
+    (LoRA merged in, plain transformers), metrics.json, report.html, tunery.json last."""
+    import torch
+
+    from tunery import __version__
+    from tunery.config import save_config
+    from tunery.evaluate.metrics import default_metric
+    from tunery.federated.report import write_report
+    from tunery.pipeline import _fold_scaling
+    from tunery.pooling import model_pooling
+    from tunery.rundir import META, follow_umask, write_json
+
+    task = fed["task"]
+    metric = cfg.train.metric or default_metric(task)
+    model_dir = work / "model"
+    to_save = model.merge_and_unload() if cfg.model.method == "lora" else model
+    to_save = to_save.to(torch.float32)
+    if task == "regression":
+        _fold_scaling(to_save, fed["label_mean"], fed["label_scale"])
+    to_save.save_pretrained(model_dir)
+    tokenizer.save_pretrained(model_dir)
+    follow_umask(model_dir)
+    save_config(cfg, work / "config.yaml")
+    meta = {"tunery_version": __version__, "name": cfg.name, "task": task, "label_names": fed["labels"],
+            "threshold": cfg.task.problem_threshold, "thresholds": None, "label_mean": 0.0, "label_scale": 1.0,
+            "backbone": cfg.model.backbone, "backbone_path": backbone_path, "method": cfg.model.method,
+            "text_column": fed["columns"]["text"], "text_pair_column": fed["columns"]["text_pair"],
+            "label_column": fed["columns"]["label"], "label_delimiter": fed["columns"]["delimiter"],
+            "max_length": cfg.data.max_length, "metric": metric, "pooling": model_pooling(to_save),
+            "federated": True, "created_at": datetime.now(timezone.utc).isoformat()}
+    metrics = {"task": task, "metric": metric, "threshold": cfg.task.problem_threshold, "model": {},
+               "baseline": None, "federated": summary,
+               "training": {"federated": True, "rounds": len(rounds), "wall_seconds": summary["wall_seconds"],
+                            "n_train": sum(summary["rows"].values())}}
+    write_json(work / "metrics.json", metrics)
+    write_report(work / "report.html", cfg, meta, summary, rounds)
+    write_json(work / META, meta)

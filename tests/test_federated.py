@@ -1,0 +1,269 @@
+"""Federated fine-tuning (issue 15): tunery's Flower apps on real Flower processes (one SuperLink,
+one SuperNode per client, `flwr run`, all on 127.0.0.1), and the parts they are built of.
+
+A Flower SuperNode starts a fresh ClientApp process for every message (Flower's subprocess
+isolation), and idle SuperNodes poll every 3 s, so a round costs seconds even for a tiny model:
+one federation with real processes is shared by the tests that read its result."""
+
+from __future__ import annotations
+
+import json
+import math
+import textwrap
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from tests.conftest import make_dataset
+
+pytest.importorskip("flwr", reason="federated training needs the federated extra: pip install 'tunery[federated]'")
+
+# Logs every file the Flower ServerApp process opens (an audit hook, loaded by site from PYTHONPATH).
+AUDIT = textwrap.dedent('''
+    import os, sys
+    _argv = getattr(sys, "orig_argv", sys.argv) or [""]
+    if any(os.path.basename(str(a)).startswith("flwr-serverapp") for a in _argv[:2]):
+        _log, _busy = os.environ["TUNERY_TEST_OPENED"], [False]
+        def _hook(event, args):
+            if event != "open" or _busy[0] or not isinstance(args[0], (str, bytes, os.PathLike)):
+                return
+            _busy[0] = True
+            try:
+                with open(_log, "a", encoding="utf-8") as f:
+                    f.write(os.fsdecode(args[0]) + "\\n")
+            finally:
+                _busy[0] = False
+        sys.addaudithook(_hook)
+''')
+
+
+def _config(tmp_path, backbone, files: list[str], **federated) -> dict:
+    return {"name": "fed", "output_dir": str(tmp_path / "runs"),
+            "data": {"train": files[0], "max_length": 32},
+            "model": {"backbone": backbone},
+            "train": {"progress": False, "batch_size": 16, "lr": 5e-3, "seed": 0},
+            "federated": {"client_data": files, "rounds": 2, "local_steps": 6, "round_timeout": 120,
+                          **federated}}
+
+
+@pytest.fixture(scope="module")
+def federation(tmp_path_factory, tiny_backbone):
+    """Three clients on real Flower processes, 2 rounds of FedAvg with LoRA updates: two with good
+    data, one whose file fails tunery's checks (it sits the run out)."""
+    from tunery.config import config_from_dict
+    from tunery.federated.run import federate
+    from tunery.store import Store
+
+    tmp = tmp_path_factory.mktemp("federation")
+    data = make_dataset("binary", n=160)
+    files = []
+    for i, part in enumerate((data.iloc[:80], data.iloc[80:])):
+        files.append(str(tmp / f"client-{i}.csv"))
+        part.to_csv(files[-1], index=False)
+    files.append(str(tmp / "client-2.csv"))
+    pd.DataFrame({"review": ["only text, no label column"] * 20}).to_csv(files[-1], index=False)
+    site = tmp / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(AUDIT)
+    opened = tmp / "opened.txt"
+    mp = pytest.MonkeyPatch()
+    mp.setenv("PYTHONPATH", str(site))
+    mp.setenv("TUNERY_TEST_OPENED", str(opened))
+    store = Store(f"sqlite:///{tmp / 'runs.db'}")
+    try:
+        run = federate(config_from_dict(_config(tmp, tiny_backbone, files)), store=store)
+    finally:
+        mp.undo()
+    return run, files, opened, store
+
+
+def test_a_federation_of_real_flower_processes_gives_a_run_that_loads_and_predicts(federation):
+    import tunery
+
+    run, files, _, store = federation
+    meta = json.loads((run / "tunery.json").read_text())
+    assert meta["federated"] is True and meta["task"] == "classification"
+    assert meta["label_names"] == ["negative", "positive"] and meta["text_column"] == "review"
+    predictions = tunery.load(run).predict(["a great film", "a dull film"])
+    assert len(predictions) == 2 and {p["label"] for p in predictions} <= {"negative", "positive"}
+    assert store.get_run("fed").status == "completed"
+    assert store.get_run("fed").task == "classification"
+    assert "Federated run fed" in (run / "report.html").read_text()
+
+
+def test_the_run_records_each_round_who_trained_who_sat_out_and_the_bytes(federation):
+    run, _, _, _ = federation
+    m = json.loads((run / "metrics.json").read_text())["federated"]
+    assert m["trained"] == ["client-0", "client-1"] and m["strategy"] == "fedavg" and m["updates"] == "lora"
+    assert list(m["sat_out"]) == ["client-2"] and "label" in m["sat_out"]["client-2"]
+    rounds = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in rounds] == [1, 2]
+    for r in rounds:
+        assert r["clients_trained"] == ["client-0", "client-1"] and r["dropped"] == []
+        # each way: the global tensors to 2 clients (train) and 2 (evaluate); 2 updates back
+        assert r["bytes_sent"] == 4 * m["update_bytes"] and r["bytes_received"] == 2 * m["update_bytes"]
+        for c in ("client-0", "client-1"):
+            assert math.isfinite(r["per_client"][c]["train_loss"]) and 0 <= r["per_client"][c]["eval_metric"] <= 1
+    # LoRA updates: the adapters and the head, far fewer bytes than the model
+    from safetensors import safe_open
+
+    with safe_open(str(run / "model" / "model.safetensors"), "pt") as f:
+        full = sum(f.get_tensor(k).numel() * 4 for k in f.keys())
+    assert m["update_bytes"] * 5 < full
+
+
+def test_the_server_process_never_opens_a_clients_file(federation):
+    run, files, opened, _ = federation
+    seen = opened.read_text().splitlines()
+    assert any(p.endswith("metrics.json") for p in seen), "the audit hook did not see the server write its run"
+    assert not any(p.endswith(f) or p == f for p in seen for f in files)
+    assert not any("client-" in p and p.endswith(".csv") for p in seen)
+
+
+# -- in one process: the parts ---------------------------------------------------------------
+
+
+def _clients(tmp_path, backbone, n=3, updates="full"):
+    """Three in-process clients of one federation (tunery's client code, no Flower daemons)."""
+    from tunery.config import config_from_dict
+    from tunery.federated.client import get_client
+    from tunery.federated.run import resolve_federated
+    from tunery.federated.server import federation_task
+    from tunery.federated.weights import trainable_state
+    from tunery.pipeline import build_model
+
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    data = make_dataset("binary", n=80 * n, seed=1)
+    files = []
+    for i in range(n):
+        files.append(str(tmp_path / f"c{i}.csv"))
+        data.iloc[i::n].to_csv(files[-1], index=False)
+    cfg = resolve_federated(config_from_dict(_config(tmp_path, backbone, files, updates=updates, local_steps=30)))
+    cfg_json = json.dumps(cfg.to_dict())
+    fed = {"task": "classification", "labels": ["negative", "positive"]}
+    clients = [get_client(cfg_json, f, fed, f"c{i}") for i, f in enumerate(files)]
+    model = build_model(clients[0].prepared.backbone_path, federation_task(fed), fed["labels"], cfg)
+    return cfg, clients, trainable_state(model), fed
+
+
+def test_robust_aggregation_holds_against_a_client_sending_garbage_where_fedavg_does_not(tmp_path, tiny_backbone):
+    """Four clients train a round from a global model that already classifies well; one sends
+    noise instead of its update. Flower's own FedAvg, trimmed mean and Krum aggregate (on replies
+    built in this process: the Flower processes are tested above); accuracy of each global model
+    on held-out rows beside FedAvg's with no bad client."""
+    from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+    from flwr.serverapp import strategy as S
+
+    from tunery.federated import client as fc
+    from tunery.federated.weights import load_trainable
+
+    test = make_dataset("binary", n=60, seed=7)
+    cfg, clients, state, fed = _clients(tmp_path, tiny_backbone, n=4)
+    # a global model that has learned the task: 100 steps on 240 rows of its own
+    make_dataset("binary", n=240, seed=3).to_csv(tmp_path / "warm.csv", index=False)
+    warm = fc.get_client(json.dumps(cfg.to_dict()), str(tmp_path / "warm.csv"), fed, "warm")
+    warm.cfg = warm.cfg.model_copy(update={"federated": warm.cfg.federated.model_copy(update={"local_steps": 100})})
+    start, _ = fc.train_round(warm, state, server_round=0, partition=9)
+    for c in clients:  # a round of 5 steps at a rate that refines it (Adam's first steps move every weight by ~lr)
+        c.cfg = c.cfg.model_copy(update={"federated": c.cfg.federated.model_copy(update={"local_steps": 5}),
+                                         "train": c.cfg.train.model_copy(update={"lr": 2e-4})})
+
+    def accuracy_of(state) -> float:
+        model = clients[0].model
+        load_trainable(model, state)
+        with torch.no_grad():
+            enc = clients[0].prepared.tokenizer(test["review"].tolist(), padding=True, return_tensors="pt")
+            pred = model.eval()(**enc).logits.argmax(-1).numpy()
+        return float((pred == (test["label"] == "positive").to_numpy()).mean())
+
+    accuracy = {"start": accuracy_of(start)}
+    for name, strategy in [("clean", S.FedAvg()), ("fedavg", S.FedAvg()),
+                           ("trimmed_mean", S.FedTrimmedAvg(beta=0.25)), ("krum", S.Krum(num_malicious_nodes=1))]:
+        out = RecordDict({"arrays": ArrayRecord(torch_state_dict=start), "config": ConfigRecord({})})
+        replies = []
+        for i, c in enumerate(clients):
+            sent, metrics = fc.train_round(c, start, server_round=1, partition=i,
+                                           fault="noise:2" if i == 3 and name != "clean" else None)
+            replies.append(Message(RecordDict({"arrays": ArrayRecord(torch_state_dict=sent),
+                                               "metrics": MetricRecord(metrics)}),
+                                   reply_to=Message(out, dst_node_id=i + 1, message_type="train")))
+        arrays, _ = strategy.aggregate_train(1, replies)
+        accuracy[name] = accuracy_of({k: torch.as_tensor(np.asarray(v)) for k, v in arrays.to_torch_state_dict().items()})
+    print(accuracy)
+    clean = accuracy["clean"]  # FedAvg, nobody malicious
+    assert accuracy["start"] >= 0.85 and clean >= 0.85
+    assert accuracy["trimmed_mean"] >= clean - 0.1 and accuracy["krum"] >= clean - 0.1
+    assert accuracy["fedavg"] <= clean - 0.3
+
+
+def test_fedprox_pulls_local_training_toward_the_global_weights(tmp_path, tiny_backbone):
+    from tunery.federated.weights import proximal_term
+
+    model = torch.nn.Linear(3, 2)
+    anchor = {k: v.detach().clone() for k, v in model.named_parameters()}
+    assert float(proximal_term(model, anchor, 0.5)) == 0.0
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    term = proximal_term(model, anchor, 0.5)
+    assert float(term) == pytest.approx(0.25 * 6)  # (mu/2) * ||w - w0||^2 = 0.25 * (6 ones)
+    term.backward()
+    assert torch.allclose(model.weight.grad, torch.full((2, 3), 0.5))  # mu * (w - w0)
+
+
+def test_faulty_updates_and_mismatched_tensors():
+    from tunery.errors import ConfigError
+    from tunery.federated.weights import faulty_update, load_trainable
+
+    start, local = {"w": torch.zeros(2)}, {"w": torch.ones(2)}
+    assert faulty_update(local, start, "sign_flip:3")["w"].tolist() == [-3.0, -3.0]
+    assert faulty_update(local, start, "scale:10")["w"].tolist() == [10.0, 10.0]
+    noise = faulty_update({"w": torch.zeros(10_000)}, {"w": torch.zeros(10_000)}, "noise:2", seed=1)["w"]
+    assert float(noise.std()) == pytest.approx(2.0, rel=0.05)
+    assert torch.equal(noise, faulty_update({"w": torch.zeros(10_000)}, {"w": torch.zeros(10_000)}, "noise:2",
+                                            seed=1)["w"])  # seeded
+    with pytest.raises(ConfigError, match="sign_flip"):
+        faulty_update(local, start, "flip")
+    with pytest.raises(ConfigError, match="same config"):
+        load_trainable(torch.nn.Linear(2, 2), {"nope": torch.zeros(2)})
+
+
+def test_clients_that_disagree_on_the_task_are_named_and_regression_targets_pool_exactly():
+    from tunery.config import config_from_dict
+    from tunery.errors import TuneryError
+    from tunery.federated.server import merge_descriptions
+
+    cfg = config_from_dict({"data": {"train": "x"}, "federated": {"clients": 2}})
+    cols = {"text": "text", "text_pair": None, "label": "y", "delimiter": None}
+    with pytest.raises(TuneryError, match="classification: a; regression: b"):
+        merge_descriptions(cfg, {"a": {"ok": True, "task": "classification", "labels": ["x"], "rows": 3, "columns": cols},
+                                 "b": {"ok": True, "task": "regression", "labels": [], "rows": 3, "columns": cols}})
+    ys = {"a": [1.0, 2.0, 3.0], "b": [10.0, 20.0]}
+    fed = merge_descriptions(cfg, {k: {"ok": True, "task": "regression", "labels": [], "rows": len(v), "columns": cols,
+                                       "label_sum": sum(v), "label_sumsq": sum(x * x for x in v)}
+                                   for k, v in ys.items()} | {"c": {"ok": False, "error": "bad"}})
+    pooled = ys["a"] + ys["b"]
+    assert fed["label_mean"] == pytest.approx(np.mean(pooled)) and fed["label_scale"] == pytest.approx(np.std(pooled, ddof=1))
+    fed = merge_descriptions(cfg, {"a": {"ok": True, "task": "classification", "labels": ["b", "a"], "rows": 3,
+                                         "columns": cols},
+                                   "b": {"ok": True, "task": "classification", "labels": ["c"], "rows": 3,
+                                         "columns": cols}})
+    assert fed["labels"] == ["a", "b", "c"]  # the union, sorted as tunery sorts labels
+
+
+def test_a_client_holding_one_class_passes_its_checks_inside_a_federation(tmp_path, tiny_backbone):
+    from tunery.config import config_from_dict
+    from tunery.federated.client import describe
+
+    path = tmp_path / "one.csv"
+    make_dataset("binary", n=40).query("label == 'positive'").to_csv(path, index=False)
+    cfg = config_from_dict({"data": {"train": str(path)}, "model": {"backbone": tiny_backbone},
+                            "federated": {"clients": 2}})
+    d = describe(cfg, str(path))
+    assert d["ok"] and d["labels"] == ["positive"] and any("other clients" in w for w in d["warnings"])
+    from tunery.pipeline import prepare_run
+    from tunery.errors import DataError
+
+    with pytest.raises(DataError, match="only one class"):  # alone, it is still refused
+        prepare_run(cfg)
