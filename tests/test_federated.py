@@ -48,22 +48,48 @@ def _config(tmp_path, backbone, files: list[str], **federated) -> dict:
                           **federated}}
 
 
+def _kill_when_training_starts(log, name: str, killed: list, deadline: float) -> None:
+    """SIGKILL client `name`'s SuperNode (its process group: the ClientApp with it) as soon as its
+    log shows a train message arriving: a client that dies mid-round."""
+    import os
+    import signal
+    import time
+    from pathlib import Path
+
+    while time.time() < deadline:
+        if log.exists() and "Receiving: train message" in log.read_text(errors="replace"):
+            for proc in Path("/proc").glob("[0-9]*"):
+                try:
+                    cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                except OSError:
+                    continue
+                if "flower-supernode" in cmd and f'name="{name}"' in cmd:
+                    os.killpg(int(proc.name), signal.SIGKILL)
+                    killed.append(time.time())
+                    return
+        time.sleep(0.2)
+
+
 @pytest.fixture(scope="module")
 def federation(tmp_path_factory, tiny_backbone):
-    """Three clients on real Flower processes, 2 rounds of FedAvg with LoRA updates: two with good
-    data, one whose file fails tunery's checks (it sits the run out)."""
+    """Four clients on real Flower processes, 2 rounds of FedAvg with LoRA updates: client-0 and
+    client-1 with good data; client-2's file fails tunery's checks (it sits the run out); client-3
+    is killed when its first train message arrives (the round completes without it)."""
+    import threading
+    import time
+
     from tunery.config import config_from_dict
     from tunery.federated.run import federate
     from tunery.store import Store
 
     tmp = tmp_path_factory.mktemp("federation")
-    data = make_dataset("binary", n=160)
+    data = make_dataset("binary", n=240)
     files = []
-    for i, part in enumerate((data.iloc[:80], data.iloc[80:])):
+    for i in (0, 1, 3):  # client-2's file fails the checks; client-3 is the one killed
         files.append(str(tmp / f"client-{i}.csv"))
-        part.to_csv(files[-1], index=False)
-    files.append(str(tmp / "client-2.csv"))
-    pd.DataFrame({"review": ["only text, no label column"] * 20}).to_csv(files[-1], index=False)
+        data.iloc[80 * len(files) - 80:80 * len(files)].to_csv(files[-1], index=False)
+    files.insert(2, str(tmp / "client-2.csv"))
+    pd.DataFrame({"review": ["only text, no label column"] * 20}).to_csv(files[2], index=False)
     site = tmp / "site"
     site.mkdir()
     (site / "sitecustomize.py").write_text(AUDIT)
@@ -72,10 +98,15 @@ def federation(tmp_path_factory, tiny_backbone):
     mp.setenv("PYTHONPATH", str(site))
     mp.setenv("TUNERY_TEST_OPENED", str(opened))
     store = Store(f"sqlite:///{tmp / 'runs.db'}")
+    killed: list = []
+    killer = threading.Thread(target=_kill_when_training_starts, daemon=True, args=(
+        tmp / "runs" / "fed.partial" / "flower" / "logs" / "client-3.log", "client-3", killed, time.time() + 600))
+    killer.start()
     try:
-        run = federate(config_from_dict(_config(tmp, tiny_backbone, files)), store=store)
+        run = federate(config_from_dict(_config(tmp, tiny_backbone, files, round_timeout=90)), store=store)
     finally:
         mp.undo()
+    assert killed, "client-3 was never killed"
     return run, files, opened, store
 
 
@@ -96,14 +127,17 @@ def test_a_federation_of_real_flower_processes_gives_a_run_that_loads_and_predic
 def test_the_run_records_each_round_who_trained_who_sat_out_and_the_bytes(federation):
     run, _, _, _ = federation
     m = json.loads((run / "metrics.json").read_text())["federated"]
-    assert m["trained"] == ["client-0", "client-1"] and m["strategy"] == "fedavg" and m["updates"] == "lora"
+    assert m["trained"] == ["client-0", "client-1", "client-3"] and m["strategy"] == "fedavg" and m["updates"] == "lora"
     assert list(m["sat_out"]) == ["client-2"] and "label" in m["sat_out"]["client-2"]
+    assert m["dropped"] == ["client-3"]
     rounds = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     assert [r["round"] for r in rounds] == [1, 2]
+    first = rounds[0]  # client-3 was sent the global model and died: the round went on with the others
+    assert first["clients_trained"] == ["client-0", "client-1"] and first["dropped"] == ["client-3"]
+    assert first["bytes_received"] == 2 * m["update_bytes"]
+    assert first["bytes_sent"] in (5 * m["update_bytes"], 6 * m["update_bytes"])  # 3 train + 2 or 3 evaluate
+    assert rounds[1]["clients_trained"] == ["client-0", "client-1"]
     for r in rounds:
-        assert r["clients_trained"] == ["client-0", "client-1"] and r["dropped"] == []
-        # each way: the global tensors to 2 clients (train) and 2 (evaluate); 2 updates back
-        assert r["bytes_sent"] == 4 * m["update_bytes"] and r["bytes_received"] == 2 * m["update_bytes"]
         for c in ("client-0", "client-1"):
             assert math.isfinite(r["per_client"][c]["train_loss"]) and 0 <= r["per_client"][c]["eval_metric"] <= 1
     # LoRA updates: the adapters and the head, far fewer bytes than the model
@@ -117,7 +151,7 @@ def test_the_run_records_each_round_who_trained_who_sat_out_and_the_bytes(federa
 def test_the_server_process_never_opens_a_clients_file(federation):
     run, files, opened, _ = federation
     seen = opened.read_text().splitlines()
-    assert any(p.endswith("metrics.json") for p in seen), "the audit hook did not see the server write its run"
+    assert any(p.endswith(("report.html", "log.jsonl")) for p in seen), "the audit hook missed the server's writes"
     assert not any(p.endswith(f) or p == f for p in seen for f in files)
     assert not any("client-" in p and p.endswith(".csv") for p in seen)
 
@@ -267,3 +301,60 @@ def test_a_client_holding_one_class_passes_its_checks_inside_a_federation(tmp_pa
 
     with pytest.raises(DataError, match="only one class"):  # alone, it is still refused
         prepare_run(cfg)
+
+
+def test_client_level_dp_clips_each_update_and_adds_noise_of_the_stated_scale():
+    """Flower's server-side fixed-clipping wrapper as tunery configures it: an update 100x the clip
+    norm counts for clip / m in the mean, and the noise on the mean has std z * clip / m."""
+    from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+
+    from tunery.config import config_from_dict
+    from tunery.federated.server import make_strategy
+
+    class Nodes:  # what the strategy asks of a Grid when it samples the round's clients
+        def get_node_ids(self):
+            return [1, 2, 3, 4]
+
+    size = 200_000
+    direction = np.ones(size, dtype=np.float32) / math.sqrt(size)
+    for z, clip in ((0.5, 1.0), (1e-4, 2.0)):
+        fed = config_from_dict({"data": {"train": "x"}, "federated": {
+            "clients": 4, "min_clients": 4, "dp_noise": z, "dp_clip": clip}}).federated
+        strategy = make_strategy(fed, 4)
+        start = ArrayRecord([np.zeros(size, dtype=np.float32)])
+        sent = list(strategy.configure_train(1, start, ConfigRecord(), Nodes()))
+        assert len(sent) == 4
+        rng = np.random.default_rng(0)  # three small honest updates (an exactly zero one divides by 0 in Flower)
+        updates = [1e-5 * rng.standard_normal(size).astype(np.float32) for _ in range(3)] + [100 * clip * direction]
+        replies = [Message(RecordDict({"arrays": ArrayRecord([u.copy()]),
+                                       "metrics": MetricRecord({"num-examples": 10 * (i + 1), "dp-weight": 1.0})}),
+                           reply_to=msg) for i, (u, msg) in enumerate(zip(updates, sent))]
+        arrays, _ = strategy.aggregate_train(1, replies)
+        result = arrays.to_numpy_ndarrays()[0]
+        along = float(result @ direction)  # the big update, clipped to `clip`, a quarter of the mean (equal weights)
+        noise = result - along * direction
+        if z < 0.01:
+            assert along == pytest.approx(clip / 4, abs=1e-3)
+        else:
+            assert float(noise.std()) == pytest.approx(z * clip / 4, rel=0.03)
+
+
+def test_client_epsilon_follows_the_gaussian_mechanism():
+    from tunery.federated.server import client_epsilon
+
+    delta = 1e-5
+    eps = client_epsilon(1.0, 1.0, 10, delta)
+    # every client every round: RDP of the Gaussian mechanism is T * a / (2 z^2); the classic conversion
+    # eps = min_a RDP(a) + log(1/delta) / (a - 1) bounds what the accountant reports (it converts more tightly)
+    classic = min(10 * a / 2 + math.log(1 / delta) / (a - 1) for a in np.linspace(1.01, 64, 20000))
+    assert 0.8 * classic <= eps <= classic
+    assert client_epsilon(2.0, 1.0, 10, delta) < eps < client_epsilon(1.0, 1.0, 20, delta)
+    assert client_epsilon(1.0, 0.25, 10, delta) < eps  # sampling a quarter of the clients each round amplifies
+    assert client_epsilon(1.0, 1.0, 0, delta) == 0.0
+
+
+def test_dp_is_refused_where_its_noise_would_not_be_calibrated():
+    from tunery.config import config_from_dict
+
+    with pytest.raises(Exception, match="dp_noise works with strategy fedavg or fedprox"):
+        config_from_dict({"data": {"train": "x"}, "federated": {"clients": 5, "strategy": "krum", "dp_noise": 1.0}})

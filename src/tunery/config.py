@@ -307,6 +307,12 @@ class FederatedConfig(_Part):
     krum_malicious: int = Field(1, ge=0, description="krum: the bad clients it must withstand (f)")
     updates: Literal["lora", "full"] = Field(
         "lora", description="what clients send: lora (the adapters and the head: far fewer bytes) or full")
+    dp_noise: float = Field(0.0, ge=0, le=100, description="client-level differential privacy: the noise "
+                            "multiplier z (Gaussian noise of std z * dp_clip / clients per round on the mean "
+                            "update); 0: off")
+    dp_clip: float = Field(1.0, gt=0, description="client-level DP: each client's update (its difference from "
+                           "the global model) is clipped to this L2 norm")
+    dp_delta: float = Field(1e-5, gt=0, lt=1, description="client-level DP: the delta that epsilon is reported for")
     seed: int | None = Field(None, ge=0, le=SEED_MAX, description="partition and client sampling; default train.seed")
 
     @model_validator(mode="after")
@@ -320,6 +326,9 @@ class FederatedConfig(_Part):
         n = self.clients if self.clients is not None else len(self.client_data or [])
         if self.min_clients > n:
             raise ValueError(f"federated.min_clients {self.min_clients} is more than the {n} clients: lower it")
+        if self.dp_noise and self.strategy not in ("fedavg", "fedprox"):
+            raise ValueError(f"federated.dp_noise works with strategy fedavg or fedprox (the noise is calibrated "
+                             f"to a mean of clipped updates), not {self.strategy}: change one of them")
         if self.strategy == "trimmed_mean" and int(self.trim * n) == 0:
             raise ValueError(f"federated.trim {self.trim} of {n} clients cuts no client from either end, so "
                              f"trimmed_mean would be a plain mean: set trim to at least {1 / n:.2f}")

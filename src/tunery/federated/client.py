@@ -146,7 +146,8 @@ def train_round(client: Client, start: dict, *, server_round: int, partition: in
     if fault:
         sent = faulty_update(sent, {k: v.float() for k, v in start.items()}, fault, seed=t.seed)
     torch.set_grad_enabled(True)
-    return sent, {"num-examples": len(enc["train"]), "train-loss": float(sum(losses) / max(len(losses), 1)),
+    return sent, {"num-examples": len(enc["train"]), "dp-weight": 1.0,
+                  "train-loss": float(sum(losses) / max(len(losses), 1)),
                   "steps": float(state.step), "train-seconds": round(time.perf_counter() - t0, 3)}
 
 
@@ -168,10 +169,10 @@ def evaluate_round(client: Client, weights: dict) -> dict:
     n_labels = len(p.data.label_names)
     metric = cfg.train.metric or default_metric(p.data.task)
     if not len(enc):
-        return {"num-examples": 0, "eval-loss": float("nan"), "eval-metric": float("nan")}
+        return {"num-examples": 0, "dp-weight": 1.0, "eval-loss": float("nan"), "eval-metric": float("nan")}
     scores = predict_scores(model, p.task, enc, batch_size=cfg.train.eval_batch_size,
                             pad_id=p.tokenizer.pad_token_id or 0)
     y = p.task.y_true(enc.labels, n_labels)
     m = compute_metrics(p.data.task, y, scores, list(p.data.label_names), threshold=cfg.task.problem_threshold)
-    return {"num-examples": len(enc), "eval-loss": float(validation_loss(p.data.task, y, scores)),
+    return {"num-examples": len(enc), "dp-weight": 1.0, "eval-loss": float(validation_loss(p.data.task, y, scores)),
             "eval-metric": float(metric_value(m, metric))}

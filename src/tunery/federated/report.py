@@ -42,13 +42,17 @@ def write_report(path: Path, cfg, meta: dict, summary: dict, rounds: list[dict])
             ["sat out", "; ".join(f"{c}: {w}" for c, w in summary["sat_out"].items()) or "none"],
             ["dropped in a round", ", ".join(summary["dropped"]) or "none"],
             ["bytes sent / received", f"{summary['bytes_sent']:,} / {summary['bytes_received']:,}"],
+            ["differential privacy", "off" if not summary.get("dp") else
+             f"client-level: noise multiplier {summary['dp']['noise_multiplier']}, clip {summary['dp']['clipping_norm']}, "
+             f"epsilon {summary['dp']['epsilon']:.2f} at delta {summary['dp']['delta']:g} "
+             f"({summary['dp']['accountant']})"],
             ["wall time", f"{summary['wall_seconds']:.0f} s"]]
     head = _table(["", ""], [[f"<th>{escape(k)}</th>", f"<td>{escape(v)}</td>"] for k, v in info])
     per_round = _table(["round", "train loss", f"validation {metric}", "validation loss", "trained", "dropped",
-                        "bytes sent", "bytes received"],
+                        "bytes sent", "bytes received", "epsilon"],
                        [[_td(r["round"]), _td(r["train_loss"]), _td(r["eval_metric"]), _td(r["eval_loss"]),
                          _td(", ".join(r["clients_trained"])), _td(", ".join(r["dropped"]) or "—"),
-                         _td(r["bytes_sent"]), _td(r["bytes_received"])] for r in rounds])
+                         _td(r["bytes_sent"]), _td(r["bytes_received"]), _td(r.get("epsilon"))] for r in rounds])
     last = rounds[-1]["per_client"] if rounds else {}
     per_client = _table(["client", "rows", "train loss", f"validation {metric}", "validation loss"],
                         [[_td(c), _td(summary["rows"].get(c)), _td(v["train_loss"]), _td(v["eval_metric"]),

@@ -95,9 +95,11 @@ class RecordingGrid:
         t0 = time.time()
         replies = list(self.grid.send_and_receive(messages, timeout=timeout))
         rec[f"{kind}_seconds"] = round(time.time() - t0, 2)
+        # the SuperLink answers for a node it found offline: such a reply comes from the SuperLink itself
+        to = {m.metadata.message_id: m.metadata.dst_node_id for m in messages}
         got = set()
         for r in replies:
-            node = r.metadata.src_node_id
+            node = to.get(r.metadata.reply_to_message_id, r.metadata.src_node_id)
             got.add(node)
             who = self.names.get(node, str(node))
             if r.has_error():
@@ -115,12 +117,39 @@ def _bytes(content) -> int:
     return int(sum(a.count_bytes() for a in content.array_records.values()))
 
 
+def sampled_per_round(fed_cfg, n_clients: int) -> int:
+    """Clients trained each round, as Flower samples them: fraction of those available, at least min_clients."""
+    return min(n_clients, max(int(n_clients * fed_cfg.fraction), fed_cfg.min_clients))
+
+
+def client_epsilon(noise: float, sample_rate: float, rounds: int, delta: float) -> float:
+    """Client-level epsilon after `rounds` rounds of the sampled Gaussian mechanism (noise multiplier
+    `noise`, each client in a round with probability `sample_rate`), by Opacus's RDP accountant. Flower
+    samples a fixed number of clients without replacement; the Poisson analysis is the customary
+    approximation of that (as in DP-FedAvg, McMahan et al., 2018)."""
+    from opacus.accountants import RDPAccountant
+
+    if rounds <= 0:
+        return 0.0
+    accountant = RDPAccountant()
+    accountant.history = [(noise, sample_rate, rounds)]
+    return float(accountant.get_epsilon(delta))
+
+
 def make_strategy(fed_cfg, n_clients: int):
+    """The Flower strategy of `federated.strategy`; with dp_noise, FedAvg/FedProx with equal weights
+    (the noise is calibrated to a plain mean) inside Flower's server-side fixed-clipping DP wrapper."""
     from flwr.serverapp import strategy as S
 
     common = dict(fraction_train=fed_cfg.fraction, fraction_evaluate=1.0, min_train_nodes=fed_cfg.min_clients,
                   min_evaluate_nodes=fed_cfg.min_clients, min_available_nodes=fed_cfg.min_clients)
     name = fed_cfg.strategy
+    if fed_cfg.dp_noise:
+        common["weighted_by_key"] = "dp-weight"  # every client 1: the sensitivity of the mean is clip / m
+        inner = S.FedProx(proximal_mu=fed_cfg.mu, **common) if name == "fedprox" else S.FedAvg(**common)
+        return S.DifferentialPrivacyServerSideFixedClipping(
+            inner, noise_multiplier=fed_cfg.dp_noise, clipping_norm=fed_cfg.dp_clip,
+            num_sampled_clients=sampled_per_round(fed_cfg, n_clients))
     if name == "fedavg":
         return S.FedAvg(**common)
     if name == "fedprox":
@@ -161,10 +190,11 @@ def _describe_all(grid, cfg: RunConfig, cfg_json: str, expected: int, timeout: f
     msgs = [Message(RecordDict({"config": ConfigRecord({"config": cfg_json})}), dst_node_id=n,
                     message_type=DESCRIBE) for n in nodes]
     replies = list(grid.send_and_receive(msgs, timeout=timeout))
+    to = {m.metadata.message_id: m.metadata.dst_node_id for m in msgs}
     names: dict[int, str] = {}
     described: dict[str, dict] = {}
     for r in replies:
-        node = r.metadata.src_node_id
+        node = to.get(r.metadata.reply_to_message_id, r.metadata.src_node_id)
         if r.has_error():
             names[node] = f"node-{node}"
             described[names[node]] = {"ok": False, "error": r.error.reason}
@@ -218,11 +248,20 @@ def _serve(grid, run_config: dict, work: Path) -> None:
     config = ConfigRecord({"config": cfg_json, "federation": fed_json})
     log_path = work / "log.jsonl"
 
+    m = sampled_per_round(fc, len(ok_nodes))
+    dp = None
+    if fc.dp_noise:
+        dp = {"level": "client", "noise_multiplier": fc.dp_noise, "clipping_norm": fc.dp_clip, "delta": fc.dp_delta,
+              "clients_per_round": m, "sample_rate": m / len(ok_nodes),
+              "noise_std": fc.dp_noise * fc.dp_clip / m, "accountant": "RDP (Opacus), sampled Gaussian mechanism"}
+
     def after_round(rnd: int, arrays) -> None:
         if rnd == 0:
             return None
         rec = recording.rounds[rnd]
         record = {"round": rnd, "time": round(time.time() - started, 2), **_round_summary(rec)}
+        if dp:
+            record["epsilon"] = client_epsilon(fc.dp_noise, dp["sample_rate"], rnd, fc.dp_delta)
         with open(log_path, "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
         return None
@@ -244,6 +283,7 @@ def _serve(grid, run_config: dict, work: Path) -> None:
         "dropped": sorted({c for r in rounds for c in r["dropped"]}),
         "final_eval_metric": rounds[-1]["eval_metric"] if rounds else None,
         "wall_seconds": round(time.time() - started, 2), "seed": seed,
+        "dp": dp and {**dp, "epsilon": client_epsilon(fc.dp_noise, dp["sample_rate"], len(rounds), fc.dp_delta)},
     }
     write_federated_run(work, cfg, fed, model, load_tokenizer(backbone_path), backbone_path, summary, rounds)
 
