@@ -124,6 +124,27 @@ def test_a_federation_of_real_flower_processes_gives_a_run_that_loads_and_predic
     assert "Federated run fed" in (run / "report.html").read_text()
 
 
+def test_tunery_serve_serves_the_federated_model(federation):
+    import time
+
+    from fastapi.testclient import TestClient
+
+    from tunery.serve.app import create_app
+    from tunery.serve.keys import create_key
+
+    run, _, _, store = federation
+    key, _ = create_key(store, tenant="clinic", plan="pro")
+    with TestClient(create_app({"fed": run}, store=store)) as client:
+        deadline = time.monotonic() + 60
+        while client.get("/readyz").status_code != 200:
+            assert time.monotonic() < deadline, client.get("/readyz").json()
+            time.sleep(0.05)
+        r = client.post("/v1/models/fed/predict", json={"texts": ["a great film"]},
+                        headers={"Authorization": f"Bearer {key}"})
+    assert r.status_code == 200, r.text
+    assert r.json()["predictions"][0]["label"] in ("negative", "positive")
+
+
 def test_the_run_records_each_round_who_trained_who_sat_out_and_the_bytes(federation):
     run, _, _, _ = federation
     m = json.loads((run / "metrics.json").read_text())["federated"]
@@ -131,15 +152,18 @@ def test_the_run_records_each_round_who_trained_who_sat_out_and_the_bytes(federa
     assert list(m["sat_out"]) == ["client-2"] and "label" in m["sat_out"]["client-2"]
     assert m["dropped"] == ["client-3"]
     rounds = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
-    assert [r["round"] for r in rounds] == [1, 2]
-    first = rounds[0]  # client-3 was sent the global model and died: the round went on with the others
+    assert [r["round"] for r in rounds] == [0, 1, 2]  # 0: the initial model, scored by round 1's clients
+    first = rounds[1]  # client-3 was sent the global model and died: the round went on with the others
     assert first["clients_trained"] == ["client-0", "client-1"] and first["dropped"] == ["client-3"]
-    assert first["bytes_received"] == 2 * m["update_bytes"]
-    assert first["bytes_sent"] in (5 * m["update_bytes"], 6 * m["update_bytes"])  # 3 train + 2 or 3 evaluate
-    assert rounds[1]["clients_trained"] == ["client-0", "client-1"]
+    assert first["bytes_sent"] == 3 * m["update_bytes"] and first["bytes_received"] == 2 * m["update_bytes"]
+    last = rounds[2]  # trained by the two left; the final model sent to both to be scored
+    assert last["clients_trained"] == ["client-0", "client-1"] and last["dropped"] == []
+    assert last["bytes_sent"] == 4 * m["update_bytes"] and last["bytes_received"] == 2 * m["update_bytes"]
     for r in rounds:
         for c in ("client-0", "client-1"):
-            assert math.isfinite(r["per_client"][c]["train_loss"]) and 0 <= r["per_client"][c]["eval_metric"] <= 1
+            assert 0 <= r["per_client"][c]["eval_metric"] <= 1
+            assert r["round"] == 0 or math.isfinite(r["per_client"][c]["train_loss"])
+    assert m["final_eval_metric"] == last["eval_metric"]
     # LoRA updates: the adapters and the head, far fewer bytes than the model
     from safetensors import safe_open
 
@@ -186,7 +210,7 @@ def test_robust_aggregation_holds_against_a_client_sending_garbage_where_fedavg_
     """Four clients train a round from a global model that already classifies well; one sends
     noise instead of its update. Flower's own FedAvg, trimmed mean and Krum aggregate (on replies
     built in this process: the Flower processes are tested above); accuracy of each global model
-    on held-out rows beside FedAvg's with no bad client."""
+    on held-out rows beside the starting model's."""
     from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
     from flwr.serverapp import strategy as S
 
@@ -213,23 +237,23 @@ def test_robust_aggregation_holds_against_a_client_sending_garbage_where_fedavg_
         return float((pred == (test["label"] == "positive").to_numpy()).mean())
 
     accuracy = {"start": accuracy_of(start)}
-    for name, strategy in [("clean", S.FedAvg()), ("fedavg", S.FedAvg()),
-                           ("trimmed_mean", S.FedTrimmedAvg(beta=0.25)), ("krum", S.Krum(num_malicious_nodes=1))]:
+    for name, strategy in [("fedavg", S.FedAvg()), ("trimmed_mean", S.FedTrimmedAvg(beta=0.25)),
+                           ("krum", S.Krum(num_malicious_nodes=1))]:
         out = RecordDict({"arrays": ArrayRecord(torch_state_dict=start), "config": ConfigRecord({})})
         replies = []
         for i, c in enumerate(clients):
             sent, metrics = fc.train_round(c, start, server_round=1, partition=i,
-                                           fault="noise:2" if i == 3 and name != "clean" else None)
+                                           fault="noise:2" if i == 3 else None)
             replies.append(Message(RecordDict({"arrays": ArrayRecord(torch_state_dict=sent),
                                                "metrics": MetricRecord(metrics)}),
                                    reply_to=Message(out, dst_node_id=i + 1, message_type="train")))
         arrays, _ = strategy.aggregate_train(1, replies)
         accuracy[name] = accuracy_of({k: torch.as_tensor(np.asarray(v)) for k, v in arrays.to_torch_state_dict().items()})
     print(accuracy)
-    clean = accuracy["clean"]  # FedAvg, nobody malicious
-    assert accuracy["start"] >= 0.85 and clean >= 0.85
-    assert accuracy["trimmed_mean"] >= clean - 0.1 and accuracy["krum"] >= clean - 0.1
-    assert accuracy["fedavg"] <= clean - 0.3
+    start = accuracy["start"]  # the round's honest updates are 5 small steps: they keep it
+    assert start >= 0.85
+    assert accuracy["trimmed_mean"] >= start - 0.1 and accuracy["krum"] >= start - 0.1
+    assert accuracy["fedavg"] <= start - 0.3
 
 
 def test_fedprox_pulls_local_training_toward_the_global_weights(tmp_path, tiny_backbone):

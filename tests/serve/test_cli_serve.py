@@ -13,7 +13,7 @@ def test_keys_create_prints_the_key_once_and_list_never_shows_it(tmp_path):
     assert key.startswith("tny_") and "cannot be shown again" in created.stderr
     listed = cli("keys", "list", "--json", cwd=tmp_path).stdout
     (info,) = json.loads(listed)
-    assert info["tenant"] == "acme" and info["models"] == ["sentiment"] and key.split("_")[2] not in listed
+    assert info["tenant"] == "acme" and info["models"] == ["sentiment"] and key.split("_", 2)[2] not in listed
     cli("keys", "revoke", info["key_id"], cwd=tmp_path)
     assert json.loads(cli("keys", "list", "--json", cwd=tmp_path).stdout)[0]["revoked_at"]
 

@@ -118,6 +118,7 @@ def train_round(client: Client, start: dict, *, server_round: int, partition: in
     from tunery.train.loop import Trainer
 
     cfg, p, model = client.cfg, client.prepared, client.model
+    scored = evaluate_round(client, start)  # the global model as received, on this client's validation rows
     load_trainable(model, start)
     enc = p.encoded
     n_labels = len(p.data.label_names)
@@ -146,7 +147,8 @@ def train_round(client: Client, start: dict, *, server_round: int, partition: in
     if fault:
         sent = faulty_update(sent, {k: v.float() for k, v in start.items()}, fault, seed=t.seed)
     torch.set_grad_enabled(True)
-    return sent, {"num-examples": len(enc["train"]), "dp-weight": 1.0,
+    return sent, {"num-examples": len(enc["train"]), "dp-weight": 1.0, "eval-examples": scored["num-examples"],
+                  "eval-metric": scored["eval-metric"], "eval-loss": scored["eval-loss"],
                   "train-loss": float(sum(losses) / max(len(losses), 1)),
                   "steps": float(state.step), "train-seconds": round(time.perf_counter() - t0, 3)}
 

@@ -11,6 +11,10 @@ from pathlib import Path
 from tunery.evaluate.report import _CSS, _figure, _img, _plot_style, _table, _td
 
 
+def _num(v) -> float:
+    return float("nan") if v is None else float(v)
+
+
 def _curves(rounds: list[dict], metric: str) -> str:
     if not rounds:
         return ""
@@ -18,14 +22,15 @@ def _curves(rounds: list[dict], metric: str) -> str:
         fig = _figure(7.0, 2.8)
         ax1, ax2 = fig.subplots(1, 2)
         x = [r["round"] for r in rounds]
-        ax1.plot(x, [r["train_loss"] for r in rounds], marker="o")
+        trained = [r for r in rounds if r["train_loss"] is not None]  # round 0: the initial model, untrained
+        ax1.plot([r["round"] for r in trained], [r["train_loss"] for r in trained], marker="o")
         ax1.set_title("training loss (clients, weighted)")
         ax1.set_xlabel("round")
         clients = sorted({c for r in rounds for c in r["per_client"]})
         for c in clients:
-            ax2.plot(x, [r["per_client"].get(c, {}).get("eval_metric") for r in rounds], marker=".", alpha=0.6,
-                     label=c)
-        ax2.plot(x, [r["eval_metric"] for r in rounds], marker="o", color="black", label="weighted")
+            ax2.plot(x, [_num(r["per_client"].get(c, {}).get("eval_metric")) for r in rounds], marker=".",
+                     alpha=0.6, label=c)
+        ax2.plot(x, [_num(r["eval_metric"]) for r in rounds], marker="o", color="black", label="weighted")
         ax2.set_title(f"validation {metric} (each client's own)")
         ax2.set_xlabel("round")
         ax2.legend(fontsize=7)

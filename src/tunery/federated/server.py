@@ -141,7 +141,9 @@ def make_strategy(fed_cfg, n_clients: int):
     (the noise is calibrated to a plain mean) inside Flower's server-side fixed-clipping DP wrapper."""
     from flwr.serverapp import strategy as S
 
-    common = dict(fraction_train=fed_cfg.fraction, fraction_evaluate=1.0, min_train_nodes=fed_cfg.min_clients,
+    # fraction_evaluate 0: each client scores the global model it receives before training on it (one
+    # ClientApp process per round, not two); the final model is scored by one evaluate phase at the end
+    common = dict(fraction_train=fed_cfg.fraction, fraction_evaluate=0.0, min_train_nodes=fed_cfg.min_clients,
                   min_evaluate_nodes=fed_cfg.min_clients, min_available_nodes=fed_cfg.min_clients)
     name = fed_cfg.strategy
     if fed_cfg.dp_noise:
@@ -213,7 +215,7 @@ def _describe_all(grid, cfg: RunConfig, cfg_json: str, expected: int, timeout: f
 
 def _serve(grid, run_config: dict, work: Path) -> None:
     import torch
-    from flwr.app import ArrayRecord, ConfigRecord
+    from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 
     from tunery.federated.weights import load_trainable, state_bytes, trainable_state
     from tunery.pipeline import build_model, load_tokenizer, resolve_task_defaults
@@ -255,22 +257,32 @@ def _serve(grid, run_config: dict, work: Path) -> None:
               "clients_per_round": m, "sample_rate": m / len(ok_nodes),
               "noise_std": fc.dp_noise * fc.dp_clip / m, "accountant": "RDP (Opacus), sampled Gaussian mechanism"}
 
-    def after_round(rnd: int, arrays) -> None:
-        if rnd == 0:
-            return None
-        rec = recording.rounds[rnd]
-        record = {"round": rnd, "time": round(time.time() - started, 2), **_round_summary(rec)}
+    def write_record(rnd: int, scored: dict, extra: dict | None = None) -> None:
+        """Round `rnd`'s record: its training (round 0: none) and the scores of the global model it
+        gave (`scored`: the replies that carry them), written once that model has been scored."""
+        record = {"round": rnd, "time": round(time.time() - started, 2),
+                  **_round_summary(recording.rounds[rnd] if rnd else None, scored, extra)}
         if dp:
             record["epsilon"] = client_epsilon(fc.dp_noise, dp["sample_rate"], rnd, fc.dp_delta)
         with open(log_path, "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
+
+    def after_round(rnd: int, arrays) -> None:
+        if rnd:  # round rnd's clients scored the model of round rnd - 1 before training on it
+            write_record(rnd - 1, recording.rounds[rnd]["train"])
         return None
 
     strategy_result = strategy.start(grid=recording, initial_arrays=ArrayRecord(torch_state_dict=initial),
                                      num_rounds=fc.rounds, timeout=fc.round_timeout, train_config=config,
-                                     evaluate_config=ConfigRecord({"config": cfg_json, "federation": fed_json}),
                                      evaluate_fn=after_round)
-    final = strategy_result.arrays.to_torch_state_dict()
+    final_arrays = strategy_result.arrays
+    last = fc.rounds + 1  # the final model, scored by every client still connected
+    final_config = ConfigRecord({"config": cfg_json, "federation": fed_json, "server-round": last})
+    recording.send_and_receive([Message(RecordDict({"arrays": final_arrays, "config": final_config}), dst_node_id=n,
+                                        message_type=MessageType.EVALUATE) for n in recording.get_node_ids()],
+                               timeout=fc.round_timeout)
+    write_record(fc.rounds, recording.rounds[last]["evaluate"], recording.rounds[last])
+    final = final_arrays.to_torch_state_dict()
     load_trainable(model, final)
     torch.set_grad_enabled(True)
     rounds = [json.loads(line) for line in log_path.read_text(encoding="utf-8").splitlines()] if log_path.exists() else []
@@ -281,35 +293,43 @@ def _serve(grid, run_config: dict, work: Path) -> None:
         "tensor_bytes": state_bytes(initial),
         "bytes_sent": sum(r["bytes_sent"] for r in rounds), "bytes_received": sum(r["bytes_received"] for r in rounds),
         "dropped": sorted({c for r in rounds for c in r["dropped"]}),
+        "evaluation": "each round's global model is scored by the clients on their own validation rows: by the "
+                      "next round's clients before they train on it, the final one by every client still connected",
         "final_eval_metric": rounds[-1]["eval_metric"] if rounds else None,
         "wall_seconds": round(time.time() - started, 2), "seed": seed,
-        "dp": dp and {**dp, "epsilon": client_epsilon(fc.dp_noise, dp["sample_rate"], len(rounds), fc.dp_delta)},
+        "dp": dp and {**dp, "epsilon": client_epsilon(fc.dp_noise, dp["sample_rate"], fc.rounds, fc.dp_delta)},
     }
     write_federated_run(work, cfg, fed, model, load_tokenizer(backbone_path), backbone_path, summary, rounds)
 
 
-def _round_summary(rec: dict) -> dict:
-    """One round's log record from what the RecordingGrid saw."""
-    def weighted(part: dict, key: str) -> float | None:
-        rows = [(v["num-examples"], v[key]) for v in part.values() if "error" not in v and key in v
-                and v.get("num-examples")]
+def _round_summary(rec: dict | None, scored: dict, extra: dict | None = None) -> dict:
+    """A round's log record from what the RecordingGrid saw: `rec` the round's exchanges (None for
+    round 0, the initial model), `scored` the replies carrying the scores of the model it gave,
+    `extra` the exchanges of the final evaluation (the last round)."""
+    def weighted(part: dict, key: str, by: str) -> float | None:
+        rows = [(v[by], v[key]) for v in part.values() if "error" not in v and key in v and v.get(by)]
         n = sum(w for w, _ in rows)
         return float(sum(w * x for w, x in rows) / n) if n else None
 
-    train, evaluate = rec["train"], rec["evaluate"]
-    failed = {c: v["error"] for part in (train, evaluate) for c, v in part.items() if "error" in v}
-    return {"train_loss": weighted(train, "train-loss"), "eval_metric": weighted(evaluate, "eval-metric"),
-            "eval_loss": weighted(evaluate, "eval-loss"),
+    train = rec["train"] if rec else {}
+    by = "eval-examples" if any("eval-examples" in v for v in scored.values()) else "num-examples"
+    failed = {c: v["error"] for part in (train, (extra or {}).get("evaluate", {})) for c, v in part.items()
+              if "error" in v}
+    parts = [p for p in (rec, extra) if p]
+    return {"train_loss": weighted(train, "train-loss", "num-examples"),
+            "eval_metric": weighted(scored, "eval-metric", by), "eval_loss": weighted(scored, "eval-loss", by),
             "clients_trained": sorted(c for c, v in train.items() if "error" not in v),
             "dropped": sorted(failed), "errors": failed,
             "per_client": {c: {"train_loss": train.get(c, {}).get("train-loss"),
                                "train_rows": train.get(c, {}).get("num-examples"),
                                "train_seconds": train.get(c, {}).get("train-seconds"),
-                               "eval_metric": evaluate.get(c, {}).get("eval-metric"),
-                               "eval_loss": evaluate.get(c, {}).get("eval-loss")}
-                           for c in sorted(set(train) | set(evaluate)) if c not in failed},
-            "bytes_sent": rec["bytes_sent"], "bytes_received": rec["bytes_received"],
-            "train_seconds": rec.get("train_seconds"), "evaluate_seconds": rec.get("evaluate_seconds")}
+                               "eval_metric": scored.get(c, {}).get("eval-metric"),
+                               "eval_loss": scored.get(c, {}).get("eval-loss")}
+                           for c in sorted(set(train) | set(scored)) if c not in failed and "error" not in
+                           scored.get(c, {})},
+            "bytes_sent": sum(p["bytes_sent"] for p in parts), "bytes_received": sum(p["bytes_received"] for p in parts),
+            "train_seconds": rec.get("train_seconds") if rec else None,
+            "evaluate_seconds": extra.get("evaluate_seconds") if extra else None}
 
 
 def write_federated_run(work: Path, cfg: RunConfig, fed: dict, model, tokenizer, backbone_path: str, summary: dict,
@@ -346,7 +366,7 @@ def write_federated_run(work: Path, cfg: RunConfig, fed: dict, model, tokenizer,
             "federated": True, "created_at": datetime.now(timezone.utc).isoformat()}
     metrics = {"task": task, "metric": metric, "threshold": cfg.task.problem_threshold, "model": {},
                "baseline": None, "federated": summary,
-               "training": {"federated": True, "rounds": len(rounds), "wall_seconds": summary["wall_seconds"],
+               "training": {"federated": True, "rounds": summary["rounds"], "wall_seconds": summary["wall_seconds"],
                             "n_train": sum(summary["rows"].values())}}
     write_json(work / "metrics.json", metrics)
     write_report(work / "report.html", cfg, meta, summary, rounds)
