@@ -21,7 +21,7 @@ import logging
 import math
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -79,18 +79,14 @@ _CLIENTS: dict[str, Client] = {}
 def get_client(cfg_json: str, data_path: str, fed: dict, name: str) -> Client:
     """The client for this run (built on its first message: data checked and tokenised, model built)."""
     from tunery.federated.server import federation_task
-    from tunery.pipeline import build_model, prepare_run
+    from tunery.pipeline import _encode_split, build_model, prepare_run
 
     key = json.dumps([cfg_json, data_path, fed], sort_keys=True)
     if key in _CLIENTS:
         return _CLIENTS[key]
     cfg = client_config(config_from_dict(json.loads(cfg_json)), data_path, fed)
-    p = prepare_run(cfg, quiet=True, federated=True)
-    from dataclasses import replace
-
-    p = replace(p, task=federation_task(fed))
-    from tunery.pipeline import _encode_split
-
+    # the federation's task: a regression target scaled by the pooled mean and spread, not this client's
+    p = replace(prepare_run(cfg, quiet=True, federated=True), task=federation_task(fed))
     p.encoded = {split: _encode_split(p.tokenizer, getattr(p.data, split), cfg.data.max_length)
                  for split in ("train", "validation", "test")}
     model = build_model(p.backbone_path, p.task, list(fed.get("labels") or []), cfg)
@@ -110,8 +106,6 @@ def local_steps(cfg: RunConfig, n_train: int) -> int:
 def train_round(client: Client, start: dict, *, server_round: int, partition: int, fault: str | None = None
                 ) -> tuple[dict, dict]:
     """Train from the global tensors `start`; returns (the tensors to send, metrics)."""
-    import torch
-
     from tunery.evaluate.metrics import default_metric, greater_is_better
     from tunery.federated.weights import faulty_update, load_trainable, proximal_term, trainable_state
     from tunery.pipeline import make_metric_fn, threshold_decision
@@ -146,7 +140,6 @@ def train_round(client: Client, start: dict, *, server_round: int, partition: in
     sent = trainable_state(trainer.model)
     if fault:
         sent = faulty_update(sent, {k: v.float() for k, v in start.items()}, fault, seed=t.seed)
-    torch.set_grad_enabled(True)
     return sent, {"num-examples": len(enc["train"]), "dp-weight": 1.0, "eval-examples": scored["num-examples"],
                   "eval-metric": scored["eval-metric"], "eval-loss": scored["eval-loss"],
                   "train-loss": float(sum(losses) / max(len(losses), 1)),

@@ -214,7 +214,6 @@ def _describe_all(grid, cfg: RunConfig, cfg_json: str, expected: int, timeout: f
 
 
 def _serve(grid, run_config: dict, work: Path) -> None:
-    import torch
     from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 
     from tunery.federated.weights import load_trainable, state_bytes, trainable_state
@@ -284,7 +283,6 @@ def _serve(grid, run_config: dict, work: Path) -> None:
     write_record(fc.rounds, recording.rounds[last]["evaluate"], recording.rounds[last])
     final = final_arrays.to_torch_state_dict()
     load_trainable(model, final)
-    torch.set_grad_enabled(True)
     rounds = [json.loads(line) for line in log_path.read_text(encoding="utf-8").splitlines()] if log_path.exists() else []
     summary = {
         "strategy": fc.strategy, "updates": fc.updates, "rounds": fc.rounds, "clients": sorted(described),
