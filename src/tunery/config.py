@@ -175,6 +175,25 @@ class NoiseConfig(_Part):
         return self
 
 
+class DPConfig(_Part):
+    """Record-level differential privacy: DP-SGD (Abadi et al. 2016) on Opacus (train/dp.py). Each
+    training row's gradient is clipped to max_grad_norm, Gaussian noise of std noise_multiplier *
+    max_grad_norm is added to each step's sum, and epsilon (for delta) is reported by the RDP
+    accountant. See docs/privacy.md."""
+
+    noise_multiplier: float = Field(
+        0.0, ge=0, le=1000, description="DP-SGD: the noise multiplier z (noise std z * max_grad_norm on each "
+        "step's sum of clipped per-row gradients); 0: off. About 0.5-1.5 in practice; larger is more private"
+    )
+    max_grad_norm: float = Field(
+        1.0, gt=0, description="DP-SGD: each training row's gradient is clipped to this L2 norm (replaces "
+        "train.grad_clip)"
+    )
+    delta: float = Field(
+        1e-5, gt=0, lt=1, description="DP-SGD: the delta that epsilon is reported for; keep it below 1 / training rows"
+    )
+
+
 class TrainConfig(_Part):
     epochs: float = Field(3, gt=0)
     max_steps: int | None = Field(None, ge=1, description="stop after this many optimizer steps")
@@ -191,12 +210,16 @@ class TrainConfig(_Part):
     weight_decay: float = Field(0.01, ge=0)
     warmup_ratio: float = Field(0.06, ge=0, lt=1)
     scheduler: Literal["linear", "cosine", "constant"] = "linear"
-    grad_clip: float | None = Field(1.0, gt=0)
+    grad_clip: float | None = Field(
+        1.0, gt=0, description="clip each step's gradient to this L2 norm (null: off); not applied under train.dp, "
+        "whose per-row clip (train.dp.max_grad_norm) replaces it"
+    )
     ema_decay: float | None = Field(
         None, gt=0, lt=1, description="evaluate and keep an exponential moving average of the weights"
     )
     adversarial: AdversarialConfig = Field(default_factory=AdversarialConfig)
     noise: NoiseConfig = Field(default_factory=NoiseConfig)
+    dp: DPConfig = Field(default_factory=DPConfig)
     rdrop: float = Field(
         0.0, ge=0, description="R-Drop: weight of the divergence between two dropout passes of each batch "
         "(0: off; the paper used 0.1-1 for classification); 2x the step cost"
@@ -236,6 +259,31 @@ class TrainConfig(_Part):
             raise ValueError(f"rdrop: {self.rdrop} and adversarial.method: {self.adversarial.method} together are not "
                              f"supported (R-Drop doubles the clean pass that the adversarial step builds on); "
                              f"set one of them: train.rdrop: 0 or train.adversarial.method: none")
+        return self
+
+    @model_validator(mode="after")
+    def _dp_sgd_alone(self) -> TrainConfig:
+        """DP-SGD's guarantee rests on each training row adding one clipped gradient to a step: what
+        adds more, or mixes the rows of a batch, is refused with the reason and the fix."""
+        z = self.dp.noise_multiplier
+        if not z:
+            return self
+        off = "or train.dp.noise_multiplier: 0 (DP-SGD off)"
+        if self.adversarial.method != "none":
+            raise ValueError(f"dp.noise_multiplier: {z} with adversarial.method: {self.adversarial.method} is not "
+                             f"supported (the adversarial passes add gradients that per-row clipping does not see "
+                             f"as one row's); set train.adversarial.method: none {off}")
+        if self.rdrop:
+            raise ValueError(f"dp.noise_multiplier: {z} with rdrop: {self.rdrop} is not supported (R-Drop's "
+                             f"divergence term couples two passes of each row in one doubled batch); set "
+                             f"train.rdrop: 0 {off}")
+        if self.noise.copies:
+            raise ValueError(f"dp.noise_multiplier: {z} with noise.copies: {self.noise.copies} is not supported: "
+                             f"each text would train as {self.noise.copies + 1} rows, and the guarantee, per row, "
+                             f"would not hold for the text; set train.noise.copies: 0 {off}")
+        if self.precision == "bf16":
+            raise ValueError(f"dp.noise_multiplier: {z} with precision: bf16 is not supported (per-row gradients "
+                             f"are computed in fp32); set train.precision: fp32 or auto (fp32 under DP-SGD)")
         return self
 
 
@@ -373,6 +421,15 @@ class RunConfig(_Part):
             raise ValueError("output_dir must be a directory path, e.g. runs")
         return output_dir
 
+    @model_validator(mode="after")
+    def _dp_sgd_without_teacher(self) -> RunConfig:
+        if self.train.dp.noise_multiplier and self.distill.teacher:
+            raise ValueError(f"train.dp.noise_multiplier: {self.train.dp.noise_multiplier} with distill.teacher is "
+                             f"not supported (the teacher, trained on the same rows without DP-SGD, would pass "
+                             f"them on through its soft labels); leave distill.teacher out or set "
+                             f"train.dp.noise_multiplier: 0")
+        return self
+
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
 
@@ -491,6 +548,8 @@ def format_errors(err: ValidationError, source: str, *, root: type[BaseModel] = 
             lines.append(f"{source}: unknown key {loc!r}{hint}; valid keys here: {', '.join(valid)}")
         elif e["type"] == "missing":
             lines.append(f"{source}: missing required key {loc!r}")
+        elif not loc:  # a check across sections (RunConfig's own validators): the message names the keys
+            lines.append(f"{source}: {e['msg'].removeprefix('Value error, ')}")
         else:
             msg = e["msg"].removeprefix("Value error, ")
             hint = _HINTS.get(loc, "")

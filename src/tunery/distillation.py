@@ -158,6 +158,9 @@ def prepare(p, model, work: Path, train: Encoded) -> tuple[Encoded, object, dict
         raise ConfigError("distill with train.adversarial is not supported: leave one of them out")
     if cfg.train.rdrop:
         raise ConfigError("distill with train.rdrop is not supported: set train.rdrop: 0")
+    if cfg.train.dp.noise_multiplier:
+        raise ConfigError("distill with train.dp (DP-SGD) is not supported: the teacher, trained on the same rows "
+                          "without it, would pass them on through its soft labels; set train.dp.noise_multiplier: 0")
     run, meta = teacher_run(d.teacher)
     label_names = list(p.data.label_names)
     if meta["task"] != p.data.task or (p.data.task != "regression" and list(meta["label_names"]) != label_names):

@@ -559,7 +559,24 @@ def _train_and_write(p: Prepared, model, work: Path, *, resume: bool, callbacks)
                 "noisy_copies": noisy,  # train.noise: perturbed training rows added to n_train's
                 "seconds_per_step": round(state.train_seconds / max(state.step, 1), 4),
                 **({"distillation": distilled} if distilled else {})}
+    if trainer.dp_report is not None:  # train.dp: DP-SGD's parameters and the epsilon spent (train/dp.py)
+        training["dp"] = {**trainer.dp_report, "outside_guarantee": _outside_dp(cfg, data.task)}
     return score_and_write(p, trainer.model, work, enc, training, accelerator=trainer.accelerator, started=started)
+
+
+def _outside_dp(cfg: RunConfig, task: str) -> list[str]:
+    """What a DP-SGD run computes from its training rows without noise (the guarantee covers the
+    gradient steps only); each is logged as a warning and listed in metrics.json's training.dp."""
+    outside = []
+    if task == "multilabel" and cfg.train.pos_weight_max:
+        outside.append("train.pos_weight_max: the loss weights of positives, from the training label frequencies")
+    if task == "multilabel" and cfg.train.label_prior_bias:
+        outside.append("train.label_prior_bias: the head's starting biases, from the training label frequencies")
+    if task == "regression":
+        outside.append("the target's mean and scale, from the training targets (folded into the saved head)")
+    for item in outside:
+        log.warning("train.dp: %s are not covered by the DP guarantee", item)
+    return outside
 
 
 def score_and_write(p: Prepared, model, work: Path, enc: dict, training: dict, *, accelerator=None,
@@ -655,7 +672,8 @@ def score_and_write(p: Prepared, model, work: Path, enc: dict, training: dict, *
     }
     training = {**training,
                 "baseline_seconds": baseline_seconds, "wall_seconds": round(time.time() - started, 2),
-                "precision": resolve_precision(cfg.train.precision), "threads": torch.get_num_threads(),
+                "precision": "fp32" if cfg.train.dp.noise_multiplier else resolve_precision(cfg.train.precision),
+                "threads": torch.get_num_threads(),
                 "pooling": model_pooling(model),
                 "n_train": len(enc["train"]), "n_validation": len(enc["validation"]), "n_test": len(enc["test"]),
                 "split": data.split_note}

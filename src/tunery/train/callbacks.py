@@ -29,8 +29,9 @@ class Callback:
 
 class LoggingCallback(Callback):
     def on_log(self, state, record: dict) -> None:
-        log.info("step %d/%d loss %.4f lr %.2e %.0f samples/s", record["step"], state.total_steps,
-                 record["loss"], record["lr"], record["samples_per_s"])
+        log.info("step %d/%d loss %.4f lr %.2e %.0f samples/s%s", record["step"], state.total_steps,
+                 record["loss"], record["lr"], record["samples_per_s"],
+                 f" epsilon {record['epsilon']:.2f}" if "epsilon" in record else "")
 
     def on_evaluate(self, state, record: dict) -> None:
         log.info("eval at step %d: %s", state.step,
@@ -62,8 +63,9 @@ class RichProgress(Callback):
 
     def on_log(self, state, record: dict) -> None:
         passes = f" | {record['passes_per_step']} passes/step" if record.get("passes_per_step") else ""
+        eps = f" | epsilon {record['epsilon']:.2f}" if "epsilon" in record else ""  # train.dp: spent so far
         self.progress.update(self.task_id,
-                             info=f"loss {record['loss']:.4f} | {record['samples_per_s']:.0f} samples/s{passes}")
+                             info=f"loss {record['loss']:.4f} | {record['samples_per_s']:.0f} samples/s{passes}{eps}")
 
     def on_evaluate(self, state, record: dict) -> None:
         metrics = ", ".join(f"{k} {v:.4f}" for k, v in record.items()

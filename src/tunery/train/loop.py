@@ -216,6 +216,7 @@ class Trainer:
         # a loss term of the weights alone, added once per optimizer step (federated FedProx's proximal term)
         self.regularizer = regularizer
         self.passes_per_step = 1  # forward+backward passes a batch costs (set by fit: adversarial, R-Drop)
+        self.dp_report: dict | None = None  # train.dp: metrics.json's training.dp, set by fit
 
     # -- helpers ---------------------------------------------------------------------------
     def _emit(self, event: str, *args) -> None:
@@ -272,8 +273,9 @@ class Trainer:
                 log.warning("train.num_threads %d is more than the %d CPU cores here: training will be slower; "
                             "leave it unset to use every core", cfg.num_threads, cores)
             torch.set_num_threads(cfg.num_threads)
+        private = cfg.dp.noise_multiplier > 0  # DP-SGD (train/dp.py): per-row gradients in fp32
         accelerator = Accelerator(
-            mixed_precision="bf16" if resolve_precision(cfg.precision) == "bf16" else "no",
+            mixed_precision="bf16" if resolve_precision(cfg.precision) == "bf16" and not private else "no",
             gradient_accumulation_steps=1,  # we accumulate ourselves: windows may be short at epoch ends
             step_scheduler_with_optimizer=False,
         )
@@ -288,6 +290,15 @@ class Trainer:
         optimizer = make_optimizer(self.model, cfg)
         scheduler = make_scheduler(optimizer, cfg, total_steps)
         model, optimizer = accelerator.prepare(self.model, optimizer)
+        base = accelerator.unwrap_model(model)  # the plain model: checkpoints and saved weights are its state
+        self._base = base
+        dp = None
+        if private:
+            from tunery.train.dp import PrivateTraining
+
+            dp = PrivateTraining(model, optimizer, cfg.dp, batch_size=cfg.batch_size,
+                                 accum_steps=cfg.grad_accum_steps, n_train=len(train))
+            model, optimizer = dp.model, dp.optimizer
         state = TrainState(total_steps=total_steps)
         ema = None
         if cfg.ema_decay:
@@ -297,7 +308,7 @@ class Trainer:
             recover(ckpt_dir / "last")
             recover(ckpt_dir / "best")
         if resume and (ckpt_dir / "last").exists():
-            saved = load_checkpoint(ckpt_dir / "last", accelerator.unwrap_model(model), optimizer, scheduler)
+            saved = load_checkpoint(ckpt_dir / "last", base, optimizer, scheduler)
             state = TrainState(**saved["state"])
             _set_rng_state(saved["rng"])
             if ema is not None:
@@ -316,7 +327,7 @@ class Trainer:
         done = state.step >= total_steps or state.stopped_early
         adversary = None
         if cfg.adversarial.method != "none":
-            embeddings = accelerator.unwrap_model(model).get_input_embeddings()
+            embeddings = base.get_input_embeddings()
             adversary = EmbeddingAdversary(embeddings, cfg.adversarial.epsilon, method=cfg.adversarial.method,
                                            steps=cfg.adversarial.steps, step_size=cfg.adversarial.step_size,
                                            seed=cfg.seed).attach()
@@ -340,7 +351,8 @@ class Trainer:
                             return self._loss(model(**batch).logits, labels)
 
                     def backward(value, window_size=window_size):
-                        accelerator.backward(value / window_size)
+                        # DP-SGD clips each row's gradient of its own loss; the optimizer averages the window
+                        accelerator.backward(value if dp is not None else value / window_size)
 
                     if adversary is not None and adversary.replaces_clean_pass:  # FreeLB: K perturbed passes
                         loss = adversary.step(task_loss, backward, batch["attention_mask"], state.samples_seen)
@@ -358,7 +370,13 @@ class Trainer:
                         loss = float(loss.detach())
                         if adversary is not None:  # FGM, PGD: after the clean pass's backward
                             adversary.step(task_loss, backward, batch["attention_mask"], state.samples_seen)
-                    if self.regularizer is not None:  # its own backward: its gradient adds to the batch's
+                    extra = None
+                    if dp is not None:
+                        dp.check(len(idx))
+                        reg = self.regularizer(base) if self.regularizer is not None and is_last_micro else None
+                        if reg is not None and reg.requires_grad:  # no training row in it: added after the noise
+                            extra = torch.autograd.grad(reg, dp.params, allow_unused=True)
+                    elif self.regularizer is not None:  # its own backward: its gradient adds to the batch's
                         backward(self.regularizer(model))
                     state.window_loss += loss
                     state.window_batches += 1
@@ -366,11 +384,16 @@ class Trainer:
                     state.samples_seen += len(idx)
                     state.batch_in_epoch = b + 1
                     if not is_last_micro:
+                        if dp is not None:  # clip and sum this micro-batch's rows now: one held at a time
+                            dp.accumulate()
                         state.train_seconds += time.perf_counter() - t0
                         continue
-                    if cfg.grad_clip:
-                        accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                    optimizer.step()
+                    if dp is not None:  # per-row clipping (replaces grad_clip), noise, average, update
+                        dp.step(window_size, extra)
+                    else:
+                        if cfg.grad_clip:
+                            accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                        optimizer.step()
                     scheduler.step()
                     optimizer.zero_grad(set_to_none=True)
                     state.step += 1
@@ -389,6 +412,8 @@ class Trainer:
                                   "samples_per_s": state.window_samples / max(elapsed, 1e-9)}
                         if passes > 1:  # what the robustness objective costs: forward+backward passes a batch
                             record["passes_per_step"] = passes
+                        if dp is not None:  # the privacy spent so far (RDP accountant, train.dp.delta)
+                            record["epsilon"] = dp.epsilon(state.step)
                         self._log(record)
                         self._emit("on_log", state, record)
                         state.window_loss, state.window_batches, state.window_samples = 0.0, 0, 0
@@ -412,7 +437,7 @@ class Trainer:
                             finished = True
                         finished = finished or self._stop_requested()  # e.g. a pruner, on the evaluation
                     if state.step % ckpt_every == 0 or finished:
-                        save_checkpoint(ckpt_dir / "last", accelerator.unwrap_model(model), optimizer, scheduler,
+                        save_checkpoint(ckpt_dir / "last", base, optimizer, scheduler,
                                         {"state": state.to_dict(), "rng": _rng_state(),
                                          "ema": ema.state_dict() if ema is not None else None})
                         window_start = time.perf_counter()
@@ -422,11 +447,15 @@ class Trainer:
         finally:  # an error or Ctrl-C must not leave the hook (and its graph) on the model
             if adversary is not None:
                 adversary.detach()
+            if dp is not None:  # nor Opacus's hooks and per-row gradients
+                dp.close()
+        if dp is not None:
+            self.dp_report = dp.report(state.step)
         self._emit("on_train_end", state)
         # The kept model is the best one on validation, not the last one.
         if (ckpt_dir / "best").exists():
-            load_weights(ckpt_dir / "best", accelerator.unwrap_model(model))
-        self.model = accelerator.unwrap_model(model)
+            load_weights(ckpt_dir / "best", base)
+        self.model = base
         self.accelerator = accelerator
         return state
 
@@ -454,7 +483,7 @@ class Trainer:
         if self._improved(value, state.best_metric, loss, state.best_loss):
             state.best_metric, state.best_step, state.best_loss = value, state.step, loss
             state.evals_without_improvement = 0
-            save_weights(ckpt_dir / "best", accelerator.unwrap_model(model))
+            save_weights(ckpt_dir / "best", self._base)
         else:
             state.evals_without_improvement += 1
         record["best"] = state.best_step == state.step
