@@ -133,7 +133,7 @@ def fast_train(**extra) -> dict:
 # Test files whose fixtures train real models or run studies, scheduled first: with `--dist loadfile`
 # xdist hands out files in collection order, so the long ones start at once and the two workers end
 # together instead of one finishing a long file alone at the end.
-LONG_FIRST = ("test_multilabel_bench.py", "test_quality.py", "test_federated.py", "test_tune.py", "test_bench_smoke.py", "test_auto.py",
+LONG_FIRST = ("test_multilabel_bench.py", "test_quality.py", "test_federated.py", "test_tune.py", "test_bench_smoke.py", "test_auto.py", "test_bench_smoke_serve.py",
               "test_distill.py", "test_compress.py", "test_explain.py", "test_resume.py", "test_server_postgres.py", "test_faults.py")
 
 
