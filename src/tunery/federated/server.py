@@ -95,11 +95,10 @@ class RecordingGrid:
         t0 = time.time()
         replies = list(self.grid.send_and_receive(messages, timeout=timeout))
         rec[f"{kind}_seconds"] = round(time.time() - t0, 2)
-        # the SuperLink answers for a node it found offline: such a reply comes from the SuperLink itself
-        to = {m.metadata.message_id: m.metadata.dst_node_id for m in messages}
+        sender = reply_sender(messages)
         got = set()
         for r in replies:
-            node = to.get(r.metadata.reply_to_message_id, r.metadata.src_node_id)
+            node = sender(r)
             got.add(node)
             who = self.names.get(node, str(node))
             if r.has_error():
@@ -111,6 +110,13 @@ class RecordingGrid:
         for node in sent - got:
             rec[kind][self.names.get(node, str(node))] = {"error": f"no reply within {timeout} s (dropped)"}
         return replies
+
+
+def reply_sender(messages):
+    """reply -> the node it answers for. The SuperLink itself answers for a node it found offline,
+    so the reply's source is the SuperLink: the message it replies to names the node."""
+    to = {m.metadata.message_id: m.metadata.dst_node_id for m in messages}
+    return lambda r: to.get(r.metadata.reply_to_message_id, r.metadata.src_node_id)
 
 
 def _bytes(content) -> int:
@@ -192,11 +198,11 @@ def _describe_all(grid, cfg: RunConfig, cfg_json: str, expected: int, timeout: f
     msgs = [Message(RecordDict({"config": ConfigRecord({"config": cfg_json})}), dst_node_id=n,
                     message_type=DESCRIBE) for n in nodes]
     replies = list(grid.send_and_receive(msgs, timeout=timeout))
-    to = {m.metadata.message_id: m.metadata.dst_node_id for m in msgs}
+    sender = reply_sender(msgs)
     names: dict[int, str] = {}
     described: dict[str, dict] = {}
     for r in replies:
-        node = to.get(r.metadata.reply_to_message_id, r.metadata.src_node_id)
+        node = sender(r)
         if r.has_error():
             names[node] = f"node-{node}"
             described[names[node]] = {"ok": False, "error": r.error.reason}
