@@ -382,3 +382,131 @@ def test_dp_is_refused_where_its_noise_would_not_be_calibrated():
 
     with pytest.raises(Exception, match="dp_noise works with strategy fedavg or fedprox"):
         config_from_dict({"data": {"train": "x"}, "federated": {"clients": 5, "strategy": "krum", "dp_noise": 1.0}})
+    with pytest.raises(Exception, match="secure_aggregation works with strategy fedavg, fedprox or fedadam"):
+        config_from_dict({"data": {"train": "x"}, "federated": {"clients": 5, "strategy": "krum",
+                                                                "secure_aggregation": True}})
+    with pytest.raises(Exception, match="secure_aggregation and federated.dp_noise do not go together"):
+        config_from_dict({"data": {"train": "x"}, "federated": {"clients": 5, "dp_noise": 1.0,
+                                                                "secure_aggregation": True}})
+
+
+def _wire(m):
+    """The message as the other side gets it: serialised and parsed, as Flower's transport does."""
+    from flwr.common.serde import message_from_proto, message_to_proto, recorddict_from_proto, recorddict_to_proto
+
+    out = message_from_proto(message_to_proto(m))
+    if not m.has_error():
+        out.content = recorddict_from_proto(recorddict_to_proto(m.content))
+    return out
+
+
+class LocalGrid:
+    """Flower's Grid within this process: each message, serialised and parsed, goes to tunery's
+    ClientApp with its node's Context (kept across messages, as a SuperNode keeps it). `drop` =
+    {SecAgg+ stage: node}: that node answers nothing from that stage on (it died there)."""
+
+    def __init__(self, contexts: dict, drop: dict | None = None) -> None:
+        from types import SimpleNamespace
+
+        self.contexts, self.drop, self.dead = contexts, drop or {}, set()
+        self.run = SimpleNamespace(run_id=1)
+        self.replies: list = []  # (stage, node, reply) as the server got them
+
+    def get_node_ids(self):
+        return [n for n in self.contexts if n not in self.dead]
+
+    def send_and_receive(self, messages, *, timeout=None):
+        import uuid
+
+        from tunery.federated.app import client_app
+        from tunery.federated.server import _secagg_stage
+
+        replies = []
+        for m in messages:
+            m.metadata.__dict__.update(_run_id=1, _src_node_id=1, _message_id=str(uuid.uuid4()))
+            node, stage = m.metadata.dst_node_id, _secagg_stage(m.content)
+            if self.drop.get(stage) == node:
+                self.dead.add(node)
+            if node not in self.dead:
+                replies.append(_wire(client_app(_wire(m), self.contexts[node])))
+                self.replies.append((stage, node, replies[-1]))
+        return replies
+
+
+def test_secure_aggregation_gives_the_weighted_mean_of_the_updates_without_showing_one(tmp_path, tiny_backbone,
+                                                                                        monkeypatch):
+    """SecAgg+ (Flower's workflow and client mod, tunery's adapters) over three clients of which one
+    dies after the key exchange: the server gets masked vectors that look nothing like the updates,
+    and unmasks exactly the weighted mean of the two that finished (within the quantisation step)."""
+    from flwr.app import Context, RecordDict
+
+    from tunery.config import config_from_dict
+    from tunery.federated import client as fc
+    from tunery.federated import secagg, server
+    from tunery.federated.run import resolve_federated
+
+    data = make_dataset("binary", n=240, seed=1)
+    files = []
+    for i, n in enumerate((60, 100, 80)):  # unequal rows: the mean is weighted
+        files.append(str(tmp_path / f"c{i}.csv"))
+        data.iloc[sum((60, 100, 80)[:i]):sum((60, 100, 80)[:i]) + n].to_csv(files[-1], index=False)
+    cfg = resolve_federated(config_from_dict(_config(tmp_path, tiny_backbone, files, rounds=1,
+                                                     secure_aggregation=True)))
+    clients = {10 + i: Context(run_id=1, node_id=10 + i, node_config={"data-path": f, "name": f"c{i}",
+                                                                       "partition-id": i},
+                               state=RecordDict(), run_config={}) for i, f in enumerate(files)}
+    seen = {}
+    real = secagg.secure_rounds
+
+    def keep(*args, **kwargs):
+        seen["initial"] = {k: v.clone() for k, v in args[3].items()}
+        seen["final"] = real(*args, **kwargs)
+        return seen["final"]
+
+    monkeypatch.setattr(secagg, "secure_rounds", keep)
+    work = tmp_path / "run"
+    work.mkdir()
+    grid = LocalGrid(clients, drop={"collect_masked_vectors": 12})
+    server._serve(grid, Context(run_id=1, node_id=1, node_config={}, state=RecordDict(), run_config={
+        "run-dir": str(work), "config": json.dumps(cfg.to_dict())}), work)
+
+    # what each finishing client sent, trained again from the same start with the same seed
+    sent, rows = [], []
+    for node in (10, 11):
+        c = next(c for c in fc._CLIENTS.values() if json.dumps(files[node - 10]) in c.key)
+        update, metrics = fc.train_round(c, seen["initial"], server_round=1, partition=node - 10)
+        sent.append(update)
+        rows.append(metrics["num-examples"])
+    assert rows[0] != rows[1]
+    expected = {k: (rows[0] * sent[0][k] + rows[1] * sent[1][k]) / sum(rows) for k in sent[0]}
+    moved = max(float((expected[k] - seen["initial"][k]).abs().max()) for k in expected)
+    error = max(float((seen["final"][k] - expected[k]).abs().max()) for k in expected)
+    print("secagg moved", moved, "error", error)
+    assert moved > 1e-3 and error < 1e-4, (moved, error)
+
+    # the server saw masked vectors only: uniform over the modulus, unrelated to the update
+    (masked,) = [r for stage, node, r in grid.replies if stage == "collect_masked_vectors" and node == 10]
+    assert not any(len(a) for a in masked.content.array_records.values())  # the mod cleared the plain tensors
+    from flwr.common import bytes_to_ndarray
+    from flwr.common.secure_aggregation.secaggplus_constants import Key
+    vec = np.concatenate([bytes_to_ndarray(b).ravel() for b in
+                          masked.content.config_records[secagg.SECAGG_RECORD][Key.MASKED_PARAMETERS]]).astype(float)
+    plain = np.concatenate([t.numpy().ravel() for t in sent[0].values()])
+    vec = vec[1:]  # the first entry is the client's weight factor
+    assert vec.std() > 0.2 * 2**32 and abs(np.corrcoef(vec, plain)[0, 1]) < 0.1
+
+    record = [json.loads(line) for line in (work / "log.jsonl").read_text().splitlines()][-1]
+    assert record["clients_trained"] == ["c0", "c1"] and record["dropped"] == ["c2"]
+    assert record["bytes_received"] > 0 and record["per_client"]["c0"]["train_rows"] == rows[0]
+    summary = json.loads((work / "metrics.json").read_text())["federated"]
+    assert summary["secure_aggregation"]["clip"] == 8.0
+
+
+def test_a_value_outside_the_secure_aggregation_range_is_refused_not_clipped():
+    from tunery.errors import TuneryError
+    from tunery.federated.secagg import legacy_fit_res, state_from_arrays
+
+    with pytest.raises(TuneryError, match="head.weight holds a value of magnitude 9.5.*raise secagg_clip"):
+        legacy_fit_res({"body": torch.zeros(3), "head.weight": torch.tensor([1.0, -9.5])}, 10, {}, clip=8.0)
+    with pytest.raises(TuneryError, match="the server sent 1 tensors, this client's model has 2"):
+        state_from_arrays([np.zeros(3)], {"a": torch.zeros(3), "b": torch.zeros(2)})

@@ -361,6 +361,14 @@ class FederatedConfig(_Part):
     dp_clip: float = Field(1.0, gt=0, description="client-level DP: each client's update (its difference from "
                            "the global model) is clipped to this L2 norm")
     dp_delta: float = Field(1e-5, gt=0, lt=1, description="client-level DP: the delta that epsilon is reported for")
+    secure_aggregation: bool = Field(
+        False, description="Flower's SecAgg+: the server learns only the weighted sum of the updates, never one "
+        "client's (fedavg, fedprox, fedadam; not with the robust strategies or dp_noise, which need each update)")
+    secagg_threshold: int | None = Field(
+        None, ge=2, description="secure_aggregation: shares needed to remove a client's mask, so the clients that "
+        "may drop in a round are those sampled minus this; default a majority of those sampled")
+    secagg_clip: float = Field(8.0, gt=0, le=1e4, description="secure_aggregation: each sent value must lie in "
+                               "[-secagg_clip, secagg_clip] (quantised to 2^22 steps over that range)")
     seed: int | None = Field(None, ge=0, le=SEED_MAX, description="partition and client sampling; default train.seed")
 
     @model_validator(mode="after")
@@ -377,6 +385,17 @@ class FederatedConfig(_Part):
         if self.dp_noise and self.strategy not in ("fedavg", "fedprox"):
             raise ValueError(f"federated.dp_noise works with strategy fedavg or fedprox (the noise is calibrated "
                              f"to a mean of clipped updates), not {self.strategy}: change one of them")
+        if self.secure_aggregation and self.strategy not in ("fedavg", "fedprox", "fedadam"):
+            raise ValueError(f"federated.secure_aggregation works with strategy fedavg, fedprox or fedadam, not "
+                             f"{self.strategy}: a robust strategy must see each client's update, which secure "
+                             f"aggregation hides from the server; choose one of them")
+        if self.secure_aggregation and self.dp_noise:
+            raise ValueError("federated.secure_aggregation and federated.dp_noise do not go together: Flower's "
+                             "client-level DP clips each update on the server, which secure aggregation hides; "
+                             "for a privacy guarantee with secure aggregation use record-level DP (train.dp)")
+        if self.secagg_threshold is not None and self.secagg_threshold > n:
+            raise ValueError(f"federated.secagg_threshold {self.secagg_threshold} is more than the {n} clients: "
+                             f"lower it")
         if self.strategy == "trimmed_mean" and int(self.trim * n) == 0:
             raise ValueError(f"federated.trim {self.trim} of {n} clients cuts no client from either end, so "
                              f"trimmed_mean would be a plain mean: set trim to at least {1 / n:.2f}")

@@ -15,6 +15,9 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 
+from tunery.federated.secagg import secagg_if_asked
+
+NODE_STATE = "tunery"  # this client's own record in the node's run state
 server_app = ServerApp()
 client_app = ClientApp()
 
@@ -23,7 +26,7 @@ client_app = ClientApp()
 def _server_main(grid: Grid, context: Context) -> None:
     from tunery.federated.server import run_server
 
-    run_server(grid, dict(context.run_config))
+    run_server(grid, context)
 
 
 def _node(context: Context) -> tuple[str, str, int, str | None]:
@@ -47,22 +50,36 @@ def _describe(msg: Message, context: Context) -> Message:
     return Message(RecordDict({"description": ConfigRecord({"json": json.dumps(out)})}), reply_to=msg)
 
 
-def _client(msg: Message, context: Context):
+def _client(config, context: Context):
     from tunery.federated.client import get_client
 
     path, name, pid, fault = _node(context)
-    config = msg.content["config"]
     client = get_client(str(config["config"]), path, json.loads(str(config["federation"])), name)
     return client, pid, fault, int(config.get("server-round", 0))
 
 
-@client_app.train()
+@client_app.train(mods=[secagg_if_asked])
 def _train(msg: Message, context: Context) -> Message:
+    from tunery.federated import secagg
     from tunery.federated.client import train_round
+    from tunery.federated.weights import trainable_state
 
-    client, pid, fault, rnd = _client(msg, context)
-    state, metrics = train_round(client, msg.content["arrays"].to_torch_state_dict(), server_round=rnd,
-                                 partition=pid, fault=fault)
+    if secagg.is_legacy_fit(msg.content):  # a SecAgg+ round: Flower's legacy fit message and reply
+        arrays, config = secagg.legacy_fit_ins(msg.content)
+        client, pid, fault, rnd = _client(config, context)
+        start = secagg.state_from_arrays(arrays, trainable_state(client.model))
+    else:
+        client, pid, fault, rnd = _client(msg.content["config"], context)
+        start = msg.content["arrays"].to_torch_state_dict()
+    # the node's state outlives the ClientApp process of one message: it counts the run's DP-SGD steps
+    mine = context.state.config_records.get(NODE_STATE)
+    state, metrics = train_round(client, start, server_round=rnd, partition=pid, fault=fault,
+                                 dp_steps=int(mine["dp-steps"]) if mine is not None else 0)
+    if "dp-steps" in metrics:
+        context.state.config_records[NODE_STATE] = ConfigRecord({"dp-steps": int(metrics["dp-steps"])})
+    if secagg.is_legacy_fit(msg.content):
+        return Message(secagg.legacy_fit_res(state, int(metrics["num-examples"]), metrics,
+                                             client.cfg.federated.secagg_clip), reply_to=msg)
     return Message(RecordDict({"arrays": ArrayRecord(torch_state_dict=state), "metrics": MetricRecord(metrics)}),
                    reply_to=msg)
 
@@ -71,6 +88,6 @@ def _train(msg: Message, context: Context) -> Message:
 def _evaluate(msg: Message, context: Context) -> Message:
     from tunery.federated.client import evaluate_round
 
-    client, _, _, _ = _client(msg, context)
+    client, _, _, _ = _client(msg.content["config"], context)
     metrics = evaluate_round(client, msg.content["arrays"].to_torch_state_dict())
     return Message(RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)

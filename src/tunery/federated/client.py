@@ -103,9 +103,11 @@ def local_steps(cfg: RunConfig, n_train: int) -> int:
     return max(1, math.ceil(fed.local_epochs * per_epoch))
 
 
-def train_round(client: Client, start: dict, *, server_round: int, partition: int, fault: str | None = None
-                ) -> tuple[dict, dict]:
-    """Train from the global tensors `start`; returns (the tensors to send, metrics)."""
+def train_round(client: Client, start: dict, *, server_round: int, partition: int, fault: str | None = None,
+                dp_steps: int = 0) -> tuple[dict, dict]:
+    """Train from the global tensors `start`; returns (the tensors to send, metrics). With train.dp
+    (record-level DP-SGD), `dp_steps` is this client's private steps in the run's earlier rounds: the
+    metrics carry the epsilon of all its steps so far (`dp-epsilon`, for train.dp.delta) and their count."""
     from tunery.evaluate.metrics import default_metric, greater_is_better
     from tunery.federated.weights import faulty_update, load_trainable, proximal_term, trainable_state
     from tunery.pipeline import make_metric_fn, threshold_decision
@@ -140,10 +142,17 @@ def train_round(client: Client, start: dict, *, server_round: int, partition: in
     sent = trainable_state(trainer.model)
     if fault:
         sent = faulty_update(sent, {k: v.float() for k, v in start.items()}, fault, seed=t.seed)
-    return sent, {"num-examples": len(enc["train"]), "dp-weight": 1.0, "eval-examples": scored["num-examples"],
-                  "eval-metric": scored["eval-metric"], "eval-loss": scored["eval-loss"],
-                  "train-loss": float(sum(losses) / max(len(losses), 1)),
-                  "steps": float(state.step), "train-seconds": round(time.perf_counter() - t0, 3)}
+    metrics = {"num-examples": len(enc["train"]), "dp-weight": 1.0, "eval-examples": scored["num-examples"],
+               "eval-metric": scored["eval-metric"], "eval-loss": scored["eval-loss"],
+               "train-loss": float(sum(losses) / max(len(losses), 1)),
+               "steps": float(state.step), "train-seconds": round(time.perf_counter() - t0, 3)}
+    if trainer.dp_report:  # the record-level privacy this client's rows have spent over the whole run
+        from tunery.train.dp import epsilon
+
+        steps_so_far = dp_steps + int(state.step)
+        metrics.update({"dp-steps": steps_so_far, "dp-epsilon": epsilon(
+            cfg.train.dp.noise_multiplier, trainer.dp_report["sample_rate"], steps_so_far, cfg.train.dp.delta)})
+    return sent, metrics
 
 
 def _records(path: Path) -> list[dict]:

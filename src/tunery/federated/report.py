@@ -37,6 +37,14 @@ def _curves(rounds: list[dict], metric: str) -> str:
         return _img(fig, f"training loss and validation {metric} per round")
 
 
+def _record_dp(rd: dict | None) -> str:
+    if not rd:
+        return "off"
+    worst = f"{rd['epsilon']:.2f}" if rd.get("epsilon") is not None else "n/a"
+    return (f"DP-SGD in each client: noise multiplier {rd['noise_multiplier']}, per-row clip {rd['max_grad_norm']}; "
+            f"epsilon at most {worst} at delta {rd['delta']:g} (each client's rows, all its steps; per client below)")
+
+
 def write_report(path: Path, cfg, meta: dict, summary: dict, rounds: list[dict]) -> None:
     metric = meta["metric"]
     info = [["run", meta["name"]], ["backbone", f"{meta['backbone']} ({meta['method']})"], ["task", meta["task"]],
@@ -51,6 +59,10 @@ def write_report(path: Path, cfg, meta: dict, summary: dict, rounds: list[dict])
              f"client-level: noise multiplier {summary['dp']['noise_multiplier']}, clip {summary['dp']['clipping_norm']}, "
              f"epsilon {summary['dp']['epsilon']:.2f} at delta {summary['dp']['delta']:g} "
              f"({summary['dp']['accountant']})"],
+            ["record-level privacy (train.dp)", _record_dp(summary.get("record_dp"))],
+            ["secure aggregation", "off" if not summary.get("secure_aggregation") else
+             f"{summary['secure_aggregation']['protocol']}; threshold {summary['secure_aggregation']['threshold']}; "
+             f"values within ±{summary['secure_aggregation']['clip']:g}"],
             ["wall time", f"{summary['wall_seconds']:.0f} s"]]
     head = _table(["", ""], [[f"<th>{escape(k)}</th>", f"<td>{escape(v)}</td>"] for k, v in info])
     per_round = _table(["round", "train loss", f"validation {metric}", "validation loss", "trained", "dropped",
@@ -59,9 +71,10 @@ def write_report(path: Path, cfg, meta: dict, summary: dict, rounds: list[dict])
                          _td(", ".join(r["clients_trained"])), _td(", ".join(r["dropped"]) or "—"),
                          _td(r["bytes_sent"]), _td(r["bytes_received"]), _td(r.get("epsilon"))] for r in rounds])
     last = rounds[-1]["per_client"] if rounds else {}
-    per_client = _table(["client", "rows", "train loss", f"validation {metric}", "validation loss"],
+    eps = (summary.get("record_dp") or {}).get("epsilon_per_client") or {}
+    per_client = _table(["client", "rows", "train loss", f"validation {metric}", "validation loss", "DP-SGD epsilon"],
                         [[_td(c), _td(summary["rows"].get(c)), _td(v["train_loss"]), _td(v["eval_metric"]),
-                          _td(v["eval_loss"])] for c, v in last.items()])
+                          _td(v["eval_loss"]), _td(eps.get(c))] for c, v in last.items()])
     html = (f"<!doctype html><html><head><meta charset='utf-8'><title>tunery federated run {escape(meta['name'])}"
             f"</title><style>{_CSS}</style></head><body><h1>Federated run {escape(meta['name'])}</h1>{head}"
             f"<h2>Rounds</h2>{_curves(rounds, metric)}{per_round}<h2>Clients, last round</h2>{per_client}"

@@ -88,13 +88,16 @@ class RecordingGrid:
         if not messages:
             return []
         kind = messages[0].metadata.message_type.split(".")[0]
-        rnd = int(messages[0].content["config"].get("server-round", 0)) if "config" in messages[0].content else 0
+        rnd = _round_of(messages[0])
+        # a SecAgg+ round is four exchanges of train messages; one of them carries the training
+        stage = _secagg_stage(messages[0].content)
+        key = kind if stage in (None, "collect_masked_vectors") else f"{kind}-{stage}"
         rec = self.rounds[rnd]
         sent = {m.metadata.dst_node_id for m in messages}
         rec["bytes_sent"] += sum(_bytes(m.content) for m in messages)
         t0 = time.time()
         replies = list(self.grid.send_and_receive(messages, timeout=timeout))
-        rec[f"{kind}_seconds"] = round(time.time() - t0, 2)
+        rec[f"{key}_seconds"] = round(time.time() - t0, 2)
         sender = reply_sender(messages)
         got = set()
         for r in replies:
@@ -102,14 +105,39 @@ class RecordingGrid:
             got.add(node)
             who = self.names.get(node, str(node))
             if r.has_error():
-                rec[kind][who] = {"error": r.error.reason}
+                rec[kind][who] = {"error": f"{stage}: {r.error.reason}" if key != kind else r.error.reason}
                 continue
             rec["bytes_received"] += _bytes(r.content)
-            metrics = next(iter(r.content.metric_records.values()), {})
-            rec[kind][who] = {k: v for k, v in dict(metrics).items()}
+            if key == kind:
+                rec[kind][who] = _metrics(r.content)
         for node in sent - got:
-            rec[kind][self.names.get(node, str(node))] = {"error": f"no reply within {timeout} s (dropped)"}
+            rec[kind][self.names.get(node, str(node))] = {
+                "error": f"no reply within {timeout} s (dropped)" + (f" at {stage}" if key != kind else "")}
         return replies
+
+
+def _round_of(message) -> int:
+    content = message.content
+    for name in ("config", "fitins.config"):
+        if name in content.config_records and "server-round" in content.config_records[name]:
+            return int(content.config_records[name]["server-round"])
+    group = message.metadata.group_id  # SecAgg+'s key exchanges name their round only here
+    return int(group) if str(group).isdigit() else 0
+
+
+def _secagg_stage(content) -> str | None:
+    from tunery.federated.secagg import SECAGG_RECORD
+
+    record = content.config_records.get(SECAGG_RECORD)
+    return str(record["stage"]) if record is not None and "stage" in record else None
+
+
+def _metrics(content) -> dict:
+    """A reply's metrics: a legacy fit reply's (SecAgg+ rounds), else its MetricRecord."""
+    legacy = content.config_records.get("fitres.metrics")
+    if legacy is not None:
+        return dict(legacy)
+    return dict(next(iter(content.metric_records.values()), {}))
 
 
 def reply_sender(messages):
@@ -120,7 +148,12 @@ def reply_sender(messages):
 
 
 def _bytes(content) -> int:
-    return int(sum(a.count_bytes() for a in content.array_records.values()))
+    """Bytes of the tensors a message carries (SecAgg+'s masked vectors travel as config bytes)."""
+    from tunery.federated.secagg import SECAGG_RECORD
+
+    secagg = content.config_records.get(SECAGG_RECORD)
+    return int(sum(a.count_bytes() for a in content.array_records.values())
+               + (secagg.count_bytes() if secagg is not None else 0))
 
 
 def sampled_per_round(fed_cfg, n_clients: int) -> int:
@@ -171,11 +204,11 @@ def make_strategy(fed_cfg, n_clients: int):
     raise TuneryError(f"federated.strategy {name!r} is unknown")
 
 
-def run_server(grid, run_config: dict) -> None:
+def run_server(grid, context) -> None:
     """The ServerApp's body. A failure is written to the run directory for `tunery federate`."""
-    work = Path(str(run_config["run-dir"]))
+    work = Path(str(context.run_config["run-dir"]))
     try:
-        _serve(grid, run_config, work)
+        _serve(grid, context, work)
     except BaseException as err:  # noqa: BLE001 - reported to the orchestrator, then raised for Flower
         if work.is_dir():
             (work / ERROR_FILE).write_text(f"{type(err).__name__}: {err}\n\n{traceback.format_exc()}",
@@ -219,7 +252,7 @@ def _describe_all(grid, cfg: RunConfig, cfg_json: str, expected: int, timeout: f
     return names, described
 
 
-def _serve(grid, run_config: dict, work: Path) -> None:
+def _serve(grid, context, work: Path) -> None:
     from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 
     from tunery.federated.weights import load_trainable, state_bytes, trainable_state
@@ -227,7 +260,7 @@ def _serve(grid, run_config: dict, work: Path) -> None:
     from tunery.backbones import resolve_backbone
 
     started = time.time()
-    cfg_json = str(run_config["config"])
+    cfg_json = str(context.run_config["config"])
     cfg = config_from_dict(json.loads(cfg_json))
     fc = cfg.federated
     expected = fc.clients if fc.clients is not None else len(fc.client_data or [])
@@ -277,10 +310,16 @@ def _serve(grid, run_config: dict, work: Path) -> None:
             write_record(rnd - 1, recording.rounds[rnd]["train"])
         return None
 
-    strategy_result = strategy.start(grid=recording, initial_arrays=ArrayRecord(torch_state_dict=initial),
-                                     num_rounds=fc.rounds, timeout=fc.round_timeout, train_config=config,
-                                     evaluate_fn=after_round)
-    final_arrays = strategy_result.arrays
+    if fc.secure_aggregation:
+        from tunery.federated.secagg import secure_rounds
+
+        final_arrays = ArrayRecord(torch_state_dict=secure_rounds(
+            recording, context, fc, initial, lambda r: {"config": cfg_json, "federation": fed_json, "server-round": r},
+            ok_nodes, {n: fed["rows"][names[n]] for n in ok_nodes}, lambda r: after_round(r, None)))
+    else:
+        final_arrays = strategy.start(grid=recording, initial_arrays=ArrayRecord(torch_state_dict=initial),
+                                      num_rounds=fc.rounds, timeout=fc.round_timeout, train_config=config,
+                                      evaluate_fn=after_round).arrays
     last = fc.rounds + 1  # the final model, scored by every client still connected
     final_config = ConfigRecord({"config": cfg_json, "federation": fed_json, "server-round": last})
     recording.send_and_receive([Message(RecordDict({"arrays": final_arrays, "config": final_config}), dst_node_id=n,
@@ -302,8 +341,23 @@ def _serve(grid, run_config: dict, work: Path) -> None:
         "final_eval_metric": rounds[-1]["eval_metric"] if rounds else None,
         "wall_seconds": round(time.time() - started, 2), "seed": seed,
         "dp": dp and {**dp, "epsilon": client_epsilon(fc.dp_noise, dp["sample_rate"], fc.rounds, fc.dp_delta)},
+        "record_dp": _record_dp(cfg, rounds),
+        "secure_aggregation": fc.secure_aggregation and {
+            "protocol": "SecAgg+ (Flower's SecAggPlusWorkflow and secaggplus_mod)",
+            "threshold": fc.secagg_threshold or "a majority of each round's sampled clients",
+            "clip": fc.secagg_clip, "quantization_steps": 2 ** 22},
     }
     write_federated_run(work, cfg, fed, model, load_tokenizer(backbone_path), backbone_path, summary, rounds)
+
+
+def _record_dp(cfg: RunConfig, rounds: list[dict]) -> dict | None:
+    """train.dp (DP-SGD in each client): each client's epsilon over all its private steps of the run."""
+    if not cfg.train.dp.noise_multiplier:
+        return None
+    last = {c: v["dp_epsilon"] for r in rounds for c, v in r.get("per_client", {}).items()
+            if v.get("dp_epsilon") is not None}
+    return {"noise_multiplier": cfg.train.dp.noise_multiplier, "max_grad_norm": cfg.train.dp.max_grad_norm,
+            "delta": cfg.train.dp.delta, "epsilon_per_client": last, "epsilon": max(last.values(), default=None)}
 
 
 def _round_summary(rec: dict | None, scored: dict, extra: dict | None = None) -> dict:
@@ -327,6 +381,7 @@ def _round_summary(rec: dict | None, scored: dict, extra: dict | None = None) ->
             "per_client": {c: {"train_loss": train.get(c, {}).get("train-loss"),
                                "train_rows": train.get(c, {}).get("num-examples"),
                                "train_seconds": train.get(c, {}).get("train-seconds"),
+                               "dp_epsilon": train.get(c, {}).get("dp-epsilon"),
                                "eval_metric": scored.get(c, {}).get("eval-metric"),
                                "eval_loss": scored.get(c, {}).get("eval-loss")}
                            for c in sorted(set(train) | set(scored)) if c not in failed and "error" not in
