@@ -510,3 +510,36 @@ def test_a_value_outside_the_secure_aggregation_range_is_refused_not_clipped():
         legacy_fit_res({"body": torch.zeros(3), "head.weight": torch.tensor([1.0, -9.5])}, 10, {}, clip=8.0)
     with pytest.raises(TuneryError, match="the server sent 1 tensors, this client's model has 2"):
         state_from_arrays([np.zeros(3)], {"a": torch.zeros(3), "b": torch.zeros(2)})
+
+
+def test_each_client_reports_the_record_level_epsilon_of_all_its_steps(tmp_path, tiny_backbone):
+    """train.dp in a federation: each client's DP-SGD epsilon covers all its steps of the run (the
+    node's state counts them across its ClientApp processes), not the last round's alone."""
+    from flwr.app import Context, RecordDict
+
+    from tunery.config import config_from_dict
+    from tunery.federated import server
+    from tunery.federated.run import resolve_federated
+    from tunery.train.dp import epsilon
+
+    data = make_dataset("binary", n=160, seed=2)
+    files = [str(tmp_path / f"c{i}.csv") for i in range(2)]
+    for i, f in enumerate(files):
+        data.iloc[i::2].to_csv(f, index=False)
+    raw = _config(tmp_path, tiny_backbone, files, rounds=2, local_steps=3)
+    raw["train"].update(batch_size=8, dp={"noise_multiplier": 1.0, "max_grad_norm": 1.0, "delta": 1e-5})
+    cfg = resolve_federated(config_from_dict(raw))
+    clients = {10 + i: Context(run_id=1, node_id=10 + i, node_config={"data-path": f, "name": f"c{i}",
+                                                                       "partition-id": i},
+                               state=RecordDict(), run_config={}) for i, f in enumerate(files)}
+    work = tmp_path / "run"
+    work.mkdir()
+    server._serve(LocalGrid(clients), Context(run_id=1, node_id=1, node_config={}, state=RecordDict(), run_config={
+        "run-dir": str(work), "config": json.dumps(cfg.to_dict())}), work)
+    rounds = [json.loads(line) for line in (work / "log.jsonl").read_text().splitlines()]
+    n_train = rounds[1]["per_client"]["c0"]["train_rows"]
+    first, second = (rounds[r]["per_client"]["c0"]["dp_epsilon"] for r in (1, 2))
+    assert first == pytest.approx(epsilon(1.0, 8 / n_train, 3, 1e-5))
+    assert second == pytest.approx(epsilon(1.0, 8 / n_train, 6, 1e-5)) and second > first
+    record_dp = json.loads((work / "metrics.json").read_text())["federated"]["record_dp"]
+    assert record_dp["epsilon_per_client"]["c0"] == pytest.approx(second)
