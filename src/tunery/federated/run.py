@@ -107,6 +107,8 @@ def federate(cfg: RunConfig, *, store=None, faults: dict[str, str] | None = None
         except BaseException:
             federation.close()
             shutil.copytree(flower / "logs", kept_logs, dirs_exist_ok=True)
+            if (run.work / ERROR_FILE).exists():  # the server's traceback beside Flower's logs
+                shutil.copy2(run.work / ERROR_FILE, kept_logs / ERROR_FILE)
             raise
         finally:
             federation.close()

@@ -76,7 +76,9 @@ def secure_rounds(grid, context, fed_cfg, initial: dict, round_config: Callable[
             raise TuneryError(f"round {rnd}: {len(online)} clients are connected, federated.min_clients is "
                               f"{fed_cfg.min_clients}")
         sampled = min(len(online), max(int(len(online) * fed_cfg.fraction), fed_cfg.min_clients))
-        workflow = SecAggPlusWorkflow(num_shares=sampled, reconstruction_threshold=threshold(fed_cfg, sampled),
+        # as shares of those sampled (Flower takes an int only above 2 and below the share count): every
+        # sampled client holds a share of every other's secrets, threshold(...) of them unmask one
+        workflow = SecAggPlusWorkflow(num_shares=1.0, reconstruction_threshold=threshold(fed_cfg, sampled) / sampled,
                                       max_weight=float(max(sum(rows.get(n, 0) for n in online), 1)),
                                       clipping_range=fed_cfg.secagg_clip, timeout=fed_cfg.round_timeout)
         ctx.state.config_records[MAIN_CONFIGS_RECORD] = ConfigRecord({Key.CURRENT_ROUND: rnd})

@@ -153,7 +153,19 @@ def _bytes(content) -> int:
 
     secagg = content.config_records.get(SECAGG_RECORD)
     return int(sum(a.count_bytes() for a in content.array_records.values())
-               + (secagg.count_bytes() if secagg is not None else 0))
+               + (_config_bytes(secagg) if secagg is not None else 0))
+
+
+def _config_bytes(record) -> int:
+    """A ConfigRecord's payload bytes (flwr 1.32's ConfigRecord.count_bytes fails on an empty list)."""
+    def size(v) -> int:
+        if isinstance(v, (bytes, str)):
+            return len(v.encode() if isinstance(v, str) else v)
+        if isinstance(v, list):
+            return sum(size(x) for x in v)
+        return 8
+
+    return sum(len(k) + size(v) for k, v in record.items())
 
 
 def sampled_per_round(fed_cfg, n_clients: int) -> int:
