@@ -7,8 +7,9 @@ centralised fine-tuning on the same rows, all scored on SST-2 dev, in one run.
     python bench/federated.py --smoke               # the tiny backbone on generated rows; figures mean nothing
 
 Runs (--runs picks some; default all):
-- central-lora, central-full: tunery train on the whole slice, LoRA or full fine-tuning, for as many
-  epochs as a client trains its share over all rounds (rounds x local epochs);
+- central-lora, central-full: tunery train on the whole slice, LoRA (on the adapters a federation
+  trains by default: query and value) or full fine-tuning, for as many epochs as a client trains its
+  share over all rounds (rounds x local epochs);
 - iid-fedavg, iid-fedprox, iid-fedadam: the slice shuffled into equal clients, LoRA updates;
 - dir-fedavg, dir-fedprox, dir-fedadam: split by a Dirichlet(alpha) over labels (non-IID), LoRA updates;
 - iid-fedavg-full: full-model updates (bytes against LoRA's);
@@ -76,7 +77,11 @@ def run_one(name: str, train_file: Path, dev, runs_dir: Path, args, backbone: st
     if "central" in spec:
         from tunery.pipeline import train
 
+        from tunery.federated.run import lean_lora_targets
+
         tree["model"] = {**tree.get("model", {}), "method": spec.pop("central")}
+        if tree["model"]["method"] == "lora":  # the adapters a federation trains by default
+            tree["model"]["lora"] = {"target_modules": lean_lora_targets(backbone or "minilm-l6")}
         tree["data"]["test_fraction"] = 0.0
         tree["train"]["epochs"] = args.rounds * args.local_epochs
         apply_overrides(tree, list(args.set))

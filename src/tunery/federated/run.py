@@ -39,8 +39,34 @@ def resolve_federated(cfg: RunConfig) -> RunConfig:
         raise ConfigError(f"federated.updates {cfg.federated.updates} trains model.method {method}, but the config "
                           f"sets model.method {cfg.model.method}: remove model.method or set federated.updates "
                           f"{'full' if cfg.model.method == 'full' else 'lora'}")
-    return cfg.model_copy(update={"model": cfg.model.model_copy(update={"method": method}),
-                                  "evaluate": cfg.evaluate.model_copy(update={"baseline": False})})
+    model = cfg.model.model_copy(update={"method": method})
+    if method == "lora" and "target_modules" not in cfg.model.lora.model_fields_set:
+        targets = lean_lora_targets(cfg.model.backbone)
+        if targets:  # every byte of an update crosses the network each round
+            model = model.model_copy(update={"lora": model.lora.model_copy(update={"target_modules": targets})})
+    return cfg.model_copy(update={"model": model, "evaluate": cfg.evaluate.model_copy(update={"baseline": False})})
+
+
+# LoRA's own choice (Hu et al., 2021: the query and value projections), by model type: peft's table, and
+# the architectures it lacks
+_LEAN_TARGETS = {"mpnet": ["q", "v"], "distilbert": ["q_lin", "v_lin"]}
+
+
+def lean_lora_targets(backbone: str) -> list[str] | None:
+    """A federation's default LoRA targets: the attention's query and value projections of the
+    backbone's architecture (an update about 9x smaller than tunery's centralised default of every
+    dense layer, for MiniLM about 170x smaller than the full model's); None where unknown."""
+    from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
+    from transformers import AutoConfig
+
+    from tunery.backbones import resolve_backbone
+
+    try:
+        model_type = AutoConfig.from_pretrained(resolve_backbone(backbone)).model_type
+    except (OSError, ValueError):
+        return None
+    targets = _LEAN_TARGETS.get(model_type) or TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING.get(model_type)
+    return list(targets) if targets else None
 
 
 def server_config(cfg: RunConfig, n_clients: int) -> RunConfig:
