@@ -25,6 +25,9 @@ if _WORKERS > 1:
         os.environ.setdefault(_var, _SHARE)
     if "torch" in sys.modules:  # imported before this file: its thread pool is already sized
         sys.modules["torch"].set_num_threads(int(_SHARE))
+# Reports without their plots (about a second of matplotlib a run, in every process a test starts): the
+# tests of the figures themselves turn them back on (tests/test_evaluate_report.py, test_report_newcomer.py).
+os.environ.setdefault("TUNERY_REPORT_FIGURES", "0")
 SHARED_DATA = Path(os.environ.get("TUNERY_SHARED_DATA", REPO.parent / "shared" / "data"))
 
 POS = ["great", "wonderful", "excellent", "lovely", "superb", "brilliant"]

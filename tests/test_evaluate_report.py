@@ -51,6 +51,14 @@ def _write(tmp_path, task):
     return path.read_text(encoding="utf-8"), metrics
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _figures_on():
+    """This file tests the figures: draw them (tests/conftest.py turns them off elsewhere)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TUNERY_REPORT_FIGURES", "1")
+        yield
+
+
 @pytest.fixture(scope="module", params=["classification", "multilabel", "regression"])
 def report(request, tmp_path_factory):
     """(task, html, metrics) of one report per task, shared by the tests below."""
@@ -110,3 +118,20 @@ def test_report_without_baseline_or_history(tmp_path):
     html = path.read_text(encoding="utf-8")
     assert "No baseline" in html and "Most confident mistakes" not in html
     assert not list(tmp_path.glob(".r.html.*"))  # no temp file left behind
+
+
+def test_a_report_without_figures_keeps_its_numbers_and_says_why(monkeypatch):
+    from tunery.evaluate.report import render_report
+
+    rng = np.random.default_rng(0)
+    names, texts, y, scores = _case("classification", rng)
+    m = compute_metrics("classification", y, scores, names)
+    kwargs = dict(title="t", run_info={}, task="classification", label_names=names, metrics={"test": m},
+                  baseline=None, predictions={"test": (texts, y, scores)},
+                  history=[{"step": s, "loss": 1 / s} for s in range(1, 5)])
+    for html in (render_report(**kwargs, figures=False),  # evaluate.figures: false
+                 (monkeypatch.setenv("TUNERY_REPORT_FIGURES", "0"), render_report(**kwargs))[1]):
+        assert "<img" not in html and "Figures not drawn" in html
+        assert f"{m['accuracy']:.4f}" in html and "Most confident mistakes" in html
+    monkeypatch.setenv("TUNERY_REPORT_FIGURES", "1")
+    assert "<img" in render_report(**kwargs)

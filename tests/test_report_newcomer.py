@@ -26,6 +26,14 @@ ZH = {"sports": "体育新闻", "food": "美食外卖", "tech": "科技数码"}
 LONG3 = ["entertainment and celebrity news", "international politics", "science and technology"]
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _figures_on():
+    """This file tests the figures: draw them (tests/conftest.py turns them off elsewhere)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("TUNERY_REPORT_FIGURES", "1")
+        yield
+
+
 def _three_class(names, n=60, seed=0):
     rng = np.random.default_rng(seed)
     y = np.arange(n) % 3

@@ -291,6 +291,7 @@ class EvaluateConfig(_Part):
     baseline: bool = True
     n_errors: int = Field(20, ge=0, description="most confident mistakes listed in the report")
     calibration_bins: int = Field(10, ge=2, le=1000)
+    figures: bool = Field(True, description="draw the report's plots (about a second a report); false: tables only")
     explanations: int = Field(
         8, ge=0, le=50, description="predictions explained word by word in the report (the most confident "
         "mistakes, 5 of 8, then correct ones; Integrated Gradients, occlusion for ONNX runs; at most 30 s); 0: none"

@@ -777,7 +777,8 @@ def _write_report(work: Path, p: Prepared, meta: dict, metrics: dict, baseline, 
                  calibration_bins=p.cfg.evaluate.calibration_bins, verdict=verdict,
                  data_summary=summarize_splits(frames, meta["task"], meta["label_names"]),
                  findings=p.report.to_dict()["findings"], config=p.cfg.to_dict(),
-                 origins={split: _origins(frames[split]) for split in scores}, explanations=explanations)
+                 origins={split: _origins(frames[split]) for split in scores}, explanations=explanations,
+                 figures=p.cfg.evaluate.figures)
 
 
 # The report's explanations stop starting new ones once this many seconds are spent (a base-sized
@@ -1005,7 +1006,7 @@ def evaluate_run(ref: str | Path, *, data: str | Path | None = None) -> dict:
                  baseline={name: baseline} if baseline else None, predictions={name: (shown, y, scores)},
                  n_errors=cfg.evaluate.n_errors, threshold=threshold,
                  calibration_bins=cfg.evaluate.calibration_bins, verdict=result.get("verdict"),
-                 origins={name: origin}, explanations=explanations)
+                 origins={name: origin}, explanations=explanations, figures=cfg.evaluate.figures)
     return result
 
 
@@ -1109,7 +1110,7 @@ def train_baseline(cfg: RunConfig, *, store=None) -> Path:
                      calibration_bins=cfg.evaluate.calibration_bins,
                      data_summary=summarize_splits(frames, data.task, label_names),
                      findings=report.to_dict()["findings"], config=cfg.to_dict(),
-                     origins={split: _origins(frames[split]) for split in scores})
+                     origins={split: _origins(frames[split]) for split in scores}, figures=cfg.evaluate.figures)
         write_json(work / META, meta)  # written last: its presence marks a complete run
         run.metrics = metrics
     return Path(cfg.output_dir) / cfg.name

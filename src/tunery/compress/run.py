@@ -381,4 +381,4 @@ def _write_report(work: Path, cfg, meta: dict, src: Path, split: str, texts, pai
                  task=meta["task"], label_names=list(meta["label_names"]), metrics={split: metrics},
                  baseline={split: baseline} if baseline else None, predictions={split: (shown, y, scores)},
                  n_errors=cfg.evaluate.n_errors, threshold=threshold, calibration_bins=cfg.evaluate.calibration_bins,
-                 config=cfg.to_dict(), tables=tables)
+                 config=cfg.to_dict(), tables=tables, figures=cfg.evaluate.figures)

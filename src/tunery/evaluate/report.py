@@ -17,6 +17,7 @@ import base64
 import datetime as _dt
 import io
 import logging
+import os
 import threading
 from contextlib import contextmanager
 from functools import lru_cache
@@ -539,6 +540,7 @@ def _headline(task: str, metrics: dict, baseline: dict | None) -> str:
 def _split_section(
     split: str, task: str, label_names: list[str], model: dict | None, base: dict | None,
     pred: tuple | None, *, n_errors: int, threshold, calibration_bins: int, origin: tuple | None = None,
+    figures: bool = True,
 ) -> str:
     n = (model or {}).get("n")
     parts = [f"<h2>{escape(split)}{f' ({n:,} examples)' if isinstance(n, int) else ''}</h2>"]
@@ -553,7 +555,7 @@ def _split_section(
     texts, y, scores = pred
     y, scores = np.asarray(y), np.asarray(scores)
     figs = []
-    if len(y):
+    if len(y) and figures:
         m = compute_metrics(task, y, scores, label_names, threshold=threshold,
                             calibration_bins=calibration_bins)
         if task == "classification":
@@ -788,7 +790,7 @@ def render_report(
     history: list[dict] | None = None, n_errors: int = 20, threshold=0.5, calibration_bins: int = 10,
     verdict: dict | None = None, data_summary: dict | None = None, findings: list[dict] | None = None,
     config: dict | None = None, origins: dict[str, tuple] | None = None, tables: list[dict] | None = None,
-    explanations: dict | None = None,
+    explanations: dict | None = None, figures: bool = True,
 ) -> str:
     """The report as an HTML string (see `write_report`)."""
     with _plot_style():
@@ -796,7 +798,18 @@ def render_report(
             title=title, run_info=run_info, task=task, label_names=label_names, metrics=metrics,
             baseline=baseline, predictions=predictions, history=history, n_errors=n_errors,
             threshold=threshold, calibration_bins=calibration_bins, verdict=verdict, data_summary=data_summary,
-            findings=findings, config=config, origins=origins, tables=tables, explanations=explanations)
+            findings=findings, config=config, origins=origins, tables=tables, explanations=explanations,
+            figures=draw_figures(figures))
+
+
+FIGURES_ENV = "TUNERY_REPORT_FIGURES"
+
+
+def draw_figures(figures: bool = True) -> bool:
+    """Whether a report draws its figures: evaluate.figures, unless TUNERY_REPORT_FIGURES=0 turns them
+    off for every report of the process and its children (batch jobs and CI, where the plots, about a
+    second a report, are never looked at). The tables, numbers and mistakes are written either way."""
+    return bool(figures) and os.environ.get(FIGURES_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
 
 
 def _tables_html(tables: list[dict] | None) -> str:
@@ -813,7 +826,7 @@ def _tables_html(tables: list[dict] | None) -> str:
 
 def _render(*, title, run_info, task, label_names, metrics, baseline, predictions, history, n_errors,
             threshold, calibration_bins, verdict, data_summary, findings, config, origins, tables=None,
-            explanations=None) -> str:
+            explanations=None, figures=True) -> str:
     metrics = dict(metrics)
     if verdict is None and isinstance(metrics.get("verdict"), dict):
         verdict = metrics["verdict"]
@@ -829,7 +842,9 @@ def _render(*, title, run_info, task, label_names, metrics, baseline, prediction
     if task == "multilabel":
         t = threshold if np.ndim(threshold) == 0 else "per label: " + _fmt(list(np.asarray(threshold)))
         body.append(f'<p class="muted">Decision threshold: {escape(_fmt(t))}</p>')
-    if history:
+    if not figures:
+        body.append('<p class="muted">Figures not drawn (evaluate.figures is false, or TUNERY_REPORT_FIGURES=0).</p>')
+    if history and figures:
         fig = _history_fig(history, task)
         if fig is not None:
             body += ["<h2>Training</h2>", '<div class="figs">' + _img(fig, "training curves") + "</div>"]
@@ -837,7 +852,7 @@ def _render(*, title, run_info, task, label_names, metrics, baseline, prediction
         body.append(_split_section(
             split, task, label_names, metrics.get(split), (baseline or {}).get(split),
             predictions.get(split), n_errors=n_errors, threshold=threshold,
-            calibration_bins=calibration_bins, origin=(origins or {}).get(split)))
+            calibration_bins=calibration_bins, origin=(origins or {}).get(split), figures=figures))
     explained = _explanations_html(task, explanations)
     css = _CSS
     if explained:
@@ -865,7 +880,7 @@ def write_report(
     history: list[dict] | None = None, n_errors: int = 20, threshold=0.5,
     calibration_bins: int = 10, verdict: dict | None = None, data_summary: dict | None = None,
     findings: list[dict] | None = None, config: dict | None = None, origins: dict[str, tuple] | None = None,
-    tables: list[dict] | None = None, explanations: dict | None = None,
+    tables: list[dict] | None = None, explanations: dict | None = None, figures: bool = True,
 ) -> None:
     """Write one self-contained HTML report to `path` (atomically: temp file, then rename).
 
@@ -881,13 +896,14 @@ def write_report(
     user's file (the prepared frames' `row` and `source` columns). `tables`: extra sections under
     Run, each {"title", "headers", "rows", optional "note"}. `explanations`: the Explanations
     section, explained examples made by the caller (see `_explanations_html`; this module runs no
-    model).
+    model). `figures`: draw the plots (see `draw_figures`).
     """
     html = render_report(
         title=title, run_info=run_info, task=task, label_names=label_names, metrics=metrics,
         baseline=baseline, predictions=predictions, history=history, n_errors=n_errors,
         threshold=threshold, calibration_bins=calibration_bins, verdict=verdict, data_summary=data_summary,
-        findings=findings, config=config, origins=origins, tables=tables, explanations=explanations)
+        findings=findings, config=config, origins=origins, tables=tables, explanations=explanations,
+        figures=figures)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(path, html)  # readable as the umask says, like any other output (not mkstemp's 0600)
