@@ -41,8 +41,8 @@ NO_SMOKE = {"mpnet_pooling.py": "needs pip install 'tunery[mpnet]' (438 MB) and 
 
 def test_every_bench_script_has_a_smoke_test():
     scripts = sorted(p.name for p in BENCH.glob("*.py") if p.name not in NO_SMOKE)
-    assert scripts == ["auto.py", "compress.py", "distill.py", "explain.py", "multilabel.py", "multilabel_ablation.py", "naive_server.py",
-                       "robust.py", "serve.py", "sst2.py"], \
+    assert scripts == ["auto.py", "compress.py", "distill.py", "explain.py", "federated.py", "multilabel.py",
+                       "multilabel_ablation.py", "naive_server.py", "robust.py", "serve.py", "sst2.py"], \
         f"bench/ has new scripts {scripts}: give each a --smoke mode and a test here"
 
 
@@ -158,3 +158,15 @@ def test_distill_bench_smoke(tmp_path):
     assert entry["distilled"]["distillation"]["teacher"]["run"] == "teacher"
     assert entry["layers"]["distillation"]["layers"] == 1 and entry["layers"]["throughput_ratio"] > 0
     assert "beats_direct" in entry["targets"] and "layers_met" in entry["targets"]
+
+
+@pytest.mark.slow  # real Flower processes: about a minute a federation (make test-all)
+def test_federated_bench_smoke(tmp_path):
+    result = run_bench("federated.py", "--runs", "central-lora,iid-fedavg-secagg", tmp_path=tmp_path, timeout=900)
+    assert result["benchmark"] == "federated" and result["settings"]["clients"] == 2
+    central, secure = result["runs"]["central-lora"], result["runs"]["iid-fedavg-secagg"]
+    assert central["kind"] == "centralised" and 0 <= central["dev_accuracy"] <= 1
+    assert secure["kind"] == "federated" and secure["secure_aggregation"]["clip"] == 8.0
+    assert secure["bytes_per_round"]["received"][0] > 0 and set(secure["rows"]) == {"client-0", "client-1"}
+    assert set(result["summary"]["targets"]) == {"iid_within_1_point", "dirichlet_within_3_points",
+                                                 "lora_100x_fewer_bytes"}
