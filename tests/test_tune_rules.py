@@ -186,3 +186,21 @@ def test_each_pruner_by_name_and_the_median_waits_out_the_first_epoch():
     assert isinstance(make_pruner("hyperband"), optuna.pruners.HyperbandPruner)
     with pytest.raises(ConfigError, match="pruner 'asha' is not one of median, sha, hyperband"):
         make_pruner("asha")
+
+
+def test_lora_defaults_to_ten_times_the_backbones_rate_and_a_set_rate_stays():
+    from tunery.backbones import recommended_lr
+    from tunery.config import config_from_dict
+    from tunery.federated.run import resolve_federated
+    from tunery.pipeline import LORA_LR_FACTOR, resolve_defaults
+
+    def lr(tree):
+        return resolve_defaults(config_from_dict({"data": {"train": "x.csv"}, **tree}, source="t")).train.lr
+
+    assert lr({}) == recommended_lr("minilm-l6")
+    assert lr({"model": {"method": "lora"}}) == LORA_LR_FACTOR * recommended_lr("minilm-l6") == 1e-3
+    assert lr({"model": {"method": "lora"}, "train": {"lr": 2e-4}}) == 2e-4
+    # a federation's LoRA updates get the LoRA rate (the method is settled before the rate)
+    fed = resolve_federated(config_from_dict({"data": {"train": "x.csv"}, "federated": {"clients": 3}}, source="t"))
+    assert fed.model.method == "lora" and fed.train.lr == 1e-3
+    assert fed.model.lora.target_modules == ["query", "value"]

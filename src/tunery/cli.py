@@ -714,6 +714,9 @@ def federate(config: Optional[Path] = typer.Argument(None, help="run config (YAM
     from tunery.config import load_config
     from tunery.federated.partition import partition_file
 
+    # Flower's daemons run in sessions of their own (a terminal's Ctrl-C reaches only tunery): on SIGTERM
+    # as on Ctrl-C, tunery stops them before it exits instead of leaving them running
+    sigterm_as_interrupt()
     if client:
         _federated_client(data, superlink, name, fault)
         return

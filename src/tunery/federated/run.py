@@ -33,13 +33,14 @@ def resolve_federated(cfg: RunConfig) -> RunConfig:
 
     if cfg.federated is None:
         raise ConfigError("the config has no federated: section; add one, e.g. federated: {clients: 3}")
-    cfg = resolve_defaults(cfg.model_copy(update={"name": cfg.name or _default_name(cfg)}))
     method = "lora" if cfg.federated.updates == "lora" else "full"
     if cfg.model.method != method and "method" in cfg.model.model_fields_set:
         raise ConfigError(f"federated.updates {cfg.federated.updates} trains model.method {method}, but the config "
                           f"sets model.method {cfg.model.method}: remove model.method or set federated.updates "
                           f"{'full' if cfg.model.method == 'full' else 'lora'}")
     model = cfg.model.model_copy(update={"method": method})
+    # the method first: the default learning rate depends on it
+    cfg = resolve_defaults(cfg.model_copy(update={"name": cfg.name or _default_name(cfg), "model": model}))
     if method == "lora" and "target_modules" not in cfg.model.lora.model_fields_set:
         targets = lean_lora_targets(cfg.model.backbone)
         if targets:  # every byte of an update crosses the network each round
