@@ -554,3 +554,14 @@ def test_each_client_reports_the_record_level_epsilon_of_all_its_steps(tmp_path,
     from tunery.federated.server import _config_bytes
     # SecAgg+'s unmasking message of a round without a dropout holds an empty list (flwr's count_bytes fails on it)
     assert _config_bytes(ConfigRecord({"stage": "unmask", "active": [1, 2], "dead": []})) == 5 + 6 + 6 + 16 + 4
+
+
+def test_the_schedule_spans_the_federation_constant_within_each_round():
+    from tunery.config import TrainConfig
+    from tunery.federated.client import round_rate
+
+    linear = TrainConfig(warmup_ratio=0.06)
+    assert [round_rate(linear, r, 4) for r in (1, 2, 3, 4)] == [(1.0, 0.24), (0.75, 0.0), (0.5, 0.0), (0.25, 0.0)]
+    assert round_rate(TrainConfig(scheduler="cosine"), 3, 4)[0] == pytest.approx(0.5)
+    assert round_rate(TrainConfig(scheduler="constant"), 4, 4) == (1.0, 0.0)
+    assert round_rate(linear, 1, 20)[1] == 0.5  # a long federation warms up over half its first round at most
