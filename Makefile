@@ -9,11 +9,9 @@ TORCH  ?= torch==2.13.0
 $(BIN)/tunery: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	# torch first and pinned: this takes the CPU wheel; an unpinned torch pulls a multi-GB CUDA build.
-	# --no-compile: Python compiles a module when it is first imported, instead of pip compiling every
-	# file of every package up front (torch alone: about 30 s of CPU here, most of it never imported)
-	$(BIN)/pip install -q --no-compile $(TORCH)
-	$(BIN)/pip install -q --no-compile -e '.[dev,onnx,explain,attack,federated]'
+	# torch first and pinned: this takes the CPU wheel; an unpinned torch pulls a multi-GB CUDA build
+	$(BIN)/pip install -q $(TORCH)
+	$(BIN)/pip install -q -e '.[dev,onnx,explain,attack,federated]'
 	touch $(BIN)/tunery
 
 install: $(BIN)/tunery
