@@ -20,8 +20,7 @@ from tests.conftest import make_dataset
 
 pytest.importorskip("flwr", reason="federated training needs the federated extra: pip install 'tunery[federated]'")
 
-# Logs every file the Flower ServerApp process opens (an audit hook, loaded by site from PYTHONPATH), and
-# makes the SuperNodes' heartbeats as frequent as Flower allows.
+# Logs every file the Flower ServerApp process opens (an audit hook, loaded by site from PYTHONPATH).
 AUDIT = textwrap.dedent('''
     import os, sys
     _argv = getattr(sys, "orig_argv", sys.argv) or [""]
@@ -37,11 +36,6 @@ AUDIT = textwrap.dedent('''
             finally:
                 _busy[0] = False
         sys.addaudithook(_hook)
-    if any(os.path.basename(str(a)).startswith("flower-supernode") for a in _argv[:2]):
-        # A killed client is noticed when it misses two heartbeats: at Flower's shortest interval (10 s)
-        # that is 20 s, not the 60 s of its 30 s default; nothing else about dropping changes.
-        import flwr.common.constant as _flower
-        _flower.HEARTBEAT_DEFAULT_INTERVAL = _flower.HEARTBEAT_MIN_INTERVAL
 ''')
 
 
