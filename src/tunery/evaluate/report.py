@@ -555,15 +555,16 @@ def _split_section(
     texts, y, scores = pred
     y, scores = np.asarray(y), np.asarray(scores)
     figs = []
-    if len(y) and figures:
+    if len(y):
         m = compute_metrics(task, y, scores, label_names, threshold=threshold,
                             calibration_bins=calibration_bins)
+        if "confusion_matrix" not in m and task == "classification":  # too many classes for a matrix: a table
+            parts.append(_top_confusions_table(m.get("top_confusions") or [], m["per_class"]))
+    if len(y) and figures:
         if task == "classification":
             if "confusion_matrix" in m:
                 figs.append(_img(_confusion_fig(np.asarray(m["confusion_matrix"]), label_names),
                                  f"confusion matrix, {split}"))
-            else:
-                parts.append(_top_confusions_table(m.get("top_confusions") or [], m["per_class"]))
             conf = scores.max(axis=1)
             figs.append(_img(_reliability_fig(conf, scores.argmax(axis=1) == y.astype(int).reshape(-1),
                                               m["ece"], n_classes=len(label_names), bins=calibration_bins),
