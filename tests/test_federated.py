@@ -481,7 +481,6 @@ def test_secure_aggregation_gives_the_weighted_mean_of_the_updates_without_showi
     expected = {k: (rows[0] * sent[0][k] + rows[1] * sent[1][k]) / sum(rows) for k in sent[0]}
     moved = max(float((expected[k] - seen["initial"][k]).abs().max()) for k in expected)
     error = max(float((seen["final"][k] - expected[k]).abs().max()) for k in expected)
-    print("secagg moved", moved, "error", error)
     assert moved > 1e-3 and error < 1e-4, (moved, error)
 
     # the server saw masked vectors only: uniform over the modulus, unrelated to the update

@@ -64,7 +64,8 @@ def _train(msg: Message, context: Context) -> Message:
     from tunery.federated.client import train_round
     from tunery.federated.weights import trainable_state
 
-    if secagg.is_legacy_fit(msg.content):  # a SecAgg+ round: Flower's legacy fit message and reply
+    legacy = secagg.is_legacy_fit(msg.content)
+    if legacy:  # a SecAgg+ round: Flower's legacy fit message and reply
         arrays, config = secagg.legacy_fit_ins(msg.content)
         client, pid, fault, rnd = _client(config, context)
         start = secagg.state_from_arrays(arrays, trainable_state(client.model))
@@ -77,7 +78,7 @@ def _train(msg: Message, context: Context) -> Message:
                                  dp_steps=int(mine["dp-steps"]) if mine is not None else 0)
     if "dp-steps" in metrics:
         context.state.config_records[NODE_STATE] = ConfigRecord({"dp-steps": int(metrics["dp-steps"])})
-    if secagg.is_legacy_fit(msg.content):
+    if legacy:
         return Message(secagg.legacy_fit_res(state, int(metrics["num-examples"]), metrics,
                                              client.cfg.federated.secagg_clip), reply_to=msg)
     return Message(RecordDict({"arrays": ArrayRecord(torch_state_dict=state), "metrics": MetricRecord(metrics)}),

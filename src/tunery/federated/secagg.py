@@ -56,6 +56,8 @@ def secure_rounds(grid, context, fed_cfg, initial: dict, round_config: Callable[
     from flwr.server.workflow import SecAggPlusWorkflow
     from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECORD, Key
 
+    from tunery.federated.server import sampled_per_round
+
     keys = list(initial)
     params = ndarrays_to_parameters([t.detach().cpu().float().numpy() for t in initial.values()])
     strategy = _legacy_strategy(fed_cfg, params, round_config)
@@ -75,7 +77,7 @@ def secure_rounds(grid, context, fed_cfg, initial: dict, round_config: Callable[
         if len(online) < fed_cfg.min_clients:  # the legacy client manager would wait for them for a day
             raise TuneryError(f"round {rnd}: {len(online)} clients are connected, federated.min_clients is "
                               f"{fed_cfg.min_clients}")
-        sampled = min(len(online), max(int(len(online) * fed_cfg.fraction), fed_cfg.min_clients))
+        sampled = sampled_per_round(fed_cfg, len(online))
         # as shares of those sampled (Flower takes an int only above 2 and below the share count): every
         # sampled client holds a share of every other's secrets, threshold(...) of them unmask one
         workflow = SecAggPlusWorkflow(num_shares=1.0, reconstruction_threshold=threshold(fed_cfg, sampled) / sampled,

@@ -296,7 +296,7 @@ def _serve(grid, context, work: Path) -> None:
     model = build_model(backbone_path, task, fed["labels"], cfg)
     initial = trainable_state(model)
     recording = RecordingGrid(grid, names, excluded={n for n in names if n not in ok_nodes})
-    strategy = make_strategy(fc, len(ok_nodes))
+    strategy = None if fc.secure_aggregation else make_strategy(fc, len(ok_nodes))  # SecAgg+ drives its own
     config = ConfigRecord({"config": cfg_json, "federation": fed_json})
     log_path = work / "log.jsonl"
 
