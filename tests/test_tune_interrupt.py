@@ -60,7 +60,32 @@ def test_sigterm_reaches_the_trial_process_whose_trial_is_queued_again(tiny_back
     assert not Path(f"/proc/{trial_pid}").exists()  # no orphan trains on
     assert Store(url).get_run(f"{STUDY}-t0000").status == "interrupted"
     trials = studies.load(STUDY, url).get_trials()
-    assert trials[0].state == TrialState.FAIL
+    assert trials[0].state == TrialState.FAIL, err
     retry = [t for t in trials if t.system_attrs.get("failed_trial") == 0]
     assert len(retry) == 1 and retry[0].state == TrialState.WAITING  # run by --resume, not lost
     assert retry[0].system_attrs["fixed_params"] == trials[0].params
+
+
+def test_a_signal_inside_a_deferred_block_is_raised_when_the_block_ends():
+    from tunery.interrupt import Terminated, deferred, sigterm_as_interrupt
+
+    before = signal.getsignal(signal.SIGTERM)
+    sigterm_as_interrupt()
+    ours = signal.getsignal(signal.SIGTERM)
+    steps = []
+    try:
+        try:
+            with deferred():
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(0.05)  # the handler would run here, were it not held
+                steps.append("write finished")
+            steps.append("after the block")
+        except Terminated:
+            steps.append("raised")
+        assert steps == ["write finished", "raised"]
+        assert signal.getsignal(signal.SIGTERM) is ours  # tunery's handler is back, not the holder
+        with deferred():
+            steps.append("quiet")  # no signal: nothing raised
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    assert steps[-1] == "quiet"

@@ -16,7 +16,7 @@ import threading
 import time
 from pathlib import Path
 
-from tunery.interrupt import Terminated, sigterm_as_interrupt
+from tunery.interrupt import Terminated, deferred, sigterm_as_interrupt
 from tunery.train.callbacks import Callback
 
 STARTED = time.time()  # this process's start: the shortest useful trial counts from here
@@ -48,8 +48,10 @@ class TrialReport(Callback):
         if self.first_eval_at is None:
             self.first_eval_at = self.clock()
         value = float(record[self.metric])
-        self.trial.report(value, step=int(state.samples_seen))
-        if self.trial.should_prune():
+        with deferred():  # a signal waits for the write to end
+            self.trial.report(value, step=int(state.samples_seen))
+            prune = self.trial.should_prune()
+        if prune:
             log.info("trial %d pruned at step %d (%s %.4f)", self.trial.number, state.step, self.metric, value)
             self.stop_reason = "pruned"
 
@@ -101,7 +103,8 @@ def _link(store, run: str, study: str, number: int, status: str | None = None) -
     """Record the run's study and trial in the store."""
     fields = {"study": study, "trial": number, **({"status": status} if status else {})}
     try:
-        store.update_run(run, **fields)
+        with deferred():
+            store.update_run(run, **fields)
     except Exception as err:  # noqa: BLE001 - the run's own record is written; the link is extra
         log.warning("could not link run %r to study %r trial %d in the store: %s", run, study, number, err)
 
@@ -136,15 +139,17 @@ def run_trial(study_name: str, *, url: str | None = None, threads: int | None = 
         try:
             run_dir, report, deadline = _train(trial, s, name, store, study_name, threads=threads, clock=clock)
         except BaseException as err:
-            trial.set_user_attr("error", f"{type(err).__name__}: {err}"[:1000])
-            study.tell(trial, state=optuna.trial.TrialState.FAIL)
-            _link(store, name, study_name, trial.number)
-            if isinstance(err, Exception):
-                log.error("trial %d failed: %s", trial.number, err)
-                return trial.number
-            # Ctrl-C or SIGTERM: not the trial's fault; it is queued again for --resume
-            studies.requeue(study, study.trials[trial.number])
-            raise
+            with deferred():  # a second signal does not stop the trial being told how it ended
+                trial.set_user_attr("error", f"{type(err).__name__}: {err}"[:1000])
+                study.tell(trial, state=optuna.trial.TrialState.FAIL)
+                _link(store, name, study_name, trial.number)
+                if not isinstance(err, Exception):
+                    # Ctrl-C or SIGTERM: not the trial's fault; it is queued again for --resume
+                    studies.requeue(study, study.trials[trial.number])
+            if not isinstance(err, Exception):
+                raise
+            log.error("trial %d failed: %s", trial.number, err)
+            return trial.number
         metrics = json.loads((run_dir / "metrics.json").read_text())
         value = metrics["training"]["best_validation"]
         finished = clock()
