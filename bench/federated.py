@@ -10,8 +10,8 @@ Runs (--runs picks some; default all):
 - central-lora, central-full: tunery train on the whole slice, LoRA (on the adapters a federation
   trains by default: query and value) or full fine-tuning, for as many epochs as a client trains its
   share over all rounds (rounds x local epochs);
-- iid-fedavg, iid-fedprox, iid-fedadam: the slice shuffled into equal clients, LoRA updates;
-- dir-fedavg, dir-fedprox, dir-fedadam: split by a Dirichlet(alpha) over labels (non-IID), LoRA updates;
+- iid-fedavg, iid-fedavgm, iid-fedprox, iid-fedadam: the slice shuffled into equal clients, LoRA updates;
+- dir-fedavg, dir-fedavgm, dir-fedprox, dir-fedadam: split by a Dirichlet(alpha) over labels (non-IID), LoRA updates;
 - iid-fedavg-full: full-model updates (bytes against LoRA's);
 - iid-fedavg-dp: record-level DP-SGD in every client (train.dp), its epsilon;
 - iid-fedavg-secagg: Flower's SecAgg+ (the server sees only the sum), its cost in time and bytes.
@@ -47,9 +47,11 @@ RUNS = {
     "central-lora": {"central": "lora"},
     "central-full": {"central": "full"},
     "iid-fedavg": {"federated.partition": "iid", "federated.strategy": "fedavg"},
+    "iid-fedavgm": {"federated.partition": "iid", "federated.strategy": "fedavgm"},
     "iid-fedprox": {"federated.partition": "iid", "federated.strategy": "fedprox"},
     "iid-fedadam": {"federated.partition": "iid", "federated.strategy": "fedadam"},
     "dir-fedavg": {"federated.partition": "dirichlet", "federated.strategy": "fedavg"},
+    "dir-fedavgm": {"federated.partition": "dirichlet", "federated.strategy": "fedavgm"},
     "dir-fedprox": {"federated.partition": "dirichlet", "federated.strategy": "fedprox"},
     "dir-fedadam": {"federated.partition": "dirichlet", "federated.strategy": "fedadam"},
     "iid-fedavg-full": {"federated.partition": "iid", "federated.updates": "full"},

@@ -363,6 +363,38 @@ def test_client_level_dp_clips_each_update_and_adds_noise_of_the_stated_scale():
             assert float(noise.std()) == pytest.approx(z * clip / 4, rel=0.03)
 
 
+def test_fedavgm_steps_along_the_mean_update_with_momentum_across_rounds():
+    """Every client sends the same update d each round: FedAvg would move the global model by d a
+    round; FedAvgM (server_lr 1, momentum 0.9, the defaults) by d, then 1.9 d, then 2.71 d."""
+    from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+
+    from tunery.config import config_from_dict
+    from tunery.federated.server import make_strategy
+
+    class Nodes:
+        def get_node_ids(self):
+            return [1, 2, 3]
+
+    fed = config_from_dict({"data": {"train": "x"}, "federated": {"clients": 3, "strategy": "fedavgm"}}).federated
+    assert (fed.server_step, fed.server_momentum) == (1.0, 0.9)
+    strategy = make_strategy(fed, 3)
+    d = np.linspace(-1, 1, 50, dtype=np.float32)
+    arrays = ArrayRecord([np.zeros(50, dtype=np.float32)])
+    moved = []
+    for rnd in (1, 2, 3):
+        start = arrays.to_numpy_ndarrays()[0]
+        sent = list(strategy.configure_train(rnd, arrays, ConfigRecord(), Nodes()))
+        replies = [Message(RecordDict({"arrays": ArrayRecord([start + d]),
+                                       "metrics": MetricRecord({"num-examples": 10 * (i + 1)})}), reply_to=msg)
+                   for i, msg in enumerate(sent)]
+        arrays, _ = strategy.aggregate_train(rnd, replies)
+        moved.append(float((arrays.to_numpy_ndarrays()[0] - start) @ d / (d @ d)))
+    assert moved == pytest.approx([1.0, 1.9, 2.71], abs=1e-5)
+    adam = config_from_dict({"data": {"train": "x"}, "federated": {"clients": 3, "strategy": "fedadam"}}).federated
+    assert adam.server_step == 0.01
+    assert config_from_dict({"data": {"train": "x"}, "federated": {"clients": 3}}).federated.server_step is None
+
+
 def test_client_epsilon_follows_the_gaussian_mechanism():
     from tunery.federated.server import client_epsilon
 
@@ -382,7 +414,7 @@ def test_dp_is_refused_where_its_noise_would_not_be_calibrated():
 
     with pytest.raises(Exception, match="dp_noise works with strategy fedavg or fedprox"):
         config_from_dict({"data": {"train": "x"}, "federated": {"clients": 5, "strategy": "krum", "dp_noise": 1.0}})
-    with pytest.raises(Exception, match="secure_aggregation works with strategy fedavg, fedprox or fedadam"):
+    with pytest.raises(Exception, match="secure_aggregation works with strategy fedavg, fedavgm, fedprox or fedadam"):
         config_from_dict({"data": {"train": "x"}, "federated": {"clients": 5, "strategy": "krum",
                                                                 "secure_aggregation": True}})
     with pytest.raises(Exception, match="secure_aggregation and federated.dp_noise do not go together"):

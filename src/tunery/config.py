@@ -330,6 +330,11 @@ class DistillConfig(_Part):
     attention_weight: float = Field(1.0, ge=0, description="weight of the attention-map MSE term")
 
 
+# federated.server_lr when it is not set, by strategy (FedAdam's eta as in Reddi et al. 2021; FedAvgM's
+# step as in Hsu et al. 2019, momentum 0.9)
+SERVER_LR_DEFAULT = {"fedadam": 0.01, "fedavgm": 1.0}
+
+
 class FederatedConfig(_Part):
     """`tunery federate`: training across clients whose data stays with them (federated/)."""
 
@@ -349,9 +354,13 @@ class FederatedConfig(_Part):
     fraction: float = Field(1.0, gt=0, le=1, description="share of the clients trained each round")
     min_clients: int = Field(2, ge=1, description="the fewest clients a round needs (it fails below)")
     round_timeout: float = Field(600, gt=0, description="seconds a round waits for its clients")
-    strategy: Literal["fedavg", "fedprox", "fedadam", "trimmed_mean", "krum"] = "fedavg"
+    strategy: Literal["fedavg", "fedavgm", "fedprox", "fedadam", "trimmed_mean", "krum"] = "fedavg"
     mu: float = Field(0.01, ge=0, description="fedprox: weight of the proximal term (mu/2)*||w - w_global||^2")
-    server_lr: float = Field(0.01, gt=0, description="fedadam: the server optimizer's learning rate (eta)")
+    server_lr: float | None = Field(
+        None, gt=0, le=100, description="the server optimizer's learning rate: fedadam's eta (default 0.01), "
+        "fedavgm's step on the mean update (default 1.0); other strategies have none (configs saved before "
+        "fedavgm carry 0.01 here for every strategy, so it is not refused)")
+    server_momentum: float = Field(0.9, ge=0, lt=1, description="fedavgm: momentum of the server's steps across rounds")
     trim: float = Field(0.2, ge=0, lt=0.5, description="trimmed_mean: share cut from each end, per coordinate")
     krum_malicious: int = Field(1, ge=0, description="krum: the bad clients it must withstand (f)")
     updates: Literal["lora", "full"] = Field(
@@ -364,7 +373,7 @@ class FederatedConfig(_Part):
     dp_delta: float = Field(1e-5, gt=0, lt=1, description="client-level DP: the delta that epsilon is reported for")
     secure_aggregation: bool = Field(
         False, description="Flower's SecAgg+: the server learns only the weighted sum of the updates, never one "
-        "client's (fedavg, fedprox, fedadam; not with the robust strategies or dp_noise, which need each update)")
+        "client's (fedavg, fedavgm, fedprox, fedadam; not with the robust strategies or dp_noise, which need each update)")
     secagg_threshold: int | None = Field(
         None, ge=2, description="secure_aggregation: shares needed to remove a client's mask, so the clients that "
         "may drop in a round are those sampled minus this; default a majority of those sampled")
@@ -386,8 +395,8 @@ class FederatedConfig(_Part):
         if self.dp_noise and self.strategy not in ("fedavg", "fedprox"):
             raise ValueError(f"federated.dp_noise works with strategy fedavg or fedprox (the noise is calibrated "
                              f"to a mean of clipped updates), not {self.strategy}: change one of them")
-        if self.secure_aggregation and self.strategy not in ("fedavg", "fedprox", "fedadam"):
-            raise ValueError(f"federated.secure_aggregation works with strategy fedavg, fedprox or fedadam, not "
+        if self.secure_aggregation and self.strategy not in ("fedavg", "fedavgm", "fedprox", "fedadam"):
+            raise ValueError(f"federated.secure_aggregation works with strategy fedavg, fedavgm, fedprox or fedadam, not "
                              f"{self.strategy}: a robust strategy must see each client's update, which secure "
                              f"aggregation hides from the server; choose one of them")
         if self.secure_aggregation and self.dp_noise:
@@ -404,6 +413,11 @@ class FederatedConfig(_Part):
             raise ValueError(f"federated.strategy krum withstands krum_malicious={self.krum_malicious} bad clients "
                              f"only with at least {2 * self.krum_malicious + 3} clients (2f + 3); {n} given")
         return self
+
+    @property
+    def server_step(self) -> float | None:
+        """The server optimizer's learning rate: server_lr, or the strategy's default (None: no server optimizer)."""
+        return self.server_lr if self.server_lr is not None else SERVER_LR_DEFAULT.get(self.strategy)
 
 
 class RunConfig(_Part):

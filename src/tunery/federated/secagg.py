@@ -97,14 +97,17 @@ def secure_rounds(grid, context, fed_cfg, initial: dict, round_config: Callable[
 
 
 def _legacy_strategy(fed_cfg, params, round_config):
-    """Flower's legacy FedAvg, FedProx or FedAdam (what SecAggPlusWorkflow drives), noting each aggregation."""
+    """Flower's legacy FedAvg, FedAvgM, FedProx or FedAdam (what SecAggPlusWorkflow drives), noting each aggregation."""
     from flwr.server import strategy as legacy
 
     common = dict(fraction_fit=fed_cfg.fraction, fraction_evaluate=0.0, min_fit_clients=fed_cfg.min_clients,
                   min_evaluate_clients=fed_cfg.min_clients, min_available_clients=fed_cfg.min_clients,
                   on_fit_config_fn=round_config, initial_parameters=params)
-    base = {"fedavg": legacy.FedAvg, "fedprox": legacy.FedProx, "fedadam": legacy.FedAdam}[fed_cfg.strategy]
-    extra = {"fedprox": {"proximal_mu": fed_cfg.mu}, "fedadam": {"eta": fed_cfg.server_lr}}.get(fed_cfg.strategy, {})
+    base = {"fedavg": legacy.FedAvg, "fedavgm": legacy.FedAvgM, "fedprox": legacy.FedProx,
+            "fedadam": legacy.FedAdam}[fed_cfg.strategy]
+    extra = {"fedprox": {"proximal_mu": fed_cfg.mu}, "fedadam": {"eta": fed_cfg.server_step},
+             "fedavgm": {"server_learning_rate": fed_cfg.server_step, "server_momentum": fed_cfg.server_momentum},
+             }.get(fed_cfg.strategy, {})
 
     class Noting(base):
         aggregated = False

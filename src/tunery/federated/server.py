@@ -207,8 +207,10 @@ def make_strategy(fed_cfg, n_clients: int):
         return S.FedAvg(**common)
     if name == "fedprox":
         return S.FedProx(proximal_mu=fed_cfg.mu, **common)
+    if name == "fedavgm":
+        return S.FedAvgM(server_learning_rate=fed_cfg.server_step, server_momentum=fed_cfg.server_momentum, **common)
     if name == "fedadam":
-        return S.FedAdam(eta=fed_cfg.server_lr, **common)
+        return S.FedAdam(eta=fed_cfg.server_step, **common)
     if name == "trimmed_mean":
         return S.FedTrimmedAvg(beta=fed_cfg.trim, **common)
     if name == "krum":
