@@ -116,7 +116,7 @@ def federated_figures(run_dir: Path) -> dict:
            "bytes_sent": m["bytes_sent"], "bytes_received": m["bytes_received"],
            "validation_per_round": [r["eval_metric"] for r in rounds],
            "train_seconds_per_round": [r["train_seconds"] for r in trained], "dropped": m["dropped"],
-           "federation_wall_s": m["wall_seconds"]}
+           "federation_wall_s": m["wall_seconds"], "kept_round": m.get("kept_round", m["rounds"])}
     if m.get("record_dp"):
         out["record_dp"] = m["record_dp"]
     if m.get("secure_aggregation"):

@@ -164,6 +164,9 @@ def test_the_run_records_each_round_who_trained_who_sat_out_and_the_bytes(federa
             assert 0 <= r["per_client"][c]["eval_metric"] <= 1
             assert r["round"] == 0 or math.isfinite(r["per_client"][c]["train_loss"])
     assert m["final_eval_metric"] == last["eval_metric"]
+    best = max(r["eval_metric"] for r in rounds[1:])  # the model kept: the first round that scored best
+    assert m["keep"] == "best" and m["kept_eval_metric"] == best
+    assert m["kept_round"] == next(r["round"] for r in rounds[1:] if r["eval_metric"] == best)
     # LoRA updates: the adapters and the head, far fewer bytes than the model
     from safetensors import safe_open
 
@@ -590,3 +593,50 @@ def test_the_schedule_spans_the_federation_constant_within_each_round():
     assert round_rate(TrainConfig(scheduler="cosine"), 3, 4)[0] == pytest.approx(0.5)
     assert round_rate(TrainConfig(scheduler="constant"), 4, 4) == (1.0, 0.0)
     assert round_rate(linear, 1, 20)[1] == 0.5  # a long federation warms up over half its first round at most
+
+
+def test_the_run_keeps_the_global_model_of_the_round_that_scored_best(tmp_path, tiny_backbone, monkeypatch):
+    """Three rounds over two in-process clients (a LocalGrid: tunery's real ClientApp and server), the
+    clients' validation scores made up so that round 1's model scores best (0.9, then 0.6, 0.7): the
+    run holds round 1's global model, not the final one, and metrics.json says so."""
+    from flwr.app import Context, RecordDict
+    from transformers import AutoModelForSequenceClassification
+
+    from tunery.config import config_from_dict
+    from tunery.federated import client as fc
+    from tunery.federated import server
+    from tunery.federated.run import resolve_federated
+
+    data = make_dataset("binary", n=160, seed=2)
+    files = []
+    for i in range(2):
+        files.append(str(tmp_path / f"c{i}.csv"))
+        data.iloc[80 * i:80 * (i + 1)].to_csv(files[-1], index=False)
+    cfg = resolve_federated(config_from_dict(_config(tmp_path, tiny_backbone, files, rounds=3, local_steps=3)))
+    real = fc.evaluate_round
+    scored: dict[str, list] = {}  # per client: the global models it scored, in order (round 0's first)
+
+    def made_up(client, weights):
+        out = real(client, weights)
+        seen = scored.setdefault(client.key, [])
+        seen.append({k: v.clone() for k, v in weights.items()})
+        return {**out, "eval-metric": [0.5, 0.9, 0.6, 0.7][len(seen) - 1]}
+
+    monkeypatch.setattr(fc, "evaluate_round", made_up)
+    clients = {10 + i: Context(run_id=1, node_id=10 + i, node_config={"data-path": f, "name": f"c{i}",
+                                                                       "partition-id": i},
+                               state=RecordDict(), run_config={}) for i, f in enumerate(files)}
+    work = tmp_path / "run"
+    work.mkdir()
+    server._serve(LocalGrid(clients), Context(run_id=1, node_id=1, node_config={}, state=RecordDict(), run_config={
+        "run-dir": str(work), "config": json.dumps(cfg.to_dict())}), work)
+
+    summary = json.loads((work / "metrics.json").read_text())["federated"]
+    rounds = [json.loads(line) for line in (work / "log.jsonl").read_text().splitlines()]
+    assert [r["eval_metric"] for r in rounds] == pytest.approx([0.5, 0.9, 0.6, 0.7])
+    assert (summary["keep"], summary["kept_round"], summary["kept_eval_metric"]) == ("best", 1, pytest.approx(0.9))
+    models = next(iter(scored.values()))  # the global model of rounds 0, 1, 2 and 3, as a client got them
+    head = next(k for k in models[1] if k.endswith("classifier.modules_to_save.default.weight"))
+    saved = AutoModelForSequenceClassification.from_pretrained(work / "model").classifier.weight.detach()
+    assert torch.allclose(saved, models[1][head].float(), atol=1e-6)
+    assert not torch.allclose(saved, models[3][head].float(), atol=1e-4)  # the final model differs: not kept

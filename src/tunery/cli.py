@@ -742,7 +742,8 @@ def federate(config: Optional[Path] = typer.Argument(None, help="run config (YAM
             print(json.dumps({"run": str(run), **fed}, indent=2, ensure_ascii=False))
             return
         out.print(f"federated run {escape(str(run))}: {fed['rounds']} rounds of {fed['strategy']}, clients "
-                  f"{', '.join(fed['trained'])}; validation {m['metric']} {fed['final_eval_metric']}", highlight=False)
+                  f"{', '.join(fed['trained'])}; kept round {fed['kept_round']} (validation {m['metric']} "
+                  f"{fed['kept_eval_metric']}; final round {fed['final_eval_metric']})", highlight=False)
         for who, why in fed["sat_out"].items():
             out.print(f"  {escape(who)} sat out: {escape(why)}", highlight=False)
         if fed["dropped"]:

@@ -363,6 +363,9 @@ class FederatedConfig(_Part):
     server_momentum: float = Field(0.9, ge=0, lt=1, description="fedavgm: momentum of the server's steps across rounds")
     trim: float = Field(0.2, ge=0, lt=0.5, description="trimmed_mean: share cut from each end, per coordinate")
     krum_malicious: int = Field(1, ge=0, description="krum: the bad clients it must withstand (f)")
+    keep: Literal["best", "last"] = Field(
+        "best", description="the global model the run keeps: best (the round whose model scored best on the "
+        "clients' validation rows, as a centralised run keeps its best checkpoint) or last (the final round's)")
     updates: Literal["lora", "full"] = Field(
         "lora", description="what clients send: lora (the adapters and the head: far fewer bytes) or full")
     dp_noise: float = Field(0.0, ge=0, le=100, description="client-level differential privacy: the noise "

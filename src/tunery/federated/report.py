@@ -63,6 +63,7 @@ def write_report(path: Path, cfg, meta: dict, summary: dict, rounds: list[dict])
             ["secure aggregation", "off" if not summary.get("secure_aggregation") else
              f"{summary['secure_aggregation']['protocol']}; threshold {summary['secure_aggregation']['threshold']}; "
              f"values within ±{summary['secure_aggregation']['clip']:g}"],
+            ["model kept", _kept(summary)],
             ["wall time", f"{summary['wall_seconds']:.0f} s"]]
     head = _table(["", ""], [[f"<th>{escape(k)}</th>", f"<td>{escape(v)}</td>"] for k, v in info])
     per_round = _table(["round", "train loss", f"validation {metric}", "validation loss", "trained", "dropped",
@@ -81,3 +82,11 @@ def write_report(path: Path, cfg, meta: dict, summary: dict, rounds: list[dict])
             f"<h2>Config</h2><pre>{escape(json.dumps(cfg.to_dict(), indent=1, ensure_ascii=False))}</pre>"
             "</body></html>")
     path.write_text(html, encoding="utf-8")
+
+
+def _kept(summary: dict) -> str:
+    """Which round's global model the run holds (runs written before federated.keep: the last)."""
+    kept = summary.get("kept_round", summary["rounds"])
+    how = ("the best on the clients' validation rows" if summary.get("keep", "last") == "best"
+           else "the last (federated.keep: last)")
+    return f"round {kept} of {summary['rounds']}, {how}"

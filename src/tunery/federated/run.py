@@ -143,7 +143,8 @@ def federate(cfg: RunConfig, *, store=None, faults: dict[str, str] | None = None
                 if home.name not in ("logs", "app"):
                     shutil.rmtree(home, ignore_errors=True)
         metrics = json.loads((run.work / "metrics.json").read_text(encoding="utf-8"))
-        run.metrics = {"federated": {k: metrics["federated"][k] for k in ("final_eval_metric", "rounds", "strategy")}}
+        kept = ("final_eval_metric", "kept_round", "kept_eval_metric", "rounds", "strategy")
+        run.metrics = {"federated": {k: metrics["federated"][k] for k in kept}}
     from tunery.store import Store
 
     final = Path(scfg.output_dir) / run.cfg.name

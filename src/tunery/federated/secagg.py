@@ -25,7 +25,7 @@ update and are refused with it.
 from __future__ import annotations
 
 import logging
-from typing import Callable
+from typing import Any, Callable
 
 from tunery.errors import TuneryError
 
@@ -42,14 +42,14 @@ def threshold(fed_cfg, sampled: int) -> int:
 
 
 def secure_rounds(grid, context, fed_cfg, initial: dict, round_config: Callable[[int], dict], nodes: list[int],
-                  rows: dict[int, int], after_round: Callable[[int], None]) -> dict:
+                  rows: dict[int, int], after_round: Callable[[int, Any], None]) -> dict:
     """`fed_cfg.rounds` rounds of SecAgg+ from the tensors `initial`, among `nodes` (those still
     connected each round); `round_config(r)` is the config each client gets in round r,
-    `after_round(r)` is called once round r has aggregated. Returns the final tensors by name."""
+    `after_round(r, arrays)` is called once round r has aggregated, with its tensors (an ArrayRecord). Returns the final tensors by name."""
     import torch
     from flwr.common import ndarrays_to_parameters, parameters_to_ndarrays
     from flwr.compat.common import recorddict_compat as compat
-    from flwr.app import ConfigRecord
+    from flwr.app import ArrayRecord, ConfigRecord
     from flwr.server import ServerConfig, SimpleClientManager
     from flwr.server.compat.grid_client_proxy import GridClientProxy
     from flwr.server.compat.legacy_context import LegacyContext
@@ -67,6 +67,12 @@ def secure_rounds(grid, context, fed_cfg, initial: dict, round_config: Callable[
     ctx.state.array_records[MAIN_PARAMS_RECORD] = compat.parameters_to_arrayrecord(params, True)
     run_id = grid.run.run_id
     proxies: dict[int, GridClientProxy] = {}
+
+    def current() -> dict:
+        arrays = parameters_to_ndarrays(compat.arrayrecord_to_parameters(ctx.state.array_records[MAIN_PARAMS_RECORD],
+                                                                         keep_input=True))
+        return {k: torch.from_numpy(a.copy()).to(initial[k].dtype) for k, a in zip(keys, arrays, strict=True)}
+
     for rnd in range(1, fed_cfg.rounds + 1):
         online = set(grid.get_node_ids()) & set(nodes)
         for node in set(proxies) - online:
@@ -90,10 +96,8 @@ def secure_rounds(grid, context, fed_cfg, initial: dict, round_config: Callable[
             raise TuneryError(f"round {rnd}: secure aggregation halted (fewer than the "
                               f"{threshold(fed_cfg, sampled)} clients secagg_threshold needs answered each of its "
                               f"four steps); the server log says at which step")
-        after_round(rnd)
-    final = parameters_to_ndarrays(compat.arrayrecord_to_parameters(ctx.state.array_records[MAIN_PARAMS_RECORD],
-                                                                    keep_input=True))
-    return {k: torch.from_numpy(a.copy()).to(initial[k].dtype) for k, a in zip(keys, final, strict=True)}
+        after_round(rnd, ArrayRecord(torch_state_dict=current()))
+    return current()
 
 
 def _legacy_strategy(fed_cfg, params, round_config):

@@ -269,6 +269,7 @@ def _describe_all(grid, cfg: RunConfig, cfg_json: str, expected: int, timeout: f
 def _serve(grid, context, work: Path) -> None:
     from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 
+    from tunery.evaluate.metrics import default_metric, greater_is_better
     from tunery.federated.weights import load_trainable, state_bytes, trainable_state
     from tunery.pipeline import build_model, load_tokenizer, resolve_task_defaults
     from tunery.backbones import resolve_backbone
@@ -309,7 +310,7 @@ def _serve(grid, context, work: Path) -> None:
               "clients_per_round": m, "sample_rate": m / len(ok_nodes),
               "noise_std": fc.dp_noise * fc.dp_clip / m, "accountant": "RDP (Opacus), sampled Gaussian mechanism"}
 
-    def write_record(rnd: int, scored: dict, extra: dict | None = None) -> None:
+    def write_record(rnd: int, scored: dict, extra: dict | None = None) -> dict:
         """Round `rnd`'s record: its training (round 0: none) and the scores of the global model it
         gave (`scored`: the replies that carry them), written once that model has been scored."""
         record = {"round": rnd, "time": round(time.time() - started, 2),
@@ -318,10 +319,17 @@ def _serve(grid, context, work: Path) -> None:
             record["epsilon"] = client_epsilon(fc.dp_noise, dp["sample_rate"], rnd, fc.dp_delta)
         with open(log_path, "a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
+        return record
+
+    metric = cfg.train.metric or default_metric(fed["task"])
+    best = BestRound(greater_is_better(metric))
+    unscored: dict[int, ArrayRecord] = {}  # the model of a round, until the next round's clients score it
 
     def after_round(rnd: int, arrays) -> None:
         if rnd:  # round rnd's clients scored the model of round rnd - 1 before training on it
-            write_record(rnd - 1, recording.rounds[rnd]["train"])
+            record = write_record(rnd - 1, recording.rounds[rnd]["train"])
+            best.offer(rnd - 1, record["eval_metric"], unscored.pop(rnd - 1, None))
+        unscored[rnd] = arrays
         return None
 
     if fc.secure_aggregation:
@@ -329,7 +337,7 @@ def _serve(grid, context, work: Path) -> None:
 
         final_arrays = ArrayRecord(torch_state_dict=secure_rounds(
             recording, context, fc, initial, lambda r: {"config": cfg_json, "federation": fed_json, "server-round": r},
-            ok_nodes, {n: fed["rows"][names[n]] for n in ok_nodes}, lambda r: after_round(r, None)))
+            ok_nodes, {n: fed["rows"][names[n]] for n in ok_nodes}, after_round))
     else:
         final_arrays = strategy.start(grid=recording, initial_arrays=ArrayRecord(torch_state_dict=initial),
                                       num_rounds=fc.rounds, timeout=fc.round_timeout, train_config=config,
@@ -339,9 +347,10 @@ def _serve(grid, context, work: Path) -> None:
     recording.send_and_receive([Message(RecordDict({"arrays": final_arrays, "config": final_config}), dst_node_id=n,
                                         message_type=MessageType.EVALUATE) for n in recording.get_node_ids()],
                                timeout=fc.round_timeout)
-    write_record(fc.rounds, recording.rounds[last]["evaluate"], recording.rounds[last])
-    final = final_arrays.to_torch_state_dict()
-    load_trainable(model, final)
+    final_record = write_record(fc.rounds, recording.rounds[last]["evaluate"], recording.rounds[last])
+    best.offer(fc.rounds, final_record["eval_metric"], final_arrays)
+    kept = best.round if fc.keep == "best" and best.round is not None else fc.rounds
+    load_trainable(model, (best.arrays if kept != fc.rounds else final_arrays).to_torch_state_dict())
     rounds = [json.loads(line) for line in log_path.read_text(encoding="utf-8").splitlines()] if log_path.exists() else []
     summary = {
         "strategy": fc.strategy, "updates": fc.updates, "rounds": fc.rounds, "clients": sorted(described),
@@ -353,6 +362,8 @@ def _serve(grid, context, work: Path) -> None:
         "evaluation": "each round's global model is scored by the clients on their own validation rows: by the "
                       "next round's clients before they train on it, the final one by every client still connected",
         "final_eval_metric": rounds[-1]["eval_metric"] if rounds else None,
+        "keep": fc.keep, "kept_round": kept,
+        "kept_eval_metric": next((r["eval_metric"] for r in rounds if r["round"] == kept), None),
         "wall_seconds": round(time.time() - started, 2), "seed": seed,
         "dp": dp and {**dp, "epsilon": client_epsilon(fc.dp_noise, dp["sample_rate"], fc.rounds, fc.dp_delta)},
         "record_dp": _record_dp(cfg, rounds),
@@ -362,6 +373,23 @@ def _serve(grid, context, work: Path) -> None:
             "clip": fc.secagg_clip, "quantization_steps": 2 ** 22},
     }
     write_federated_run(work, cfg, fed, model, load_tokenizer(backbone_path), backbone_path, summary, rounds)
+
+
+class BestRound:
+    """The round whose global model scored best on the clients' validation rows (the first of equals;
+    round 0, the untrained model, and rounds without a score are not candidates), and its tensors."""
+
+    def __init__(self, greater: bool) -> None:
+        self.greater = greater
+        self.round: int | None = None
+        self.score: float | None = None
+        self.arrays = None
+
+    def offer(self, rnd: int, score: float | None, arrays) -> None:
+        if rnd < 1 or arrays is None or score is None or math.isnan(score):
+            return
+        if self.score is None or (score > self.score if self.greater else score < self.score):
+            self.round, self.score, self.arrays = rnd, score, arrays
 
 
 def _record_dp(cfg: RunConfig, rounds: list[dict]) -> dict | None:
