@@ -174,7 +174,17 @@ def write_tsv(df, path: Path) -> None:
 
 
 # -- (a) plain Hugging Face Trainer ---------------------------------------------------------------
-def run_hf_trainer(slice_df, dev_df, backbone: str, workdir: Path, *, max_length: int = 128) -> dict:
+def native_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX-512 BF16 or AMX): only there does bf16 pay."""
+    flags = machine_info()["cpu_flags"]
+    return bool(flags.get("avx512_bf16") or flags.get("amx_bf16"))
+
+
+def run_hf_trainer(slice_df, dev_df, backbone: str, workdir: Path, *, max_length: int = 128,
+                   tuned: bool = False) -> dict:
+    """The Trainer with its defaults, or `tuned`: what a user who knows it sets on a CPU, batches of
+    similar length (train_sampling_strategy="group_by_length"), use_cpu, and bf16 where the CPU has it
+    natively (on a CPU without it bf16 is emulated and slower than fp32, so it stays off)."""
     import numpy as np
     import torch
     from transformers import (AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding,
@@ -198,8 +208,9 @@ def run_hf_trainer(slice_df, dev_df, backbone: str, workdir: Path, *, max_length
     train_ds = _Rows(tok(slice_df), slice_df["label"])
     dev_ds = _Rows(tok(dev_df), dev_df["label"])
     model = AutoModelForSequenceClassification.from_pretrained(backbone, num_labels=2)
+    tuning = {"train_sampling_strategy": "group_by_length", "use_cpu": True, "bf16": native_bf16()} if tuned else {}
     args = TrainingArguments(output_dir=str(workdir), per_device_train_batch_size=32, learning_rate=5e-5,
-                             num_train_epochs=1, report_to=[], save_strategy="no", logging_steps=50, seed=42)
+                             num_train_epochs=1, report_to=[], save_strategy="no", logging_steps=50, seed=42, **tuning)
     trainer = Trainer(model=model, args=args, train_dataset=train_ds,
                       data_collator=DataCollatorWithPadding(tokenizer), processing_class=tokenizer)
     t_train = time.perf_counter()
@@ -228,6 +239,61 @@ def run_hf_trainer(slice_df, dev_df, backbone: str, workdir: Path, *, max_length
                      "bf16": args.bf16, "fp16": args.fp16, "max_length": max_length,
                      "device": str(args.device)},
     }
+
+
+# -- model FLOPs utilisation -------------------------------------------------------------------------
+def gemm_peak(dtype_name: str, max_n: int = 2048, reps: int = 3) -> float:
+    """FLOP/s of the best of `reps` square matrix products in this process (torch's threads), the size
+    doubled from 256 while a product takes under 0.2 s (up to max_n): a CPU without native bf16 takes
+    seconds for one bf16 product of 1024 (emulated), so its peak is measured at a smaller size."""
+    import torch
+
+    dtype = getattr(torch, dtype_name)
+    n = 256
+    while True:
+        a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+        t0 = time.perf_counter()
+        torch.matmul(a, b)  # also the warm-up
+        if time.perf_counter() - t0 > 0.2 or n >= max_n:
+            break
+        n *= 2
+    best = float("inf")
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        torch.matmul(a, b)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n ** 3 / best
+
+
+def training_flops_per_sample(slice_df, backbone: str, max_length: int = 128) -> float:
+    """Model FLOPs of one training sample, fwd + bwd, on its real tokens (no padding): 6 N t for the
+    non-embedding weights N over t tokens, plus attention's scores and mix, 12 L d t^2 (Kaplan et al.,
+    2020; Chinchilla's count), averaged over the slice's rows."""
+    from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(backbone)
+    lengths = [len(ids) for ids in tokenizer(slice_df["sentence"].astype(str).tolist(), truncation=True,
+                                             max_length=max_length)["input_ids"]]
+    config = AutoConfig.from_pretrained(backbone)
+    model = AutoModel.from_pretrained(backbone)
+    n = sum(p.numel() for name, p in model.named_parameters() if "embeddings" not in name)
+    layers, d = config.num_hidden_layers, config.hidden_size
+    return sum(6 * n * t + 12 * layers * d * t * t for t in lengths) / len(lengths)
+
+
+def mfu_figures(slice_df, backbone: str, samples_per_s: dict) -> dict:
+    """Model FLOPs per second of each run over the GEMM peaks measured now, in this process: fp32 and
+    bf16 (the issue's yardstick; on a CPU without native bf16 its peak is below fp32's)."""
+    per_sample = training_flops_per_sample(slice_df, backbone)
+    peaks = {"fp32": gemm_peak("float32"), "bf16": gemm_peak("bfloat16")}
+    out = {"flops_per_sample": round(per_sample), "gemm_peak_gflops": {k: round(v / 1e9, 1) for k, v in peaks.items()},
+           "model_gflops_per_s": {}, "mfu_vs_fp32_peak": {}, "mfu_vs_bf16_peak": {}}
+    for run, sps in samples_per_s.items():
+        flops = sps * per_sample
+        out["model_gflops_per_s"][run] = round(flops / 1e9, 1)
+        out["mfu_vs_fp32_peak"][run] = round(flops / peaks["fp32"], 3)
+        out["mfu_vs_bf16_peak"][run] = round(flops / peaks["bf16"], 3)
+    return out
 
 
 # -- (b) tunery -----------------------------------------------------------------------------------
@@ -325,11 +391,11 @@ def worker(kind: str, spec_file: str, out_file: str) -> None:
     spec = json.loads(Path(spec_file).read_text())
     sink: list[str] = []
     with captured_warnings(sink), contextlib.redirect_stdout(sys.stderr):
-        if kind == "hf":
+        if kind in ("hf", "hf_tuned"):
             import pandas as pd  # noqa: F401
 
             res = run_hf_trainer(read_tsv(Path(spec["train"])), read_tsv(Path(spec["dev"])), spec["backbone"],
-                                 Path(spec["workdir"]))
+                                 Path(spec["workdir"]), tuned=kind == "hf_tuned")
         else:
             from tunery.config import config_from_dict
 
@@ -363,6 +429,9 @@ def bench_slice(args, backbone: str, tmp: Path) -> dict:
                                            "backbone": backbone, "workdir": str(tmp / "hf")}, tmp)
     result["loadavg_between"] = loadavg()
 
+    eprint("[slice] (a') the tuned Trainer (group_by_length, use_cpu, bf16 if native) on the same rows ...")
+    result["hf_trainer_tuned"] = run_part("hf_tuned", {"train": str(slice_file), "dev": str(data_dir / "dev.tsv"),
+                                                       "backbone": backbone, "workdir": str(tmp / "hf-tuned")}, tmp)
     eprint(f"[slice] (b) tunery on the same {len(slice_df)} rows (validation held out from them), 1 epoch ...")
     cfg = slice_tunery_config(slice_file, data_dir / "dev.tsv", tmp / "runs", f"slice-{args.slice_rows}",
                               validation_fraction=args.slice_validation_fraction,
@@ -370,8 +439,14 @@ def bench_slice(args, backbone: str, tmp: Path) -> dict:
     result["tunery"] = run_part("tunery", {"config": cfg, "source": "bench/sst2.py slice config"}, tmp)
     result["loadavg_after"] = loadavg()
 
-    hf, tu = result["hf_trainer"], result["tunery"]
+    hf, tu, tuned = result["hf_trainer"], result["tunery"], result["hf_trainer_tuned"]
     result["ratio_samples_per_s"] = round(tu["samples_per_s"] / hf["samples_per_s"], 3)
+    result["ratio_samples_per_s_vs_tuned"] = round(tu["samples_per_s"] / tuned["samples_per_s"], 3)
+    result["dev_accuracy_delta_vs_tuned"] = (round(tu["dev_accuracy"] - tuned["dev_accuracy"], 4)
+                                             if tu["dev_accuracy"] is not None else None)
+    result["mfu"] = mfu_figures(slice_df, backbone, {"hf_trainer": hf["samples_per_s"],
+                                                     "hf_trainer_tuned": tuned["samples_per_s"],
+                                                     "tunery": tu["samples_per_s"]})
     result["ratio_wall"] = round(hf["wall_s"] / tu["wall_s"], 3)
     result["dev_accuracy_delta"] = (round(tu["dev_accuracy"] - hf["dev_accuracy"], 4)
                                     if tu["dev_accuracy"] is not None else None)

@@ -52,10 +52,16 @@ def test_sst2_bench_smoke(tmp_path):
     assert {"cpu_count", "torch", "transformers", "cpu_flags"} <= set(result["machine"])
     part = result["slice"]
     for key in ("samples_per_s", "wall_s", "dev_accuracy", "settings"):
-        assert key in part["hf_trainer"] and key in part["tunery"], key
+        assert key in part["hf_trainer"] and key in part["hf_trainer_tuned"] and key in part["tunery"], key
     assert part["hf_trainer"]["n_train"] == 64 and part["tunery"]["n_train"] + part["tunery"]["n_validation"] == 64
-    for key in ("ratio_samples_per_s", "ratio_wall", "dev_accuracy_delta", "note"):
+    assert part["hf_trainer"]["settings"]["train_sampling_strategy"] == "random"
+    assert part["hf_trainer_tuned"]["settings"]["train_sampling_strategy"] == "group_by_length"
+    for key in ("ratio_samples_per_s", "ratio_samples_per_s_vs_tuned", "ratio_wall", "dev_accuracy_delta", "note"):
         assert key in part, key
+    mfu = part["mfu"]  # model FLOPs per second over GEMM peaks measured in the same run
+    assert mfu["flops_per_sample"] > 0 and min(mfu["gemm_peak_gflops"].values()) > 0
+    assert set(mfu["mfu_vs_bf16_peak"]) == {"hf_trainer", "hf_trainer_tuned", "tunery"}
+    assert all(0 < v < 1.5 for v in mfu["mfu_vs_fp32_peak"].values())
     full = result["full"]
     assert full["config"].endswith("sst2_full.yaml") and "train.epochs=1" in full["overrides"]
     for key in ("dev_accuracy", "validation_accuracy", "samples_per_s", "steps", "best_step", "pooling"):
