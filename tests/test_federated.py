@@ -468,6 +468,22 @@ class LocalGrid:
         return replies
 
 
+def _serve_locally(tmp_path, files: list[str], cfg):
+    """tunery's server over a LocalGrid of one in-process client per file; the run directory."""
+    from flwr.app import Context, RecordDict
+
+    from tunery.federated import server
+
+    clients = {10 + i: Context(run_id=1, node_id=10 + i, node_config={"data-path": f, "name": f"c{i}",
+                                                                       "partition-id": i},
+                               state=RecordDict(), run_config={}) for i, f in enumerate(files)}
+    work = tmp_path / "run"
+    work.mkdir()
+    server._serve(LocalGrid(clients), Context(run_id=1, node_id=1, node_config={}, state=RecordDict(), run_config={
+        "run-dir": str(work), "config": json.dumps(cfg.to_dict())}), work)
+    return work
+
+
 def test_secure_aggregation_gives_the_weighted_mean_of_the_updates_without_showing_one(tmp_path, tiny_backbone,
                                                                                         monkeypatch):
     """SecAgg+ (Flower's workflow and client mod, tunery's adapters) over three clients of which one
@@ -549,10 +565,8 @@ def test_a_value_outside_the_secure_aggregation_range_is_refused_not_clipped():
 def test_each_client_reports_the_record_level_epsilon_of_all_its_steps(tmp_path, tiny_backbone):
     """train.dp in a federation: each client's DP-SGD epsilon covers all its steps of the run (the
     node's state counts them across its ClientApp processes), not the last round's alone."""
-    from flwr.app import Context, RecordDict
 
     from tunery.config import config_from_dict
-    from tunery.federated import server
     from tunery.federated.run import resolve_federated
     from tunery.train.dp import epsilon
 
@@ -563,13 +577,7 @@ def test_each_client_reports_the_record_level_epsilon_of_all_its_steps(tmp_path,
     raw = _config(tmp_path, tiny_backbone, files, rounds=2, local_steps=3)
     raw["train"].update(batch_size=8, dp={"noise_multiplier": 1.0, "max_grad_norm": 1.0, "delta": 1e-5})
     cfg = resolve_federated(config_from_dict(raw))
-    clients = {10 + i: Context(run_id=1, node_id=10 + i, node_config={"data-path": f, "name": f"c{i}",
-                                                                       "partition-id": i},
-                               state=RecordDict(), run_config={}) for i, f in enumerate(files)}
-    work = tmp_path / "run"
-    work.mkdir()
-    server._serve(LocalGrid(clients), Context(run_id=1, node_id=1, node_config={}, state=RecordDict(), run_config={
-        "run-dir": str(work), "config": json.dumps(cfg.to_dict())}), work)
+    work = _serve_locally(tmp_path, files, cfg)
     rounds = [json.loads(line) for line in (work / "log.jsonl").read_text().splitlines()]
     n_train = rounds[1]["per_client"]["c0"]["train_rows"]
     first, second = (rounds[r]["per_client"]["c0"]["dp_epsilon"] for r in (1, 2))
@@ -599,12 +607,10 @@ def test_the_run_keeps_the_global_model_of_the_round_that_scored_best(tmp_path, 
     """Three rounds over two in-process clients (a LocalGrid: tunery's real ClientApp and server), the
     clients' validation scores made up so that round 1's model scores best (0.9, then 0.6, 0.7): the
     run holds round 1's global model, not the final one, and metrics.json says so."""
-    from flwr.app import Context, RecordDict
     from transformers import AutoModelForSequenceClassification
 
     from tunery.config import config_from_dict
     from tunery.federated import client as fc
-    from tunery.federated import server
     from tunery.federated.run import resolve_federated
 
     data = make_dataset("binary", n=160, seed=2)
@@ -623,13 +629,7 @@ def test_the_run_keeps_the_global_model_of_the_round_that_scored_best(tmp_path, 
         return {**out, "eval-metric": [0.5, 0.9, 0.6, 0.7][len(seen) - 1]}
 
     monkeypatch.setattr(fc, "evaluate_round", made_up)
-    clients = {10 + i: Context(run_id=1, node_id=10 + i, node_config={"data-path": f, "name": f"c{i}",
-                                                                       "partition-id": i},
-                               state=RecordDict(), run_config={}) for i, f in enumerate(files)}
-    work = tmp_path / "run"
-    work.mkdir()
-    server._serve(LocalGrid(clients), Context(run_id=1, node_id=1, node_config={}, state=RecordDict(), run_config={
-        "run-dir": str(work), "config": json.dumps(cfg.to_dict())}), work)
+    work = _serve_locally(tmp_path, files, cfg)
 
     summary = json.loads((work / "metrics.json").read_text())["federated"]
     rounds = [json.loads(line) for line in (work / "log.jsonl").read_text().splitlines()]

@@ -96,8 +96,9 @@ def secure_rounds(grid, context, fed_cfg, initial: dict, round_config: Callable[
             raise TuneryError(f"round {rnd}: secure aggregation halted (fewer than the "
                               f"{threshold(fed_cfg, sampled)} clients secagg_threshold needs answered each of its "
                               f"four steps); the server log says at which step")
-        after_round(rnd, ArrayRecord(torch_state_dict=current()))
-    return current()
+        state = current()
+        after_round(rnd, ArrayRecord(torch_state_dict=state))
+    return state
 
 
 def _legacy_strategy(fed_cfg, params, round_config):
