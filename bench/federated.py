@@ -100,6 +100,9 @@ def run_one(name: str, train_file: Path, dev, runs_dir: Path, args, backbone: st
                                 store=Store(f"sqlite:///{runs_dir / 'bench.db'}")))
         entry = federated_figures(run_dir)
     entry["wall_s"] = round(time.perf_counter() - t0, 1)
+    import yaml
+
+    entry["lr"] = yaml.safe_load((run_dir / "config.yaml").read_text())["train"]["lr"]  # the rate it trained at
     entry["dev_accuracy"] = dev_accuracy(run_dir, dev)
     entry["run_dir"] = str(run_dir)
     return entry

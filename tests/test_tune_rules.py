@@ -200,7 +200,17 @@ def test_lora_defaults_to_ten_times_the_backbones_rate_and_a_set_rate_stays():
     assert lr({}) == recommended_lr("minilm-l6")
     assert lr({"model": {"method": "lora"}}) == LORA_LR_FACTOR * recommended_lr("minilm-l6") == 1e-3
     assert lr({"model": {"method": "lora"}, "train": {"lr": 2e-4}}) == 2e-4
-    # a federation's LoRA updates get the LoRA rate (the method is settled before the rate)
-    fed = resolve_federated(config_from_dict({"data": {"train": "x.csv"}, "federated": {"clients": 3}}, source="t"))
-    assert fed.model.method == "lora" and fed.train.lr == 1e-3
+    # a federation's LoRA updates get the LoRA rate (the method is settled before the rate), times the
+    # clients trained per round, at most 8 (federated.run.lr_scale)
+    def federated(fed, train=None):
+        tree = {"data": {"train": "x.csv"}, "federated": fed, **({"train": train} if train else {})}
+        return resolve_federated(config_from_dict(tree, source="t"))
+
+    fed = federated({"clients": 3})
+    assert fed.model.method == "lora" and fed.train.lr == pytest.approx(3e-3)
     assert fed.model.lora.target_modules == ["query", "value"]
+    assert federated({"clients": 12}).train.lr == pytest.approx(8e-3)
+    assert federated({"clients": 6, "fraction": 0.5, "min_clients": 2}).train.lr == pytest.approx(3e-3)
+    assert federated({"clients": 6, "lr_scale": 1.5}).train.lr == pytest.approx(1.5e-3)
+    assert federated({"clients": 3}, {"lr": 2e-4}).train.lr == 2e-4  # a set rate is never scaled
+    assert federated({"clients": 3, "updates": "full"}).train.lr == recommended_lr("minilm-l6")

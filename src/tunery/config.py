@@ -352,6 +352,10 @@ class FederatedConfig(_Part):
     local_steps: int | None = Field(None, ge=1, description="each client's optimizer steps per round (instead "
                                     "of local_epochs)")
     fraction: float = Field(1.0, gt=0, le=1, description="share of the clients trained each round")
+    lr_scale: float | None = Field(
+        None, gt=0, le=100, description="lora updates with train.lr unset: the default LoRA rate times this; "
+        "default: the clients trained per round, at most 8 (the mean of K clients' updates moves like one step "
+        "of a K-times batch); full updates keep the centralised rate")
     min_clients: int = Field(2, ge=1, description="the fewest clients a round needs (it fails below)")
     round_timeout: float = Field(600, gt=0, description="seconds a round waits for its clients")
     strategy: Literal["fedavg", "fedavgm", "fedprox", "fedadam", "trimmed_mean", "krum"] = "fedavg"
