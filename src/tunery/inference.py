@@ -101,6 +101,8 @@ def predict_scores(model, task, data: Encoded, *, batch_size: int, pad_id: int, 
     """The task's scores of a torch model for every row of `data`, in row order."""
     import torch
 
+    from tunery.cls_only import cls_only_last_layer
+
     model.eval()
     device = accelerator.device if accelerator else next(model.parameters()).device
 
@@ -114,7 +116,8 @@ def predict_scores(model, task, data: Encoded, *, batch_size: int, pad_id: int, 
             logits = model(**inputs).logits
         return task.scores(logits.cpu())
 
-    return score_batches(scores_of, data, batch_size=batch_size, pad_id=pad_id)
+    with cls_only_last_layer(model):  # the head reads [CLS] only: the same scores for less compute
+        return score_batches(scores_of, data, batch_size=batch_size, pad_id=pad_id)
 
 
 def torch_logits(model, data: Encoded, *, batch_size: int, pad_id: int) -> np.ndarray:

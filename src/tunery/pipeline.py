@@ -565,6 +565,7 @@ def _train_and_write(p: Prepared, model, work: Path, *, resume: bool, callbacks)
                 "samples_per_s": round(state.samples_seen / max(state.train_seconds, 1e-9), 2),
                 # what the robustness objective (train.adversarial, train.rdrop) costs: passes per batch, time per step
                 "passes_per_step": trainer.passes_per_step,
+                "cls_only_last_layer": trainer.cls_only,  # the last layer trained at [CLS] only (cls_only.py)
                 "noisy_copies": noisy,  # train.noise: perturbed training rows added to n_train's
                 "seconds_per_step": round(state.train_seconds / max(state.step, 1), 4),
                 **({"distillation": distilled} if distilled else {})}

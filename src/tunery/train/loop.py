@@ -8,6 +8,7 @@ moment and resumed from its last checkpoint reaches the same final weights and m
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -32,6 +33,10 @@ from tunery.train.batching import batch_order
 from tunery.train.callbacks import Callback
 from tunery.train.losses import multilabel_loss
 from tunery.train.checkpoint import load_checkpoint, load_weights, recover, save_checkpoint, save_weights
+from tunery.cls_only import cls_only_last_layer
+
+# the largest logit difference (fp32, first batch) accepted between the [CLS]-only and the full last layer
+CLS_ONLY_TOLERANCE = 1e-3
 
 log = logging.getLogger(__name__)
 
@@ -216,6 +221,7 @@ class Trainer:
         # a loss term of the weights alone, added once per optimizer step (federated FedProx's proximal term)
         self.regularizer = regularizer
         self.passes_per_step = 1  # forward+backward passes a batch costs (set by fit: adversarial, R-Drop)
+        self.cls_only = False  # train.cls_only_last_layer in effect (set by fit; cls_only.py)
         self.dp_report: dict | None = None  # train.dp: metrics.json's training.dp, set by fit
 
     # -- helpers ---------------------------------------------------------------------------
@@ -333,7 +339,12 @@ class Trainer:
                                            seed=cfg.seed).attach()
         passes = adversary.passes_per_step if adversary is not None else (2 if cfg.rdrop else 1)
         self.passes_per_step = passes
+        # distillation reads every layer's hidden states; Opacus hooks every layer's rows
+        self.cls_only = (cfg.cls_only_last_layer and dp is None and self.distiller is None
+                         and self._cls_only_matches(base, train))
+        shortcut = contextlib.ExitStack()
         try:
+            shortcut.enter_context(cls_only_last_layer(base, self.cls_only))
             while not done:
                 batches = batch_order(lengths, cfg.batch_size, seed=cfg.seed, epoch=state.epoch,
                                       group_by_length=cfg.group_by_length)
@@ -445,6 +456,7 @@ class Trainer:
                         done = True
                         break
         finally:  # an error or Ctrl-C must not leave the hook (and its graph) on the model
+            shortcut.close()  # the full last layer again: what predict and the saved model run
             if adversary is not None:
                 adversary.detach()
             if dp is not None:  # nor Opacus's hooks and per-row gradients
@@ -458,6 +470,25 @@ class Trainer:
         self.model = base
         self.accelerator = accelerator
         return state
+
+    def _cls_only_matches(self, model, train: Encoded) -> bool:
+        """Whether the [CLS]-only last layer applies to `model` and gives the full layer's logits on the
+        first training rows (cls_only.py); a mismatch is logged and the full layer kept."""
+        from tunery.cls_only import matches_full_layer
+
+        if len(train) == 0:
+            return False
+        rows = np.arange(min(len(train), self.cfg.batch_size))
+        batch = {k: v.to(next(model.parameters()).device) for k, v in collate(train, rows, self.pad_id).items()}
+        diff = matches_full_layer(model, batch)
+        if diff is None:
+            return False
+        if not diff <= CLS_ONLY_TOLERANCE:
+            log.warning("train.cls_only_last_layer: the [CLS]-only last layer differs from the full one by %.3g "
+                        "in the logits of the first batch (more than %g); training with the full layer", diff,
+                        CLS_ONLY_TOLERANCE)
+            return False
+        return True
 
     def _loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         logits = logits.float()

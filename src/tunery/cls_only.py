@@ -1,0 +1,128 @@
+"""The last encoder layer computed at the [CLS] position only, while a classifier trains.
+
+A sequence classifier of the BERT family reads one position of its last layer: [CLS] (the pooler's or
+the head's `[:, 0]`). Every other position of that layer is computed, back-propagated and thrown
+away. In the last layer only the keys and values need every position; the query, the attention's
+output projection and the feed-forward block (10 of the layer's 12 d^2 multiply-adds per token) need
+[CLS] alone. On MiniLM with tunery's mean-pooling layer (7 layers) that is about an eighth of the
+model's FLOPs, forward and backward; the logits are the same to float rounding, and the weights and
+the saved model are untouched (the layer's forward is replaced on the instance, and restored).
+
+Used where it is exact, on the BERT-layout classifiers below: by the training loop
+(train.cls_only_last_layer, on by default; not with distillation, which reads every layer's hidden
+states, nor DP-SGD, whose Opacus hooks see every row), checked on the run's first batch against the
+full layer (`matches_full_layer`) and left off with a warning where they differ; and by every torch
+prediction (inference.predict_scores: evaluate, predict, serve), forward only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from collections.abc import Iterator
+
+import torch
+import torch.nn.functional as F
+
+log = logging.getLogger(__name__)
+
+# Heads that read only the last layer's position 0 (BertPooler, or the head's features[:, 0, :]).
+CLS_HEADS = ("BertForSequenceClassification", "RobertaForSequenceClassification",
+             "XLMRobertaForSequenceClassification", "CamembertForSequenceClassification",
+             "ElectraForSequenceClassification")
+
+
+def _plain(model: torch.nn.Module) -> torch.nn.Module:
+    """The transformers model inside a peft wrapper (LoRA), or the model itself."""
+    get_base = getattr(model, "get_base_model", None)
+    return get_base() if callable(get_base) else model
+
+
+def last_layer(model: torch.nn.Module) -> torch.nn.Module | None:
+    """The last encoder layer of a BERT-layout sequence classifier, or None where the shortcut does
+    not apply (another head or layer layout, a decoder, chunked feed-forward)."""
+    plain = _plain(model)
+    if type(plain).__name__ not in CLS_HEADS:
+        return None
+    layers = getattr(getattr(getattr(plain, "base_model", None), "encoder", None), "layer", None)
+    if not layers:
+        return None
+    layer = layers[-1]
+    att = getattr(layer, "attention", None)
+    sa, so = getattr(att, "self", None), getattr(att, "output", None)
+    if not all(hasattr(sa, n) for n in ("query", "key", "value", "num_attention_heads", "attention_head_size",
+                                         "scaling", "dropout")) or so is None:
+        return None
+    if getattr(layer, "is_decoder", False) or getattr(layer, "chunk_size_feed_forward", 0):
+        return None
+    return layer
+
+
+def cls_only_forward(layer: torch.nn.Module):
+    """A forward for BERT `layer` that returns its output at position 0 only, (B, 1, H)."""
+    sa, so = layer.attention.self, layer.attention.output
+
+    def forward(hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None, *args, **kwargs):
+        b, t, _ = hidden_states.shape
+        heads, size = sa.num_attention_heads, sa.attention_head_size
+        cls = hidden_states[:, :1]
+        q = sa.query(cls).view(b, 1, heads, size).transpose(1, 2)
+        k = sa.key(hidden_states).view(b, t, heads, size).transpose(1, 2)
+        v = sa.value(hidden_states).view(b, t, heads, size).transpose(1, 2)
+        mask = attention_mask  # (B, 1, T, T) boolean or additive, or None without padding: [CLS]'s row
+        if mask is not None and mask.dim() == 4 and mask.shape[-2] != 1:
+            mask = mask[:, :, :1, :]
+        context = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=sa.scaling,
+                                                 dropout_p=sa.dropout.p if sa.training else 0.0)
+        attended = so(context.transpose(1, 2).reshape(b, 1, heads * size), cls)
+        return layer.output(layer.intermediate(attended), attended)
+
+    return forward
+
+
+_installs = threading.Lock()
+_DEPTH = "_tunery_cls_only_depth"
+
+
+@contextlib.contextmanager
+def cls_only_last_layer(model: torch.nn.Module, enabled: bool = True) -> Iterator[bool]:
+    """Within the block, `model`'s last layer computes [CLS] only (yields True), where it applies.
+    Re-entrant and thread-safe (a served model predicts in one thread while it explains in another):
+    the first block to enter installs the forward, the last to leave restores the class's."""
+    layer = last_layer(model) if enabled else None
+    if layer is None:
+        yield False
+        return
+    with _installs:
+        depth = getattr(layer, _DEPTH, 0)
+        if depth == 0:
+            layer.forward = cls_only_forward(layer)  # the instance attribute shadows the class's forward
+        setattr(layer, _DEPTH, depth + 1)
+    try:
+        yield True
+    finally:
+        with _installs:
+            depth = getattr(layer, _DEPTH) - 1
+            setattr(layer, _DEPTH, depth)
+            if depth == 0:
+                del layer.forward
+
+
+def matches_full_layer(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> float | None:
+    """The largest logit difference between the full last layer and the [CLS]-only one on `batch`
+    (eval mode, no gradient), or None where the shortcut does not apply. Dropout is off for the
+    comparison; the model's mode is restored."""
+    layer = last_layer(model)
+    if layer is None:
+        return None
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            full = model(**batch).logits.float()
+            with cls_only_last_layer(model):
+                short = model(**batch).logits.float()
+    finally:
+        model.train(was_training)
+    return float((full - short).abs().max())
