@@ -216,6 +216,10 @@ def run_hf_trainer(slice_df, dev_df, backbone: str, workdir: Path, *, max_length
     t_train = time.perf_counter()
     train_output = trainer.train()
     train_wall = time.perf_counter() - t_train
+    # transformers 5 samples evaluation batches with LengthGroupedSampler too under group_by_length
+    # (Trainer._get_eval_sampler), seeded but shuffled: predictions come back out of the dataset's
+    # order and score ~0.5 against the labels. Predict in order, as a user scoring a file must.
+    sampling, args.train_sampling_strategy = args.train_sampling_strategy, "random"
     t_pred = time.perf_counter()
     pred = trainer.predict(dev_ds)
     predict_s = time.perf_counter() - t_pred
@@ -235,7 +239,7 @@ def run_hf_trainer(slice_df, dev_df, backbone: str, workdir: Path, *, max_length
         "settings": {"batch_size": args.per_device_train_batch_size, "lr": args.learning_rate,
                      "optim": str(args.optim), "weight_decay": args.weight_decay,
                      "warmup_steps": args.warmup_steps, "lr_scheduler": str(args.lr_scheduler_type),
-                     "train_sampling_strategy": getattr(args, "train_sampling_strategy", None),
+                     "train_sampling_strategy": sampling,
                      "bf16": args.bf16, "fp16": args.fp16, "max_length": max_length,
                      "device": str(args.device)},
     }
@@ -265,10 +269,12 @@ def gemm_peak(dtype_name: str, max_n: int = 2048, reps: int = 3) -> float:
     return 2 * n ** 3 / best
 
 
-def training_flops_per_sample(slice_df, backbone: str, max_length: int = 128) -> float:
+def training_flops_per_sample(slice_df, backbone: str, max_length: int = 128, extra_layers: int = 0) -> float:
     """Model FLOPs of one training sample, fwd + bwd, on its real tokens (no padding): 6 N t for the
     non-embedding weights N over t tokens, plus attention's scores and mix, 12 L d t^2 (Kaplan et al.,
-    2020; Chinchilla's count), averaged over the slice's rows."""
+    2020; Chinchilla's count), averaged over the slice's rows. `extra_layers` counts transformer layers
+    the trained model has beyond the backbone's (tunery's mean-pooling layer, pooling.py), each the size
+    of the backbone's last."""
     from transformers import AutoConfig, AutoModel, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(backbone)
@@ -277,19 +283,24 @@ def training_flops_per_sample(slice_df, backbone: str, max_length: int = 128) ->
     config = AutoConfig.from_pretrained(backbone)
     model = AutoModel.from_pretrained(backbone)
     n = sum(p.numel() for name, p in model.named_parameters() if "embeddings" not in name)
-    layers, d = config.num_hidden_layers, config.hidden_size
+    n += extra_layers * sum(p.numel() for p in model.encoder.layer[-1].parameters())
+    layers, d = config.num_hidden_layers + extra_layers, config.hidden_size
     return sum(6 * n * t + 12 * layers * d * t * t for t in lengths) / len(lengths)
 
 
-def mfu_figures(slice_df, backbone: str, samples_per_s: dict) -> dict:
+def mfu_figures(slice_df, backbone: str, samples_per_s: dict, extra_layers: dict | None = None) -> dict:
     """Model FLOPs per second of each run over the GEMM peaks measured now, in this process: fp32 and
-    bf16 (the issue's yardstick; on a CPU without native bf16 its peak is below fp32's)."""
-    per_sample = training_flops_per_sample(slice_df, backbone)
+    bf16 (the issue's yardstick; on a CPU without native bf16 its peak is below fp32's). Each run's
+    FLOPs are those of the model it trains (`extra_layers`: run -> layers added to the backbone)."""
+    extra_layers = extra_layers or {}
+    per_sample = {run: training_flops_per_sample(slice_df, backbone, extra_layers=extra_layers.get(run, 0))
+                  for run in samples_per_s}
     peaks = {"fp32": gemm_peak("float32"), "bf16": gemm_peak("bfloat16")}
-    out = {"flops_per_sample": round(per_sample), "gemm_peak_gflops": {k: round(v / 1e9, 1) for k, v in peaks.items()},
+    out = {"flops_per_sample": {run: round(f) for run, f in per_sample.items()},
+           "gemm_peak_gflops": {k: round(v / 1e9, 1) for k, v in peaks.items()},
            "model_gflops_per_s": {}, "mfu_vs_fp32_peak": {}, "mfu_vs_bf16_peak": {}}
     for run, sps in samples_per_s.items():
-        flops = sps * per_sample
+        flops = sps * per_sample[run]
         out["model_gflops_per_s"][run] = round(flops / 1e9, 1)
         out["mfu_vs_fp32_peak"][run] = round(flops / peaks["fp32"], 3)
         out["mfu_vs_bf16_peak"][run] = round(flops / peaks["bf16"], 3)
@@ -436,6 +447,11 @@ def bench_slice(args, backbone: str, tmp: Path) -> dict:
     cfg = slice_tunery_config(slice_file, data_dir / "dev.tsv", tmp / "runs", f"slice-{args.slice_rows}",
                               validation_fraction=args.slice_validation_fraction,
                               backbone=backbone if args.smoke else None)
+    if args.slice_set:  # a variant of tunery's slice run (what one change gives), recorded in the result
+        from tunery.config import apply_overrides
+
+        apply_overrides(cfg, list(args.slice_set))
+        result["slice_overrides"] = list(args.slice_set)
     result["tunery"] = run_part("tunery", {"config": cfg, "source": "bench/sst2.py slice config"}, tmp)
     result["loadavg_after"] = loadavg()
 
@@ -446,7 +462,8 @@ def bench_slice(args, backbone: str, tmp: Path) -> dict:
                                              if tu["dev_accuracy"] is not None else None)
     result["mfu"] = mfu_figures(slice_df, backbone, {"hf_trainer": hf["samples_per_s"],
                                                      "hf_trainer_tuned": tuned["samples_per_s"],
-                                                     "tunery": tu["samples_per_s"]})
+                                                     "tunery": tu["samples_per_s"]},
+                                {"tunery": 1 if tu.get("pooling") == "mean" else 0})
     result["ratio_wall"] = round(hf["wall_s"] / tu["wall_s"], 3)
     result["dev_accuracy_delta"] = (round(tu["dev_accuracy"] - hf["dev_accuracy"], 4)
                                     if tu["dev_accuracy"] is not None else None)
@@ -486,6 +503,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--slice-seed", type=int, default=42, help="seed of the slice sample (default 42)")
     ap.add_argument("--slice-validation-fraction", type=float, default=0.05,
                     help="tunery's validation hold-out from the slice (default 0.05)")
+    ap.add_argument("--slice-set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override in tunery's slice run, e.g. --slice-set model.pooling=cls (repeatable)")
     ap.add_argument("--full", action="store_true", help="also run full SST-2 with tunery (hours on a CPU)")
     ap.add_argument("--skip-slice", action="store_true", help="with --full: skip the slice anchor")
     ap.add_argument("--full-rows", type=int, default=None,

@@ -47,19 +47,23 @@ def test_every_bench_script_has_a_smoke_test():
 
 
 def test_sst2_bench_smoke(tmp_path):
-    result = run_bench("sst2.py", tmp_path=tmp_path)
+    result = run_bench("sst2.py", "--slice-set", "train.seed=7", tmp_path=tmp_path)
     assert result["benchmark"] == "sst2"
     assert {"cpu_count", "torch", "transformers", "cpu_flags"} <= set(result["machine"])
     part = result["slice"]
     for key in ("samples_per_s", "wall_s", "dev_accuracy", "settings"):
         assert key in part["hf_trainer"] and key in part["hf_trainer_tuned"] and key in part["tunery"], key
+    assert part["slice_overrides"] == ["train.seed=7"]  # --slice-set reaches tunery's slice run only
     assert part["hf_trainer"]["n_train"] == 64 and part["tunery"]["n_train"] + part["tunery"]["n_validation"] == 64
     assert part["hf_trainer"]["settings"]["train_sampling_strategy"] == "random"
     assert part["hf_trainer_tuned"]["settings"]["train_sampling_strategy"] == "group_by_length"
     for key in ("ratio_samples_per_s", "ratio_samples_per_s_vs_tuned", "ratio_wall", "dev_accuracy_delta", "note"):
         assert key in part, key
     mfu = part["mfu"]  # model FLOPs per second over GEMM peaks measured in the same run
-    assert mfu["flops_per_sample"] > 0 and min(mfu["gemm_peak_gflops"].values()) > 0
+    flops = mfu["flops_per_sample"]  # of the model each run trains: tunery's mean-pooling layer counts
+    assert min(flops.values()) > 0 and min(mfu["gemm_peak_gflops"].values()) > 0
+    assert flops["hf_trainer"] == flops["hf_trainer_tuned"]
+    assert (flops["tunery"] > flops["hf_trainer"]) == (part["tunery"]["pooling"] == "mean")
     assert set(mfu["mfu_vs_bf16_peak"]) == {"hf_trainer", "hf_trainer_tuned", "tunery"}
     assert all(0 < v < 1.5 for v in mfu["mfu_vs_fp32_peak"].values())
     full = result["full"]
@@ -172,6 +176,8 @@ def test_federated_bench_smoke(tmp_path):
     assert result["benchmark"] == "federated" and result["settings"]["clients"] == 2
     central, secure = result["runs"]["central-lora"], result["runs"]["iid-fedavg-secagg"]
     assert central["kind"] == "centralised" and 0 <= central["dev_accuracy"] <= 1
+    # the federation's LoRA rate is the centralised one times the clients trained per round (2 here)
+    assert secure["lr"] == pytest.approx(2 * central["lr"])
     assert secure["kind"] == "federated" and secure["secure_aggregation"]["clip"] == 8.0
     assert secure["bytes_per_round"]["received"][0] > 0 and set(secure["rows"]) == {"client-0", "client-1"}
     assert set(result["summary"]["targets"]) == {"iid_within_1_point", "dirichlet_within_3_points",

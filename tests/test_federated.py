@@ -273,6 +273,18 @@ def test_fedprox_pulls_local_training_toward_the_global_weights(tmp_path, tiny_b
     assert torch.allclose(model.weight.grad, torch.full((2, 3), 0.5))  # mu * (w - w0)
 
 
+def test_a_round_with_fewer_updates_than_min_clients_stops_the_run_naming_each_failure():
+    from tunery.errors import TuneryError
+    from tunery.federated.server import enough_updates
+
+    ok = {"eval-metric": 0.8, "num-examples": 10}
+    enough_updates(2, {"client-0": ok, "client-1": ok, "client-2": {"error": "killed"}}, min_clients=2)
+    with pytest.raises(TuneryError, match=r"round 2: 0 of 2 clients sent an update, fewer than federated.min_clients 2"
+                       r".*client-0: ImportError: no module.*client-1: no reply within 60 s"):
+        enough_updates(2, {"client-1": {"error": "no reply within 60 s (dropped)"},
+                           "client-0": {"error": "ImportError: no module"}}, min_clients=2)
+
+
 def test_faulty_updates_and_mismatched_tensors():
     from tunery.errors import ConfigError
     from tunery.federated.weights import faulty_update, load_trainable

@@ -326,6 +326,8 @@ def _serve(grid, context, work: Path) -> None:
     unscored: dict[int, ArrayRecord] = {}  # the model of a round, until the next round's clients score it
 
     def after_round(rnd: int, arrays) -> None:
+        if rnd:
+            enough_updates(rnd, recording.rounds[rnd]["train"], fc.min_clients)
         if rnd:  # round rnd's clients scored the model of round rnd - 1 before training on it
             record = write_record(rnd - 1, recording.rounds[rnd]["train"])
             best.offer(rnd - 1, record["eval_metric"], unscored.pop(rnd - 1, None))
@@ -400,6 +402,19 @@ def _record_dp(cfg: RunConfig, rounds: list[dict]) -> dict | None:
             if v.get("dp_epsilon") is not None}
     return {"noise_multiplier": cfg.train.dp.noise_multiplier, "max_grad_norm": cfg.train.dp.max_grad_norm,
             "delta": cfg.train.dp.delta, "epsilon_per_client": last, "epsilon": max(last.values(), default=None)}
+
+
+def enough_updates(rnd: int, replies: dict[str, dict], min_clients: int) -> None:
+    """Raise unless at least `min_clients` of round `rnd`'s clients sent an update: a round that
+    every client failed would otherwise leave the global model as it was and the run going on as if
+    it had trained (a round with enough of them completes, and the others are named as dropped)."""
+    answered = [c for c, v in replies.items() if "error" not in v]
+    if len(answered) >= min_clients:
+        return
+    failed = "; ".join(f"{c}: {v['error']}" for c, v in sorted(replies.items()) if "error" in v)
+    raise TuneryError(f"round {rnd}: {len(answered)} of {len(replies)} clients sent an update, fewer than "
+                      f"federated.min_clients {min_clients}, so the round cannot complete: {failed or 'no replies'}; "
+                      f"each client's own log says why")
 
 
 def _round_summary(rec: dict | None, scored: dict, extra: dict | None = None) -> dict:
