@@ -105,28 +105,24 @@ def test_predict_scores_uses_the_shortcut_and_gives_the_full_layers_scores(tiny_
     assert np.allclose(fast, full.numpy(), atol=1e-5)
 
 
-def test_training_records_whether_the_shortcut_ran_and_off_gives_the_same_run(tiny_backbone, tmp_path):
-    """A run with the shortcut and one without learn the same model (float rounding apart); metrics.json
-    says which ran."""
+def test_training_records_whether_the_shortcut_ran(tiny_backbone, tmp_path):
+    """Off by default in training; on when asked (its first-batch check passed, so metrics.json says it
+    ran); a run that sets it is recorded as such. The exactness is the gradient test above: with dropout
+    the two paths draw different random numbers, so their runs are not compared here."""
     import json
 
     import pandas as pd
 
-    from tunery.config import config_from_dict
+    from tunery.config import TrainConfig, config_from_dict
     from tunery.pipeline import train
 
+    assert TrainConfig().cls_only_last_layer is False
     rows = [("great fun", "pos"), ("awful mess", "neg"), ("loved it", "pos"), ("boring", "neg")] * 12
     pd.DataFrame(rows, columns=["text", "label"]).to_csv(tmp_path / "d.csv", index=False)
-    runs = {}
     for on in (True, False):
         cfg = config_from_dict({"name": f"cls-{on}", "output_dir": str(tmp_path / "runs"),
                                 "data": {"train": str(tmp_path / "d.csv")}, "model": {"backbone": tiny_backbone},
                                 "train": {"epochs": 1, "progress": False, "precision": "fp32",
                                           "cls_only_last_layer": on},
                                 "evaluate": {"baseline": False, "explanations": 0}}, source="t")
-        runs[on] = json.loads((train(cfg) / "metrics.json").read_text())
-    assert runs[True]["training"]["cls_only_last_layer"] is True
-    assert runs[False]["training"]["cls_only_last_layer"] is False
-    a, b = runs[True]["training"], runs[False]["training"]
-    assert a["best_validation"] == b["best_validation"]
-    assert a["best_validation_loss"] == pytest.approx(b["best_validation_loss"], abs=1e-4)
+        assert json.loads((train(cfg) / "metrics.json").read_text())["training"]["cls_only_last_layer"] is on

@@ -1,4 +1,4 @@
-"""The last encoder layer computed at the [CLS] position only, while a classifier trains.
+"""The last encoder layer computed at the [CLS] position only, when a classifier predicts or trains.
 
 A sequence classifier of the BERT family reads one position of its last layer: [CLS] (the pooler's or
 the head's `[:, 0]`). Every other position of that layer is computed, back-propagated and thrown
@@ -8,11 +8,14 @@ output projection and the feed-forward block (10 of the layer's 12 d^2 multiply-
 model's FLOPs, forward and backward; the logits are the same to float rounding, and the weights and
 the saved model are untouched (the layer's forward is replaced on the instance, and restored).
 
-Used where it is exact, on the BERT-layout classifiers below: by the training loop
-(train.cls_only_last_layer, on by default; not with distillation, which reads every layer's hidden
-states, nor DP-SGD, whose Opacus hooks see every row), checked on the run's first batch against the
-full layer (`matches_full_layer`) and left off with a warning where they differ; and by every torch
-prediction (inference.predict_scores: evaluate, predict, serve), forward only.
+Used on the BERT-layout classifiers below: by every torch prediction (inference.predict_scores:
+evaluate, predict, serve), forward only, where it is exact; and by the training loop where the config
+asks (train.cls_only_last_layer, off by default: with dropout on, the shorter layer draws fewer random
+numbers, so a seed takes another training path than the full layer's, the same model only in
+expectation, and some of the tiny-model tests sit on a knife edge between such paths; not with
+distillation, which reads every layer's hidden states, nor DP-SGD, whose Opacus hooks see every
+row), checked on the run's first batch against the
+full layer (`matches_full_layer`) and left off with a warning where they differ.
 """
 
 from __future__ import annotations
