@@ -292,9 +292,9 @@ def mfu_figures(slice_df, backbone: str, samples_per_s: dict, extra_layers: dict
     """Model FLOPs per second of each run over the GEMM peaks measured now, in this process: fp32 and
     bf16 (the issue's yardstick; on a CPU without native bf16 its peak is below fp32's). Each run's
     FLOPs are those of the model it trains (`extra_layers`: run -> layers added to the backbone)."""
-    extra_layers = extra_layers or {}
-    per_sample = {run: training_flops_per_sample(slice_df, backbone, extra_layers=extra_layers.get(run, 0))
-                  for run in samples_per_s}
+    layers_of = {run: (extra_layers or {}).get(run, 0) for run in samples_per_s}
+    by_layers = {k: training_flops_per_sample(slice_df, backbone, extra_layers=k) for k in set(layers_of.values())}
+    per_sample = {run: by_layers[k] for run, k in layers_of.items()}
     peaks = {"fp32": gemm_peak("float32"), "bf16": gemm_peak("bfloat16")}
     out = {"flops_per_sample": {run: round(f) for run, f in per_sample.items()},
            "gemm_peak_gflops": {k: round(v / 1e9, 1) for k, v in peaks.items()},

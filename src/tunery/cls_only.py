@@ -8,27 +8,24 @@ output projection and the feed-forward block (10 of the layer's 12 d^2 multiply-
 model's FLOPs, forward and backward; the logits are the same to float rounding, and the weights and
 the saved model are untouched (the layer's forward is replaced on the instance, and restored).
 
-Used on the BERT-layout classifiers below: by every torch prediction (inference.predict_scores:
-evaluate, predict, serve), forward only, where it is exact; and by the training loop where the config
-asks (train.cls_only_last_layer, off by default: with dropout on, the shorter layer draws fewer random
-numbers, so a seed takes another training path than the full layer's, the same model only in
-expectation, and some of the tiny-model tests sit on a knife edge between such paths; not with
-distillation, which reads every layer's hidden states, nor DP-SGD, whose Opacus hooks see every
-row), checked on the run's first batch against the
-full layer (`matches_full_layer`) and left off with a warning where they differ.
+Used on the BERT-layout classifiers below (`last_layer`):
+- by every torch prediction (inference.predict_scores: evaluate, predict, serve), forward only, where
+  it is exact;
+- by the training loop where the config asks (train.cls_only_last_layer, off by default), checked on
+  the run's first batch against the full layer (`matches_full_layer`). Not with distillation (it reads
+  every layer's hidden states) nor DP-SGD (Opacus's hooks see every row). Off by default because with
+  dropout on the shorter layer draws fewer random numbers: a seed takes another training path than
+  the full layer's, the same model only in expectation.
 """
 
 from __future__ import annotations
 
 import contextlib
-import logging
 import threading
 from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
-
-log = logging.getLogger(__name__)
 
 # Heads that read only the last layer's position 0 (BertPooler, or the head's features[:, 0, :]).
 CLS_HEADS = ("BertForSequenceClassification", "RobertaForSequenceClassification",

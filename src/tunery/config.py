@@ -401,7 +401,7 @@ class FederatedConfig(_Part):
         if self.client_data is not None and len(self.client_data) < 2:
             raise ValueError(f"federated.client_data lists {len(self.client_data)} file: federated training "
                              f"needs 2 or more clients")
-        n = self.clients if self.clients is not None else len(self.client_data or [])
+        n = self.n_clients
         if self.min_clients > n:
             raise ValueError(f"federated.min_clients {self.min_clients} is more than the {n} clients: lower it")
         if self.dp_noise and self.strategy not in ("fedavg", "fedprox"):
@@ -425,6 +425,11 @@ class FederatedConfig(_Part):
             raise ValueError(f"federated.strategy krum withstands krum_malicious={self.krum_malicious} bad clients "
                              f"only with at least {2 * self.krum_malicious + 3} clients (2f + 3); {n} given")
         return self
+
+    @property
+    def n_clients(self) -> int:
+        """The clients of the federation: `clients`, or one per `client_data` file."""
+        return self.clients if self.clients is not None else len(self.client_data or [])
 
     @property
     def server_step(self) -> float | None:

@@ -69,8 +69,7 @@ def lr_scale(cfg: RunConfig) -> float:
     fed = cfg.federated
     if fed.lr_scale is not None:
         return fed.lr_scale
-    n = fed.clients if fed.clients is not None else len(fed.client_data or [])
-    return float(min(sampled_per_round(fed, n), LR_SCALE_MAX))
+    return float(min(sampled_per_round(fed, fed.n_clients), LR_SCALE_MAX))
 
 
 # LoRA's own choice (Hu et al., 2021: the query and value projections), by model type: peft's table, and
@@ -134,7 +133,7 @@ def federate(cfg: RunConfig, *, store=None, faults: dict[str, str] | None = None
     if unknown:
         raise ConfigError(f"--fault names {', '.join(sorted(unknown))}: the clients are "
                           f"{', '.join(n for n, _ in clients)}")
-    n_clients = len(clients) if listen is None else (fc.clients or len(fc.client_data or []))
+    n_clients = len(clients) if listen is None else fc.n_clients
     scfg = server_config(cfg, n_clients)
     threads = max(1, (os.cpu_count() or 1) // max(len(clients), 1))
     timeout = fc.round_timeout * (2 * fc.rounds + 1) + 300

@@ -278,7 +278,7 @@ def _serve(grid, context, work: Path) -> None:
     cfg_json = str(context.run_config["config"])
     cfg = config_from_dict(json.loads(cfg_json))
     fc = cfg.federated
-    expected = fc.clients if fc.clients is not None else len(fc.client_data or [])
+    expected = fc.n_clients
     names, described = _describe_all(grid, cfg, cfg_json, expected, fc.round_timeout)
     sat_out = {name: d["error"] for name, d in described.items() if not d.get("ok")}
     for name, why in sat_out.items():
@@ -326,9 +326,8 @@ def _serve(grid, context, work: Path) -> None:
     unscored: dict[int, ArrayRecord] = {}  # the model of a round, until the next round's clients score it
 
     def after_round(rnd: int, arrays) -> None:
-        if rnd:
-            enough_updates(rnd, recording.rounds[rnd]["train"], fc.min_clients)
         if rnd:  # round rnd's clients scored the model of round rnd - 1 before training on it
+            enough_updates(rnd, recording.rounds[rnd]["train"], fc.min_clients)
             record = write_record(rnd - 1, recording.rounds[rnd]["train"])
             best.offer(rnd - 1, record["eval_metric"], unscored.pop(rnd - 1, None))
         unscored[rnd] = arrays

@@ -33,7 +33,7 @@ from tunery.train.batching import batch_order
 from tunery.train.callbacks import Callback
 from tunery.train.losses import multilabel_loss
 from tunery.train.checkpoint import load_checkpoint, load_weights, recover, save_checkpoint, save_weights
-from tunery.cls_only import cls_only_last_layer
+from tunery.cls_only import cls_only_last_layer, matches_full_layer
 
 # the largest logit difference (fp32, first batch) accepted between the [CLS]-only and the full last layer
 CLS_ONLY_TOLERANCE = 1e-3
@@ -474,8 +474,6 @@ class Trainer:
     def _cls_only_matches(self, model, train: Encoded) -> bool:
         """Whether the [CLS]-only last layer applies to `model` and gives the full layer's logits on the
         first training rows (cls_only.py); a mismatch is logged and the full layer kept."""
-        from tunery.cls_only import matches_full_layer
-
         if len(train) == 0:
             return False
         rows = np.arange(min(len(train), self.cfg.batch_size))
