@@ -11,11 +11,11 @@ import torch
 from tunery.cls_only import cls_only_last_layer, last_layer, matches_full_layer
 
 
-def _model(backbone, labels=3, lora=False, mean_pooling=False):
+def _model(backbone, labels=3, lora=False, mean_pooling=False, **kwargs):
     from transformers import AutoModelForSequenceClassification
 
     torch.manual_seed(0)
-    model = AutoModelForSequenceClassification.from_pretrained(backbone, num_labels=labels)
+    model = AutoModelForSequenceClassification.from_pretrained(backbone, num_labels=labels, **kwargs)
     if mean_pooling:
         from tunery.pooling import add_mean_pooling_layer
 
@@ -23,7 +23,8 @@ def _model(backbone, labels=3, lora=False, mean_pooling=False):
     if lora:
         from peft import LoraConfig, get_peft_model
 
-        model = get_peft_model(model, LoraConfig(r=4, target_modules=["query", "value"], task_type="SEQ_CLS"))
+        targets = ["query", "value"] if lora is True else lora
+        model = get_peft_model(model, LoraConfig(r=4, target_modules=targets, lora_dropout=0.1, task_type="SEQ_CLS"))
     return model
 
 
@@ -59,6 +60,43 @@ def test_cls_only_gives_the_full_layers_logits_and_gradients(tiny_backbone, lora
     for name, grad in full_grads.items():
         assert torch.allclose(grad, short_grads[name], atol=1e-5, rtol=1e-4), name
     assert matches_full_layer(model, batch) < 1e-5
+
+
+@pytest.mark.parametrize("lora,mean_pooling,attention", [(False, False, "sdpa"), (False, False, "eager"),
+                                                        (["query", "value", "dense"], False, "sdpa"),
+                                                        (False, True, "sdpa")])
+def test_with_dropout_the_shortcut_draws_the_full_layers_random_numbers(tiny_backbone, lora, mean_pooling,
+                                                                       attention):
+    """In training, dropout on: the same seed gives the same logits and gradients with the shortcut as
+    without it, and leaves the generator in the same state, so a seeded run trains along the same path.
+    The LoRA case has adapters (with their own dropout) on the query and the dense layers, which see
+    [CLS] alone in the shortcut."""
+    model = _model(tiny_backbone, lora=lora, mean_pooling=mean_pooling, attn_implementation=attention,
+                   hidden_dropout_prob=0.2, attention_probs_dropout_prob=0.2)
+    batch, labels = _batch(tiny_backbone), torch.tensor([0, 1, 2])
+    model.train()
+
+    def step():
+        model.zero_grad()
+        torch.manual_seed(7)
+        out = model(**batch, labels=labels)
+        out.loss.backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        return out.logits.detach(), grads, torch.rand(4)
+
+    full, full_grads, full_next = step()
+    with cls_only_last_layer(model) as active:
+        assert active
+        short, short_grads, short_next = step()
+    assert torch.equal(full_next, short_next)  # the generator is where the full layer leaves it
+    assert torch.allclose(full, short, atol=1e-5)
+    assert set(full_grads) == set(short_grads)
+    for name, grad in full_grads.items():
+        assert torch.allclose(grad, short_grads[name], atol=1e-5, rtol=1e-4), name
+    torch.manual_seed(7)
+    other = model(**batch).logits.detach()
+    assert not torch.allclose(other, model.eval()(**batch).logits.detach(), atol=1e-3)  # dropout was on
+    assert all("forward" not in vars(m) for m in model.modules())  # every patched forward restored
 
 
 def test_cls_only_stays_off_where_the_head_reads_more_than_cls(tiny_backbone):
@@ -106,23 +144,32 @@ def test_predict_scores_uses_the_shortcut_and_gives_the_full_layers_scores(tiny_
 
 
 def test_training_records_whether_the_shortcut_ran(tiny_backbone, tmp_path):
-    """Off by default in training; on when asked (its first-batch check passed, so metrics.json says it
-    ran); a run that sets it is recorded as such. The exactness is the gradient test above: with dropout
-    the two paths draw different random numbers, so their runs are not compared here."""
+    """On by default in training (its first-batch check passed, so metrics.json says it ran); a run that
+    turns it off is recorded as such. With dropout on, the two runs of one seed train along the same
+    path: the same weights to float rounding."""
     import json
 
     import pandas as pd
+    from safetensors.torch import load_file
+    from transformers import AutoModelForSequenceClassification
 
     from tunery.config import TrainConfig, config_from_dict
     from tunery.pipeline import train
 
-    assert TrainConfig().cls_only_last_layer is False
+    assert TrainConfig().cls_only_last_layer is True
     rows = [("great fun", "pos"), ("awful mess", "neg"), ("loved it", "pos"), ("boring", "neg")] * 12
     pd.DataFrame(rows, columns=["text", "label"]).to_csv(tmp_path / "d.csv", index=False)
+    weights = {}
     for on in (True, False):
         cfg = config_from_dict({"name": f"cls-{on}", "output_dir": str(tmp_path / "runs"),
                                 "data": {"train": str(tmp_path / "d.csv")}, "model": {"backbone": tiny_backbone},
                                 "train": {"epochs": 1, "progress": False, "precision": "fp32",
                                           "cls_only_last_layer": on},
                                 "evaluate": {"baseline": False, "explanations": 0}}, source="t")
-        assert json.loads((train(cfg) / "metrics.json").read_text())["training"]["cls_only_last_layer"] is on
+        run = train(cfg)
+        assert json.loads((run / "metrics.json").read_text())["training"]["cls_only_last_layer"] is on
+        weights[on] = load_file(run / "model" / "model.safetensors")
+    start = AutoModelForSequenceClassification.from_pretrained(tiny_backbone).state_dict()
+    moved = max(float((weights[True][k] - start[k]).abs().max()) for k in start if k in weights[True])
+    apart = max(float((weights[True][k] - weights[False][k]).abs().max()) for k in weights[True])
+    assert moved > 1e-3 and apart < 1e-6, (moved, apart)

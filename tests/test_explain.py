@@ -166,12 +166,16 @@ def test_ig_is_complete_within_its_reported_delta(planted):
 
 
 def test_ig_on_the_embeddings_equals_captums_layer_ig_on_the_embedding_layer(planted):
-    """tunery feeds the path's embeddings as inputs_embeds (no capture passes, no hooks); the
-    attributions are the ones LayerIntegratedGradients gives on the word-embedding layer."""
+    """tunery feeds the path's embeddings as inputs_embeds (no capture passes, no hooks) and runs the
+    last layer at [CLS] only; the attributions are the ones LayerIntegratedGradients gives on the
+    word-embedding layer of the plain model."""
     import torch
     from captum.attr import LayerIntegratedGradients
 
+    from tunery.cls_only import last_layer
+
     model, texts = planted
+    assert last_layer(model.model) is not None  # the shortcut applies to this model, so it is compared
     e = model.explain(texts[1], method="ig", options={"steps": 32})
     from tunery.explain.words import tokenize_words
 

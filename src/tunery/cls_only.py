@@ -11,11 +11,12 @@ the saved model are untouched (the layer's forward is replaced on the instance, 
 Used on the BERT-layout classifiers below (`last_layer`):
 - by every torch prediction (inference.predict_scores: evaluate, predict, serve), forward only, where
   it is exact;
-- by the training loop where the config asks (train.cls_only_last_layer, off by default), checked on
-  the run's first batch against the full layer (`matches_full_layer`). Not with distillation (it reads
-  every layer's hidden states) nor DP-SGD (Opacus's hooks see every row). Off by default because with
-  dropout on the shorter layer draws fewer random numbers: a seed takes another training path than
-  the full layer's, the same model only in expectation.
+- by the training loop (train.cls_only_last_layer, on by default), checked on the run's first batch
+  against the full layer (`matches_full_layer`). Not with distillation (it reads every layer's hidden
+  states) nor DP-SGD (Opacus's hooks see every row). With dropout on, every dropout of the layer
+  (LoRA's adapters' included) draws the random numbers the full layer draws and applies [CLS]'s share
+  (`full_draw_dropout`): the same masks at [CLS], the generator left in the same state, so a seed
+  trains along the same path with the shortcut or without it, to float rounding.
 """
 
 from __future__ import annotations
@@ -59,12 +60,43 @@ def last_layer(model: torch.nn.Module) -> torch.nn.Module | None:
     return layer
 
 
-def cls_only_forward(layer: torch.nn.Module):
-    """A forward for BERT `layer` that returns its output at position 0 only, (B, 1, H)."""
+def full_draw_dropout(x: torch.Tensor, p: float, full_shape: tuple[int, ...]) -> torch.Tensor:
+    """Dropout of `x`, the leading corner ([CLS]'s part) of a tensor of `full_shape`, with the random
+    numbers the full tensor's dropout draws: the mask is drawn at the full shape (as `F.dropout` and
+    SDPA's dropout draw it: `bernoulli_(1 - p)` in memory order, then `/ (1 - p)`) and [CLS]'s part
+    kept, so [CLS] gets the full layer's mask and the generator ends where the full layer leaves it."""
+    noise = x.new_empty(full_shape).bernoulli_(1 - p)
+    noise.div_(1 - p)
+    return x * noise[tuple(slice(0, n) for n in x.shape)]
+
+
+class _Tokens(threading.local):
+    """The sequence length of the last layer's current call, per thread (its dropouts draw for it)."""
+    t = 0
+
+
+def _full_draw_dropout_forward(module: torch.nn.Dropout, tokens: _Tokens):
+    """A forward for a Dropout inside the last layer: a [CLS]-only input (B, 1, ...) in training is
+    dropped with the full (B, T, ...) input's random numbers; anything else as nn.Dropout does."""
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        t = tokens.t
+        if module.training and module.p > 0 and x.dim() >= 2 and x.shape[1] == 1 and t > 1:
+            return full_draw_dropout(x, module.p, (x.shape[0], t, *x.shape[2:]))
+        return F.dropout(x, module.p, module.training, module.inplace)
+    return forward
+
+
+def cls_only_forward(layer: torch.nn.Module, tokens: _Tokens):
+    """A forward for BERT `layer` that returns its output at position 0 only, (B, 1, H). In training
+    with dropout, every dropout draws the random numbers the full layer draws, in its order (query,
+    key, value adapters; attention; output projection; feed-forward), and applies [CLS]'s share: the
+    same outputs as the full layer's [CLS] row to float rounding, and the generator left in the same
+    state, so a seed trains along the same path with the shortcut or without it."""
     sa, so = layer.attention.self, layer.attention.output
 
     def forward(hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None, *args, **kwargs):
         b, t, _ = hidden_states.shape
+        tokens.t = t
         heads, size = sa.num_attention_heads, sa.attention_head_size
         cls = hidden_states[:, :1]
         q = sa.query(cls).view(b, 1, heads, size).transpose(1, 2)
@@ -73,8 +105,15 @@ def cls_only_forward(layer: torch.nn.Module):
         mask = attention_mask  # (B, 1, T, T) boolean or additive, or None without padding: [CLS]'s row
         if mask is not None and mask.dim() == 4 and mask.shape[-2] != 1:
             mask = mask[:, :, :1, :]
-        context = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=sa.scaling,
-                                                 dropout_p=sa.dropout.p if sa.training else 0.0)
+        p = sa.dropout.p if sa.training else 0.0
+        if p > 0:  # the attention's dropout, drawn for the (B, heads, T, T) weights as SDPA draws it
+            scores = torch.matmul(q, k.transpose(-1, -2)) * sa.scaling
+            if mask is not None:
+                scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask
+            weights = full_draw_dropout(scores.softmax(-1), p, (b, heads, t, t))
+            context = torch.matmul(weights, v)
+        else:
+            context = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=sa.scaling)
         attended = so(context.transpose(1, 2).reshape(b, 1, heads * size), cls)
         return layer.output(layer.intermediate(attended), attended)
 
@@ -96,8 +135,11 @@ def cls_only_last_layer(model: torch.nn.Module, enabled: bool = True) -> Iterato
         return
     with _installs:
         depth = getattr(layer, _DEPTH, 0)
-        if depth == 0:
-            layer.forward = cls_only_forward(layer)  # the instance attribute shadows the class's forward
+        if depth == 0:  # instance attributes shadow the classes' forwards
+            tokens = _Tokens()
+            layer.forward = cls_only_forward(layer, tokens)
+            for module in _dropouts(layer):
+                module.forward = _full_draw_dropout_forward(module, tokens)
         setattr(layer, _DEPTH, depth + 1)
     try:
         yield True
@@ -107,6 +149,15 @@ def cls_only_last_layer(model: torch.nn.Module, enabled: bool = True) -> Iterato
             setattr(layer, _DEPTH, depth)
             if depth == 0:
                 del layer.forward
+                for module in _dropouts(layer):
+                    del module.forward
+
+
+def _dropouts(layer: torch.nn.Module) -> list[torch.nn.Dropout]:
+    """The layer's Dropout modules that see its [CLS]-only tensors (LoRA's adapters' among them); the
+    attention's own is applied by the shortcut's forward."""
+    own = layer.attention.self.dropout
+    return [m for m in layer.modules() if type(m) is torch.nn.Dropout and m is not own]
 
 
 def matches_full_layer(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> float | None:

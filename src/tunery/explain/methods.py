@@ -92,10 +92,13 @@ def integrated_gradients(predictor, tokens: WordTokens, target: Target, *, steps
     LayerIntegratedGradients makes to capture the layer's output for the input and the baseline, the
     hooks it puts on the model, or Captum's two passes for the delta (the caller has f(x), the
     prediction; f(baseline) is one pass at the start of the same path). The
-    weights need no gradients (`tunery.load` freezes them): only the path's embeddings get them.
+    weights need no gradients (`tunery.load` freezes them): only the path's embeddings get them. The
+    last layer runs at [CLS] only where the model allows (`tunery.cls_only`): the same attributions.
     """
     import torch
     from captum.attr import IntegratedGradients
+
+    from tunery.cls_only import cls_only_last_layer
 
     model, task, meta = predictor.model, predictor.meta["task"], predictor.meta
     embed = model.get_input_embeddings()
@@ -117,10 +120,11 @@ def integrated_gradients(predictor, tokens: WordTokens, target: Target, *, steps
             kwargs["token_type_ids"] = types.expand(n, -1)
         return torch_target(model(**kwargs).logits, task, target, meta)
 
-    attr = IntegratedGradients(forward).attribute(x, baselines=base, n_steps=int(steps),
-                                                  internal_batch_size=int(internal_batch_size))
-    with torch.no_grad():
-        baseline_score = float(forward(base)[0])
+    with cls_only_last_layer(model):  # the head reads [CLS] only: the same gradients for less compute
+        attr = IntegratedGradients(forward).attribute(x, baselines=base, n_steps=int(steps),
+                                                      internal_batch_size=int(internal_batch_size))
+        with torch.no_grad():
+            baseline_score = float(forward(base)[0])
     token_scores = attr[0].float().sum(-1).double().cpu().numpy()
     # `steps` points with gradients and the baseline (f(x) is the prediction, counted by the caller)
     return tokens.word_scores(token_scores), {"baseline_score": baseline_score, "evaluations": int(steps) + 1}
