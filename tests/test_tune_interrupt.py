@@ -58,8 +58,11 @@ def test_sigterm_reaches_the_trial_process_whose_trial_is_queued_again(tiny_back
     assert tune.returncode == 143, err
     assert "tunery tune --resume STUDY" in err
     assert not Path(f"/proc/{trial_pid}").exists()  # no orphan trains on
-    assert Store(url).get_run(f"{STUDY}-t0000").status == "interrupted"
     trials = studies.load(STUDY, url).get_trials()
+    # the trial's own account of how it ended, for a failure below
+    ended = [(t.number, t.state.name, t.user_attrs.get("error")) for t in trials]
+    assert [r.name for r in Store(url).list_runs()] == [f"{STUDY}-t0000"], (ended, err)
+    assert Store(url).get_run(f"{STUDY}-t0000").status == "interrupted", (ended, err)
     assert trials[0].state == TrialState.FAIL, err
     retry = [t for t in trials if t.system_attrs.get("failed_trial") == 0]
     assert len(retry) == 1 and retry[0].state == TrialState.WAITING  # run by --resume, not lost
