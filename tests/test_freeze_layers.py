@@ -49,5 +49,5 @@ def test_impossible_settings_name_the_fix(tiny_backbone, tmp_path, model, messag
 
 
 def test_a_negative_count_is_refused_by_the_config(tiny_backbone, tmp_path):
-    with pytest.raises(Exception, match="freeze_layers"):
+    with pytest.raises(ConfigError, match="freeze_layers"):
         run_config(tmp_path, tiny_backbone, "neg", model={"freeze_layers": -1})

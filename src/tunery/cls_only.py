@@ -28,6 +28,8 @@ from collections.abc import Iterator
 import torch
 import torch.nn.functional as F
 
+from tunery.layers import encoder_layers
+
 # Heads that read only the last layer's position 0 (BertPooler, or the head's features[:, 0, :]).
 CLS_HEADS = ("BertForSequenceClassification", "RobertaForSequenceClassification",
              "XLMRobertaForSequenceClassification", "CamembertForSequenceClassification",
@@ -46,7 +48,7 @@ def last_layer(model: torch.nn.Module) -> torch.nn.Module | None:
     plain = _plain(model)
     if type(plain).__name__ not in CLS_HEADS:
         return None
-    layers = getattr(getattr(getattr(plain, "base_model", None), "encoder", None), "layer", None)
+    layers = encoder_layers(plain)
     if not layers:
         return None
     layer = layers[-1]

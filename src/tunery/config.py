@@ -234,7 +234,7 @@ class TrainConfig(_Part):
     group_by_length: bool = True
     cls_only_last_layer: bool = Field(
         True, description="train with the last encoder layer computed at [CLS] only, the one position a "
-        "BERT-family classifier reads (1.10x a step with MiniLM; cls_only.py): the same logits, gradients and "
+        "BERT-family classifier reads (1.09x a step with MiniLM; cls_only.py): the same logits, gradients and "
         "dropout masks as the full layer, so the same run for a seed. Prediction always uses it")
     seed: int = Field(42, ge=0, le=SEED_MAX)
     eval_every_steps: int | None = Field(None, ge=1, description="default: once per epoch")

@@ -67,6 +67,8 @@ def build_model(backbone_path: str, task: Task, label_names: list[str], cfg: Run
     if cfg.model.freeze_embeddings:
         model.get_input_embeddings().weight.requires_grad_(False)
     if cfg.model.freeze_layers:
+        from tunery.layers import freeze_lower_layers
+
         freeze_lower_layers(model, cfg.model.freeze_layers, lora=cfg.model.method == "lora")
     if cfg.model.method == "lora":
         from peft import LoraConfig, TaskType, get_peft_model
@@ -76,28 +78,6 @@ def build_model(backbone_path: str, task: Task, label_names: list[str], cfg: Run
                                                  lora_dropout=lora.dropout,
                                                  target_modules=list(lora.target_modules)))
     return model
-
-
-def freeze_lower_layers(model, k: int, *, lora: bool = False) -> None:
-    """Fix the embeddings and the lowest `k` encoder layers of `model` (model.freeze_layers): nothing
-    below layer k needs a gradient, so the backward pass stops there. At least one layer (the
-    mean-pooling layer counts) must stay trainable."""
-    if lora:
-        raise ConfigError(f"model.freeze_layers: {k} applies to full fine-tuning; LoRA (model.method: lora) "
-                          "already trains only its adapters. Set model.freeze_layers: 0 or model.method: full")
-    base = model.base_model
-    layers = getattr(getattr(base, "encoder", None), "layer", None) or getattr(
-        getattr(base, "transformer", None), "layer", None)
-    embeddings = getattr(base, "embeddings", None)
-    if layers is None or embeddings is None:
-        raise ConfigError(f"model.freeze_layers: {k}: {type(model).__name__} has no encoder layers tunery "
-                          "knows how to freeze (BERT, RoBERTa, MPNet, DistilBERT layouts); set model.freeze_layers: 0")
-    if k >= len(layers):
-        raise ConfigError(f"model.freeze_layers: {k} would freeze every one of the model's {len(layers)} "
-                          f"encoder layers; choose at most {len(layers) - 1}")
-    embeddings.requires_grad_(False)
-    for layer in layers[:k]:
-        layer.requires_grad_(False)
 
 
 def _file_digest(path: str | None) -> str | None:

@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 
 from tunery.errors import ConfigError
+from tunery.layers import encoder_layers
 
 MEAN_POOLING_SCALE = 8.0
 
@@ -83,13 +84,9 @@ def _layer_parts(layer) -> dict | None:
     return None
 
 
-def _encoder_layers(model):
-    return getattr(getattr(getattr(model, "base_model", None), "encoder", None), "layer", None)
-
-
 def supports_mean_pooling_layer(model) -> bool:
     """True for post-LayerNorm encoders whose layers `_layer_parts` knows (the BERT family, MPNet)."""
-    layers = _encoder_layers(model)
+    layers = encoder_layers(model)
     return bool(layers) and _layer_parts(layers[-1]) is not None
 
 
@@ -113,7 +110,7 @@ def add_mean_pooling_layer(model, scale: float = MEAN_POOLING_SCALE) -> None:
     the closest plain-loadable start: on all-mpnet-base-v2 its [CLS] state has cosine 0.975 on average
     (0.947 at worst) with the true layer-normalised mean over 64 SST-2 sentences, against 0.869 for
     the backbone's own [CLS] state; its effect on a real task is in docs/backbones.md."""
-    layers = _encoder_layers(model)
+    layers = encoder_layers(model)
     if not supports_mean_pooling_layer(model):
         raise ValueError(f"{type(model).__name__} is not a BERT-style encoder; use model.pooling: cls")
     layer = copy.deepcopy(layers[-1])

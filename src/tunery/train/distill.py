@@ -22,6 +22,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from tunery.layers import encoder_layers
+
 
 def kd_rows(student: torch.Tensor, teacher: torch.Tensor, *, temperature: float, problem_type: str) -> torch.Tensor:
     """The teacher's term per row (B,): T^2 * KL(teacher || student) of the tempered softmaxes;
@@ -81,15 +83,14 @@ def intermediate_loss(student_out, teacher_out, mask: torch.Tensor, mapping: lis
     return loss
 
 
-def _encoder_layers(model):
-    return model.base_model.encoder.layer
-
-
 def student_from_teacher(teacher, layers: int):
     """A copy of the teacher keeping its embeddings, its lower `layers` encoder layers, the
     mean-pooling layer tunery adds last (where it has one) and its classification head: a shallower
     model that starts close to the teacher (DistilBERT's and TinyBERT's initialisation)."""
-    stack = _encoder_layers(teacher)
+    stack = encoder_layers(teacher)
+    if stack is None:
+        raise ValueError(f"distill.layers {layers}: {type(teacher).__name__} has no BERT-layout encoder "
+                         "layers to keep; set distill.layers: null")
     pooling = getattr(teacher.config, "tunery_pooling", "cls") == "mean"
     depth = len(stack) - (1 if pooling else 0)
     if not 1 <= layers < depth:
@@ -97,7 +98,7 @@ def student_from_teacher(teacher, layers: int):
                          + (" (plus its mean-pooling layer)" if pooling else "") + f"; choose 1 to {depth - 1}")
     student = copy.deepcopy(teacher)
     kept = list(range(layers)) + ([len(stack) - 1] if pooling else [])
-    new = torch.nn.ModuleList([_encoder_layers(student)[i] for i in kept])
+    new = torch.nn.ModuleList([encoder_layers(student)[i] for i in kept])
     student.base_model.encoder.layer = new
     for index, layer in enumerate(new):
         for module in layer.modules():
