@@ -108,6 +108,56 @@ def test_int8_stays_within_the_drop_and_records_what_it_measured(int8_run, runs)
     assert json.loads((int8_run / "tunery.json").read_text())["precision"] == "int8"
     record = runs["store"].get_run(int8_run.name)
     assert record.status == "completed" and record.path == str(int8_run.resolve())
+    # the attention's Q, K and V projections are int8 too: MultiHeadAttention fed by quantised MatMuls
+    q = c["quantization"]
+    assert q["attention_projections"] == "int8" and [a["attention_projections"] for a in q["attempts"]] == ["int8"]
+    assert c["graph"]["int8_fusions"].get("onnxscript:mha_bias") and c["graph"]["int8_parity_fp32"]["max_logit_diff"] < 1e-3
+    ops = _ops(int8_run / "model" / "model.onnx")
+    assert ops.get("MultiHeadAttention") and not ops.get("Attention")
+    layers = ops["MultiHeadAttention"]
+    assert ops["MatMulInteger"] >= 6 * layers  # Q, K, V, output, and the two feed-forward products per layer
+
+
+def _ops(path) -> dict[str, int]:
+    import collections
+
+    import onnx
+
+    return dict(collections.Counter(n.op_type for n in onnx.load(str(path), load_external_data=False).graph.node))
+
+
+def test_int8_with_fp32_attention_projections_keeps_the_fused_attention(runs):
+    from tunery.compress import CompressOptions, compress_run
+
+    new = compress_run(runs["binary"], CompressOptions(to="int8", attention="fp32"), name="tiny-int8-fp32-attn",
+                       store=runs["store"])
+    q = json.loads((new / "metrics.json").read_text())["compression"]["quantization"]
+    assert q["attention_projections"] == "fp32" and len(q["attempts"]) == 1
+    ops = _ops(new / "model" / "model.onnx")
+    layers = ops["Attention"]
+    assert layers and not ops.get("MultiHeadAttention") and ops["MatMulInteger"] < 6 * layers
+
+
+def test_auto_falls_back_to_fp32_projections_where_int8_ones_fail(runs, monkeypatch):
+    """auto: the int8-projection graph collapses here (forced), so the fused graph is quantised and kept;
+    both attempts are recorded."""
+    from tunery.compress import CompressOptions, compress_run, quantize
+
+    real = quantize.quantize_dynamic_int8
+
+    def quantise(src, dst, **kw):
+        if _ops(src).get("MultiHeadAttention"):
+            return _constant_graph(src, dst)
+        return real(src, dst, **kw)
+
+    monkeypatch.setattr(quantize, "quantize_dynamic_int8", quantise)
+    new = compress_run(runs["binary"], CompressOptions(to="int8"), name="tiny-int8-fallback", store=runs["store"])
+    c = json.loads((new / "metrics.json").read_text())["compression"]
+    attempts = c["quantization"]["attempts"]
+    assert [(a["attention_projections"], a["passed"], a["collapsed"]) for a in attempts] == [
+        ("int8", False, True), ("fp32", True, False)]
+    assert c["quantization"]["attention_projections"] == "fp32" and c["drop_points"] <= 1.0
+    assert _ops(new / "model" / "model.onnx").get("Attention")
 
 
 def test_static_int8_calibrates_on_training_rows(runs):
@@ -196,6 +246,8 @@ def test_cli_compress_prints_the_comparison(runs, tmp_path):
     (["--calibration", "0", "--static"], ["--calibration 0"]),
     (["--max-drop", "-1"], ["--max-drop -1"]),
     (["--exporter", "jit"], ["--exporter 'jit'"]),
+    (["--attention", "fp16"], ["--attention 'fp16'", "int8", "fp32"]),
+    (["--to", "onnx", "--attention", "int8"], ["--attention int8", "--to int8"]),
 ])
 def test_bad_flags_are_refused_before_anything_runs(runs, tmp_path, args, words):
     proc = cli("compress", str(runs["binary"]), *args, cwd=tmp_path, expect=None)

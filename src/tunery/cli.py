@@ -457,12 +457,14 @@ def compress(run: str = typer.Argument(..., help="run directory, run name or reg
                                           "torchscript"),
              exclude: Optional[list[str]] = typer.Option(None, help="MatMul nodes kept fp32: a name, first:K or "
                                                          "last:K (repeatable)"),
+             attention: str = typer.Option("auto", help="int8's attention Q, K, V projections: int8 (fastest), fp32 "
+                                           "(most accurate), auto (int8, fp32 where int8 fails the checks)"),
              as_json: bool = typer.Option(False, "--json")):
     """Compress a run into a new run: an ONNX Runtime graph, fp32 or int8, checked against the original."""
     from tunery.compress import CompressOptions, compress_run
 
     options = CompressOptions(to=to, static=static, calibration=calibration, max_drop=max_drop, threads=threads,
-                              exporter=exporter, exclude=tuple(exclude or ()))
+                              exporter=exporter, exclude=tuple(exclude or ()), attention=attention)
     new = compress_run(run, options, name=name, output_dir=output_dir, data=data)
     c = json.loads((new / "metrics.json").read_text())["compression"]
     if as_json:

@@ -26,6 +26,7 @@ from tunery.errors import CompressionError, ConfigError, RunError
 log = logging.getLogger(__name__)
 
 TARGETS = ("onnx", "int8")
+ATTENTION = ("auto", "int8", "fp32")  # the attention's Q, K and V projections under --to int8
 PARITY_TOL = 1e-3  # max |logit difference| of the fp32 graph against torch
 LATENCY_ROWS = 256  # rows timed for throughput (fewer when the split is smaller)
 ONE_TEXT_RUNS = 100
@@ -38,7 +39,9 @@ class CompressOptions:
     the metric may fall, in points (regression errors: percent), before the result is refused;
     `threads`: intra-op threads of the ONNX session the run is measured with and recorded for
     serving (None: one per core); `exporter`: auto, dynamo or torchscript; `exclude`: MatMul nodes
-    (names, or "first:K"/"last:K" counted in graph order) kept in fp32."""
+    (names, or "first:K"/"last:K" counted in graph order) kept in fp32; `attention`: the attention's
+    Q, K and V projections in int8 (fastest), fp32 (inside the fused Attention operator: the most
+    accurate), or auto (int8, and fp32 where int8 fails the checks)."""
 
     to: str = "int8"
     static: bool = False
@@ -47,6 +50,7 @@ class CompressOptions:
     threads: int | None = None
     exporter: str = "auto"
     exclude: tuple[str, ...] = ()
+    attention: str = "auto"
 
     def check(self) -> CompressOptions:
         if self.to not in TARGETS:
@@ -60,6 +64,12 @@ class CompressOptions:
             raise ConfigError(f"--max-drop {self.max_drop}: give the largest acceptable drop in points, 0 or more")
         if self.threads is not None and self.threads < 1:
             raise ConfigError(f"--threads {self.threads}: give 1 or more (or leave it out: one per core)")
+        if self.attention not in ATTENTION:
+            raise ConfigError(f"--attention {self.attention!r}: choose auto, int8 (the Q, K and V projections "
+                              "quantised: fastest) or fp32 (kept in fp32: most accurate)")
+        if self.attention != "auto" and self.to != "int8":
+            raise ConfigError(f"--attention {self.attention} chooses how int8 treats the attention's projections: "
+                              "use it with --to int8")
         if self.exporter not in ("auto", "dynamo", "torchscript"):
             raise ConfigError(f"--exporter {self.exporter!r}: choose auto, dynamo or torchscript")
         return self
@@ -129,39 +139,40 @@ def compress_run(ref: str | Path, options: CompressOptions, *, name: str | None 
             fp32_logits = _onnx_logits(fp32, enc, pad_id, threads)
             parity = _checked_parity(ref_logits, fp32_logits, meta["task"], split, steps["exporter"])
             target = model_dir / ONNX_FILE
+            before = compute_metrics(meta["task"], y, task.scores(torch.from_numpy(ref_logits)), label_names,
+                                     threshold=original.threshold)
+            value_before = _metric(before, metric)
+
+            def judged(logits: np.ndarray) -> dict:
+                """The compressed logits against the original's: metrics, drop, collapse, agreement."""
+                from tunery.compress.checks import collapse, drop_points, predictions
+
+                after = compute_metrics(meta["task"], y, task.scores(torch.from_numpy(logits)), label_names,
+                                        threshold=original.threshold)
+                value = _metric(after, metric)
+                drop = drop_points(value_before, value, greater_is_better=greater_is_better(metric), task=meta["task"])
+                collapsed = collapse(predictions(ref_logits, meta["task"]), predictions(logits, meta["task"]),
+                                     task=meta["task"], label_names=label_names)
+                return {"logits": logits, "metrics": after, "value": value, "drop": drop, "collapsed": collapsed,
+                        "agreement": _agreement(ref_logits, logits, meta["task"]),
+                        "passed": not collapsed and drop <= options.max_drop}
+
             quant = None
             if options.to == "int8":
-                from tunery.compress import quantize
-
-                quant = quantize.settings(static=options.static)
-                excluded = _excluded_nodes(options.exclude, quantize.matmul_nodes(fp32))
-                quant["excluded_nodes"] = excluded
-                if options.static:
-                    calib = _calibration_batches(original.tokenizer, *train_rows, options.calibration, meta)
-                    quantize.quantize_static_int8(fp32, target, calib, reduce_range=quant["reduce_range"],
-                                                  exclude=excluded)
-                    quant["calibration_rows"] = min(options.calibration, len(train_rows[0]))
-                else:
-                    quantize.quantize_dynamic_int8(fp32, target, reduce_range=quant["reduce_range"], exclude=excluded)
-                new_logits = _onnx_logits(target, enc, pad_id, threads)
+                result, quant = _int8(options, tmp, fp32, steps, target, original, meta, train_rows, judged=judged,
+                                      logits_of=lambda graph: _onnx_logits(graph, enc, pad_id, threads),
+                                      parity_of=lambda logits: _checked_parity(ref_logits, logits, meta["task"], split,
+                                                                               steps["exporter"]))
             else:
                 shutil.move(fp32, target)
-                new_logits = fp32_logits
+                result = judged(fp32_logits)
 
-        from tunery.compress.checks import collapse, drop_points, predictions
-
-        before = compute_metrics(meta["task"], y, task.scores(torch.from_numpy(ref_logits)), label_names,
-                                 threshold=original.threshold)
+        new_logits, after, value_after = result["logits"], result["metrics"], result["value"]
+        drop, collapsed, agreement = result["drop"], result["collapsed"], result["agreement"]
         scores = task.scores(torch.from_numpy(new_logits))
-        after = compute_metrics(meta["task"], y, scores, label_names, threshold=original.threshold)
-        value_before, value_after = _metric(before, metric), _metric(after, metric)
-        drop = drop_points(value_before, value_after, greater_is_better=greater_is_better(metric), task=meta["task"])
-        collapsed = collapse(predictions(ref_logits, meta["task"]), predictions(new_logits, meta["task"]),
-                             task=meta["task"], label_names=label_names)
-        agreement = _agreement(ref_logits, new_logits, meta["task"])
-        if collapsed or drop > options.max_drop:
+        if not result["passed"]:
             raise CompressionError(_refusal(options, split, metric, value_before, value_after, drop, collapsed,
-                                            agreement))
+                                            agreement, quant))
 
         out_meta = {**meta, "name": run.cfg.name, "backend": BACKEND, "precision": options.kind.replace("onnx", "fp32"),
                     "onnx": {"file": f"model/{ONNX_FILE}", "opset": steps["opset"], "exporter": steps["exporter"],
@@ -257,6 +268,50 @@ def _onnx_logits(path: Path, enc, pad_id: int, threads: int | None) -> np.ndarra
     return onnx_logits(open_session(path, threads), enc, batch_size=32, pad_id=pad_id)
 
 
+def _int8(options: CompressOptions, tmp: Path, fp32: Path, steps: dict, target: Path, original, meta: dict,
+          train_rows, *, judged, logits_of, parity_of) -> tuple[dict, dict]:
+    """The int8 graph at `target`, judged (`judged(logits)`); and the quantisation settings used. With
+    `options.attention` "auto", the Q, K and V projections are int8 first, and fp32 (inside the fused
+    Attention operator) where that result fails its checks; the settings record each attempt. The
+    graph with separate projections passes the fp32 parity check (`parity_of(logits)`) first."""
+    from tunery.compress import quantize
+    from tunery.compress.export import optimize_onnx
+
+    quant = quantize.settings(static=options.static)
+    calib = None
+    if options.static:
+        calib = _calibration_batches(original.tokenizer, *train_rows, options.calibration, meta)
+        quant["calibration_rows"] = min(options.calibration, len(train_rows[0]))
+    tries = ("int8", "fp32") if options.attention == "auto" else (options.attention,)
+    quant["attempts"] = []
+    for projections in tries:
+        graph = fp32
+        if projections == "int8":
+            graph = tmp / "fp32-projections.onnx"
+            config = original.model.config
+            fusions = optimize_onnx(tmp / "exported.onnx", graph, num_heads=config.num_attention_heads,
+                                    hidden_size=config.hidden_size, exporter=steps["exporter"], fuse_projections=False)
+            steps["int8_fusions"] = fusions
+            steps["int8_parity_fp32"] = parity_of(logits_of(graph))
+        excluded = _excluded_nodes(options.exclude, quantize.matmul_nodes(graph))
+        if options.static:
+            quantize.quantize_static_int8(graph, target, calib, reduce_range=quant["reduce_range"], exclude=excluded)
+        else:
+            quantize.quantize_dynamic_int8(graph, target, reduce_range=quant["reduce_range"], exclude=excluded)
+        result = judged(logits_of(target))
+        quant["attempts"].append({"attention_projections": projections, "metric": result["value"],
+                                  "drop_points": result["drop"], "collapsed": bool(result["collapsed"]),
+                                  "passed": result["passed"]})
+        quant.update(attention_projections=projections, excluded_nodes=excluded)
+        if result["passed"]:
+            break
+        if projections != tries[-1]:
+            log.info("int8 with int8 attention projections: %s %.4f (%+.2f points%s): trying fp32 projections",
+                     meta.get("metric") or "metric", result["value"], -result["drop"],
+                     ", collapsed" if result["collapsed"] else "")
+    return result, quant
+
+
 def _checked_parity(ref: np.ndarray, got: np.ndarray, task: str, split: str, exporter: str) -> dict:
     from tunery.compress.checks import parity
 
@@ -315,15 +370,21 @@ def _agreement(ref: np.ndarray, new: np.ndarray, task: str) -> float:
     return float(same.mean()) if len(same) else 1.0
 
 
-def _refusal(options, split, metric, before, after, drop, collapsed, agreement) -> str:
+def _refusal(options, split, metric, before, after, drop, collapsed, agreement, quant=None) -> str:
     what = (f"the {options.kind} model {'collapsed' if collapsed else 'lost too much'} on the {split} split: {metric} "
             f"{before:.4f} -> {after:.4f} ({drop:+.2f} points, allowed {options.max_drop:g}); it agrees with the "
             f"original on {100 * agreement:.1f} % of rows")
     if collapsed:
         what += f"; {collapsed}"
+    attempts = (quant or {}).get("attempts") or []
+    if len(attempts) > 1:
+        what += " (" + "; ".join(f"attention projections {a['attention_projections']}: {a['metric']:.4f}"
+                                 for a in attempts) + ")"
     tries = ["--static --calibration 512 (activation ranges calibrated on training rows)" if not options.static
              else "dynamic int8 (leave out --static)",
              "--exclude last:4 (keep the last MatMul nodes, the classifier head's among them, in fp32)",
+             *(["--attention fp32 (the attention's Q, K and V projections kept in fp32)"]
+               if options.to == "int8" and options.attention == "int8" else []),
              "--to onnx (fp32: exact, still faster than torch)"]
     if not collapsed:
         tries.append(f"--max-drop {max(drop, 0) + 0.5:.1f} if that drop is acceptable")
