@@ -168,3 +168,22 @@ def test_cli_distill_refuses_bad_flags(world, tmp_path):
     bad = cli("distill", "--teacher", teacher, "--student", world["backbone"], "--set", "distill.alpha=2",
               cwd=tmp_path, expect=None)
     assert bad.returncode != 0 and "distill.alpha" in bad.stdout + bad.stderr
+
+
+def test_teacher_logits_in_bf16_stay_close_to_fp32(tiny_backbone):
+    """The teacher labels in bf16 where that is fast: its soft labels move by bf16's rounding, no more,
+    and are not fp32's (the cast took effect)."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from tunery.inference import encode, torch_logits
+
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_backbone, num_labels=3)
+    tokenizer = AutoTokenizer.from_pretrained(tiny_backbone)
+    texts = [f"review number {i} was {'good' if i % 2 else 'bad'} and long" * (1 + i % 3) for i in range(24)]
+    enc = encode(tokenizer, texts, None, [None] * len(texts), max_length=64)
+    fp32 = torch_logits(model, enc, batch_size=8, pad_id=tokenizer.pad_token_id or 0)
+    bf16 = torch_logits(model, enc, batch_size=8, pad_id=tokenizer.pad_token_id or 0, precision="bf16")
+    assert fp32.dtype == bf16.dtype == np.float32 and fp32.shape == bf16.shape == (24, 3)
+    spread = float(np.abs(fp32).max()) + 1e-6
+    assert 0 < float(np.abs(bf16 - fp32).max()) <= 0.05 * spread + 0.02

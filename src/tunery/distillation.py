@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from tunery.errors import ConfigError, DataError, RunError
-from tunery.inference import Encoded, encode, quiet_transformers, torch_logits
+from tunery.inference import Encoded, encode, quiet_transformers, resolve_precision, torch_logits
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +109,9 @@ def teacher_run(ref: str) -> tuple[Path, dict]:
 
 def teacher_logits(run: Path, meta: dict, texts: list[str], pairs: list[str] | None, *,
                    batch_size: int = 64) -> np.ndarray:
-    """The teacher's logits (N, C) for `texts`, read with its own tokenizer and max_length."""
+    """The teacher's logits (N, C) for `texts`, read with its own tokenizer and max_length; a torch
+    teacher runs in bf16 where this machine runs bf16 fast (`resolve_precision("auto")`): soft labels
+    do not need fp32's last digits, and an mpnet-base teacher labels 2-3x faster on AVX512-BF16."""
     from transformers import AutoTokenizer
 
     quiet_transformers()
@@ -123,7 +125,7 @@ def teacher_logits(run: Path, meta: dict, texts: list[str], pairs: list[str] | N
     from transformers import AutoModelForSequenceClassification
 
     model = AutoModelForSequenceClassification.from_pretrained(run / "model")
-    return torch_logits(model, enc, batch_size=batch_size, pad_id=pad)
+    return torch_logits(model, enc, batch_size=batch_size, pad_id=pad, precision=resolve_precision("auto"))
 
 
 def _same_vocabulary(a, b) -> bool:

@@ -120,17 +120,26 @@ def predict_scores(model, task, data: Encoded, *, batch_size: int, pad_id: int, 
         return score_batches(scores_of, data, batch_size=batch_size, pad_id=pad_id)
 
 
-def torch_logits(model, data: Encoded, *, batch_size: int, pad_id: int) -> np.ndarray:
-    """A torch classifier's logits (N, C) in float32 for every row of `data`, in row order."""
+def torch_logits(model, data: Encoded, *, batch_size: int, pad_id: int, precision: str = "fp32") -> np.ndarray:
+    """A torch classifier's logits (N, C) in float32 for every row of `data`, in row order, computed in
+    `precision` (fp32, or bf16 under CPU autocast: for soft labels, where the speed matters more than
+    the last digits)."""
+    import contextlib
+
     import torch
 
+    from tunery.cls_only import cls_only_last_layer
+
     model.eval()
+    cast = (torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext())
 
     @torch.no_grad()
     def logits_of(batch: dict[str, np.ndarray]) -> np.ndarray:
-        return model(**{k: torch.from_numpy(v) for k, v in batch.items()}).logits.float().numpy()
+        with cast:
+            return model(**{k: torch.from_numpy(v) for k, v in batch.items()}).logits.float().numpy()
 
-    return score_batches(logits_of, data, batch_size=batch_size, pad_id=pad_id)
+    with cls_only_last_layer(model):  # exact: the head reads [CLS] only
+        return score_batches(logits_of, data, batch_size=batch_size, pad_id=pad_id)
 
 
 def fast_bf16_available() -> bool:
