@@ -8,7 +8,9 @@ The systems, each loaded as `tunery.load` loads it:
   torch-fp32   the run itself, precision fp32;
   torch-bf16   the run itself, precision bf16 (weights cast once; emulated, slow, on CPUs without AVX512-BF16);
   onnx-fp32    `tunery compress RUN --to onnx`;
-  int8         `tunery compress RUN --to int8` (dynamic);
+  int8         `tunery compress RUN --to int8` (dynamic; the attention's Q, K, V projections int8 where that
+               passes the checks, the default --attention auto);
+  int8-fp32-attention  `tunery compress RUN --to int8 --attention fp32` (those projections kept fp32);
   int8-static  `tunery compress RUN --to int8 --static` (QDQ, calibrated on 256 training rows).
 For each: accuracy on the dev file (--data, default ../shared/data/sst2/dev.tsv: 872 rows, the
 run's test split when it was trained with bench/sst2_full.yaml), file size of the weights or graph,
@@ -39,7 +41,8 @@ from sst2 import eprint, loadavg, read_tsv, smoke_backbone, start_result, write_
 
 REPO = BENCH_DIR.parent
 DEV = (REPO.parent / "shared" / "data" / "sst2" / "dev.tsv").resolve()
-KINDS = {"onnx-fp32": {"to": "onnx"}, "int8": {"to": "int8"}, "int8-static": {"to": "int8", "static": True}}
+KINDS = {"onnx-fp32": {"to": "onnx"}, "int8": {"to": "int8"}, "int8-fp32-attention": {"to": "int8", "attention": "fp32"},
+         "int8-static": {"to": "int8", "static": True}}
 
 
 def compressed_runs(run: Path, out_dir: Path, data: Path | None) -> dict:

@@ -39,7 +39,7 @@ def test_compress_bench_smoke(tmp_path):
     result = run_bench("compress.py", "--threads", "1", tmp_path=tmp_path)
     assert result["benchmark"] == "compress" and result["threads"] == [1]
     assert set(result["systems"]) | set(result["refused"]) == {"torch-fp32", "torch-bf16", "onnx-fp32", "int8",
-                                                               "int8-static"}
+                                                               "int8-fp32-attention", "int8-static"}
     for name, entry in result["systems"].items():
         t = entry["threads_1"]
         assert 0 <= t["accuracy"] <= 1 and t["texts_per_s"] > 0 and t["one_text_ms_p99"] >= t["one_text_ms_p50"], name
