@@ -30,6 +30,7 @@ ATTENTION = ("auto", "int8", "fp32")  # the attention's Q, K and V projections u
 PARITY_TOL = 1e-3  # max |logit difference| of the fp32 graph against torch
 LATENCY_ROWS = 256  # rows timed for throughput (fewer when the split is smaller)
 ONE_TEXT_RUNS = 100
+RAW_GRAPH = "exported.onnx"  # the exporter's graph in the work folder, before any fusion
 
 
 @dataclass(frozen=True)
@@ -254,7 +255,7 @@ def _fp32_graph(model, tmp: Path, *, with_token_types: bool, exporter: str) -> t
     """The exported and optimised fp32 graph, and what was done (exporter, opset, fusions, inputs)."""
     from tunery.compress.export import INPUTS, OPSET, export_onnx, optimize_onnx
 
-    raw, fp32 = tmp / "exported.onnx", tmp / "fp32.onnx"
+    raw, fp32 = tmp / RAW_GRAPH, tmp / "fp32.onnx"
     used, cls_only = export_onnx(model, raw, with_token_types=with_token_types, exporter=exporter)
     fusions = optimize_onnx(raw, fp32, num_heads=model.config.num_attention_heads,
                             hidden_size=model.config.hidden_size, exporter=used)
@@ -289,7 +290,7 @@ def _int8(options: CompressOptions, tmp: Path, fp32: Path, steps: dict, target: 
         if projections == "int8":
             graph = tmp / "fp32-projections.onnx"
             config = original.model.config
-            fusions = optimize_onnx(tmp / "exported.onnx", graph, num_heads=config.num_attention_heads,
+            fusions = optimize_onnx(tmp / RAW_GRAPH, graph, num_heads=config.num_attention_heads,
                                     hidden_size=config.hidden_size, exporter=steps["exporter"], fuse_projections=False)
             steps["int8_fusions"] = fusions
             steps["int8_parity_fp32"] = parity_of(logits_of(graph))
