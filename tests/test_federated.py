@@ -239,7 +239,7 @@ def test_robust_aggregation_holds_against_a_client_sending_garbage_where_fedavg_
             pred = model.eval()(**enc).logits.argmax(-1).numpy()
         return float((pred == (test["label"] == "positive").to_numpy()).mean())
 
-    accuracy = {"start": accuracy_of(start)}
+    accuracy, aggregate = {"start": accuracy_of(start)}, {}
     for name, strategy in [("fedavg", S.FedAvg()), ("trimmed_mean", S.FedTrimmedAvg(beta=0.25)),
                            ("krum", S.Krum(num_malicious_nodes=1))]:
         out = RecordDict({"arrays": ArrayRecord(torch_state_dict=start), "config": ConfigRecord({})})
@@ -251,12 +251,27 @@ def test_robust_aggregation_holds_against_a_client_sending_garbage_where_fedavg_
                                                "metrics": MetricRecord(metrics)}),
                                    reply_to=Message(out, dst_node_id=i + 1, message_type="train")))
         arrays, _ = strategy.aggregate_train(1, replies)
-        accuracy[name] = accuracy_of({k: torch.as_tensor(np.asarray(v)) for k, v in arrays.to_torch_state_dict().items()})
-    print(accuracy)
-    start = accuracy["start"]  # the round's honest updates are 5 small steps: they keep it
-    assert start >= 0.85
-    assert accuracy["trimmed_mean"] >= start - 0.1 and accuracy["krum"] >= start - 0.1
-    assert accuracy["fedavg"] <= start - 0.3
+        aggregate[name] = {k: torch.as_tensor(np.asarray(v)) for k, v in arrays.to_torch_state_dict().items()}
+        accuracy[name] = accuracy_of(aggregate[name])
+    # what the round gives without the attacker: FedAvg of the three honest replies
+    honest = {k: torch.as_tensor(np.asarray(v)) for k, v in
+              S.FedAvg().aggregate_train(1, replies[:3])[0].to_torch_state_dict().items()}
+    accuracy["honest"] = accuracy_of(honest)
+
+    def distance(a, b) -> float:
+        return sum(float((a[k].float() - b[k].float()).pow(2).sum()) for k in b) ** 0.5
+
+    step = distance(start, honest)  # how far an honest round moves the model
+    away = {name: distance(state, honest) / step for name, state in aggregate.items()}
+    print(accuracy, away)
+    assert accuracy["start"] >= 0.85
+    # FedAvg takes the garbage in: hundreds of honest steps away, and the model no longer classifies
+    assert away["fedavg"] > 100 and accuracy["fedavg"] <= accuracy["start"] - 0.3
+    # the robust rules stay within an honest step or two of the honest round, and keep classifying.
+    # Their accuracy is not held to the start's: Krum keeps one client's update, and one round of a
+    # tiny random backbone's client moves held-out accuracy by up to 0.15 (1.0 -> 0.85 in bf16).
+    assert away["trimmed_mean"] <= 2 and away["krum"] <= 2
+    assert accuracy["trimmed_mean"] >= 0.75 and accuracy["krum"] >= 0.75
 
 
 def test_fedprox_pulls_local_training_toward_the_global_weights(tmp_path, tiny_backbone):
