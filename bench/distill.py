@@ -2,6 +2,7 @@
 directly, on the same files, in one run; and a 3-layer student of the MiniLM against the MiniLM.
 
     python bench/distill.py --datasets sst2 --teacher RUN            # a teacher run trained already
+    python bench/distill.py --datasets sst2 --teacher RUN --direct RUN --layers 0   # the distilled run only
     python bench/distill.py --datasets rt                            # trains the teacher (mpnet-base) too
     python bench/distill.py --datasets rt --set distill.augment.copies=4 --set distill.alpha=0.3
     python bench/distill.py --smoke                                  # a tiny run of every part (figures mean nothing)
@@ -101,6 +102,10 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--datasets", default="rt,sst2", help="comma-separated: rt, sst2 (default both)")
     ap.add_argument("--teacher", default=None, help="a trained teacher run (one data set only); default: train one")
     ap.add_argument("--teacher-backbone", default="mpnet-base")
+    ap.add_argument("--teacher-set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override in the teacher's training run (e.g. train.epochs=1)")
+    ap.add_argument("--direct", default=None, help="a trained direct run of the student (one data set only); "
+                    "default: train one")
     ap.add_argument("--student", default="minilm-l6")
     ap.add_argument("--layers", type=int, default=3, help="depth of the layers student (0: skip that part)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override in the distilled run")
@@ -110,8 +115,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--smoke", action="store_true", help="the tiny test backbone on generated rows")
     args = ap.parse_args(argv)
     datasets = ["smoke"] if args.smoke else [d.strip() for d in args.datasets.split(",") if d.strip()]
-    if args.teacher and len(datasets) != 1:
-        ap.error("--teacher fits one data set: give --datasets too")
+    if (args.teacher or args.direct) and len(datasets) != 1:
+        ap.error("--teacher and --direct fit one data set: give --datasets too")
 
     started = time.time()
     out, result = start_result("distill", "distill", args, argv)
@@ -136,13 +141,19 @@ def main(argv: list[str] | None = None) -> dict:
                 entry["teacher"] = {"run": str(teacher), "trained_here": False}
             else:
                 teacher = runs / "teacher"
+                teacher_sets = [x for s in args.teacher_set for x in ("--set", s)]
                 rc, wall = tunery(["train", config, "--no-progress",
-                                   *overrides("teacher", runs, teacher_backbone, threads + quick)], folder)
+                                   *overrides("teacher", runs, teacher_backbone, threads + quick + teacher_sets)],
+                                  folder)
                 entry["teacher"] = summary(teacher, rc, wall)
-            direct = runs / "direct"
-            rc, wall = tunery(["train", config, "--no-progress", *overrides("direct", runs, student, threads + quick)],
-                              folder)
-            entry["direct"] = summary(direct, rc, wall)
+            if args.direct:
+                direct = Path(args.direct).resolve()
+                entry["direct"] = {**summary(direct, 0, 0.0), "trained_here": False}
+            else:
+                direct = runs / "direct"
+                rc, wall = tunery(["train", config, "--no-progress",
+                                   *overrides("direct", runs, student, threads + quick)], folder)
+                entry["direct"] = summary(direct, rc, wall)
             distilled = runs / "distilled"
             sets = [x for s in args.set for x in ("--set", s)]
             rc, wall = tunery(["distill", "--teacher", teacher, "--student", student, "--name", "distilled",

@@ -54,6 +54,58 @@ def test_augmentation_is_seeded_changes_text_and_never_repeats():
     assert len(pairs[0]) == len(pairs[1]) and set(pairs[1]) <= {"q1", "q2"}
 
 
+def test_each_model_reads_its_own_mask_token_where_a_word_was_masked():
+    """A MiniLM student's "[MASK]" is three pieces to an mpnet teacher ("[", "mask", "]"): the copies
+    hold a slot, and each tokenizer puts its own mask token (or its unknown token) there."""
+    from types import SimpleNamespace
+
+    from tunery.distillation import MASK_SLOT, augmented_rows, with_mask
+
+    texts, _ = augmented_rows(["the film was a great and lovely story"], None, copies=6, seed=0, mask_token=MASK_SLOT,
+                              mask_prob=0.4, drop_prob=0.0, span_prob=0.0)
+    masked = [t for t in texts if MASK_SLOT in t]
+    assert masked
+    bert, mpnet = SimpleNamespace(mask_token="[MASK]"), SimpleNamespace(mask_token="<mask>")
+    student, teacher = with_mask(masked, bert), with_mask(masked, mpnet)
+    for s, t, slot in zip(student, teacher, masked):
+        assert s.split().count("[MASK]") == t.split().count("<mask>") == slot.count(MASK_SLOT) > 0
+        assert MASK_SLOT not in s + t and s.replace("[MASK]", "<mask>") == t
+    assert with_mask(masked, SimpleNamespace(mask_token=None, unk_token="<unk>"))[0].count("<unk>") == masked[0].count(MASK_SLOT)
+
+
+def test_synonym_augmentation_replaces_words_by_their_synonyms_keeping_punctuation_and_case():
+    from tunery.distillation import augment_text
+
+    table = {"great": ["outstanding", "big"], "film": ["movie"], "story": ["tale"]}
+    rng = random.Random(0)
+    text = "Great film , a story."
+    copies = {augment_text(text, rng, mask_token="M", mask_prob=0, drop_prob=0, span_prob=0, synonym_prob=0.99,
+                           synonyms=lambda w: table.get(w, [])) for _ in range(20)}
+    assert copies <= {f"{a} movie , a tale." for a in ("Outstanding", "Big")} and len(copies) == 2
+    # no synonym source (WordNet not asked for): the words stay
+    assert augment_text(text, rng, mask_token="M", mask_prob=0, drop_prob=0, span_prob=0, synonym_prob=0.99) == text
+
+
+def test_augmentation_shares_that_change_every_word_are_refused():
+    from tunery.config import ConfigError, config_from_dict
+
+    with pytest.raises(ConfigError, match="synonym_prob 0.5 = 1 would change every word"):
+        config_from_dict({"name": "x", "data": {"train": "t.csv"}, "model": {"backbone": "b"},
+                          "distill": {"teacher": "t", "augment": {"copies": 1, "mask_prob": 0.3, "drop_prob": 0.2,
+                                                                   "synonym_prob": 0.5}}})
+
+
+def test_the_teacher_labels_masked_copies_with_its_own_mask_token(world):
+    from transformers import AutoTokenizer
+
+    from tunery.distillation import MASK_SLOT
+
+    mask = AutoTokenizer.from_pretrained(world["teacher"] / "model").mask_token
+    slots = [f"a {MASK_SLOT} film", f"{MASK_SLOT} and lovely"]
+    assert np.allclose(_test_logits(world["teacher"], slots),
+                       _test_logits(world["teacher"], [t.replace(MASK_SLOT, mask) for t in slots]), atol=1e-5)
+
+
 def _write(df, path):
     df.to_csv(path, index=False)
     return str(path)
@@ -144,11 +196,13 @@ def test_layers_distillation_matches_hidden_states_and_attention(world, tmp_path
     from tunery.predict import load
 
     overrides = [f"train.{k}={v}" for k, v in fast_train(epochs=2).items()] + ["distill.augment.copies=1",
+                                                                               "distill.augment.synonym_prob=0.2",
                                                                                "evaluate.baseline=false"]
     run = distill_run(world["teacher"], "", layers=1, name="k1", output_dir=str(tmp_path / "runs"),
                       overrides=overrides, store=world["store"])
     info = json.loads((run / "metrics.json").read_text())["training"]["distillation"]
     assert info["intermediate"] is True and info["layer_map"] == [2] and info["augmented_rows"] > 0
+    assert info["augment"]["synonym_prob"] == 0.2  # WordNet read, the recipe recorded
     model = load(run).model
     assert model.config.num_hidden_layers == 1
     # the student saved as a plain transformers model, predicting like its teacher on easy rows

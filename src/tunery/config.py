@@ -316,6 +316,17 @@ class AugmentConfig(_Part):
     drop_prob: float = Field(0.1, ge=0, lt=1, description="share of words dropped")
     span_prob: float = Field(0.3, ge=0, le=1, description="chance a copy is a contiguous n-gram sub-span "
                              "(at least half the words) before masking and dropping")
+    synonym_prob: float = Field(0.0, ge=0, lt=1, description="share of words replaced by a random WordNet synonym "
+                                "(the teacher labels the copy, so the meaning may move); needs WordNet (Debian "
+                                "wordnet-base)")
+
+    @model_validator(mode="after")
+    def _shares(self):
+        total = self.mask_prob + self.drop_prob + self.synonym_prob
+        if total >= 1:
+            raise ValueError(f"mask_prob {self.mask_prob} + drop_prob {self.drop_prob} + synonym_prob "
+                             f"{self.synonym_prob} = {total:g} would change every word; keep their sum below 1")
+        return self
 
 
 class DistillConfig(_Part):

@@ -3,9 +3,12 @@ transfer rows (augmented copies of the training texts, the user's unlabelled tex
 logits for every training row, computed once and cached in the run directory (a resumed run reads
 them back), and the `Distiller` objective the training loop uses.
 
-Augmentation needs no external data (plain functions below): word masking (the student's mask
-token), word dropout, and contiguous n-gram sub-spans of at least half the words; the teacher labels
-every copy, so the student learns the teacher's function around each example, not only at it.
+Augmentation (plain functions below): word masking, word dropout, contiguous n-gram sub-spans of at
+least half the words (no external data), and, where asked, WordNet synonyms (Debian's wordnet-base,
+as the synonym attack). The teacher labels every copy, so the student learns the teacher's function
+around each example, not only at it. A masked word is written `MASK_SLOT` and each model reads its
+own mask token there (`with_mask`): an mpnet teacher's tokenizer splits a MiniLM student's "[MASK]"
+into the three pieces "[", "mask", "]", and would label text the student never sees.
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ import hashlib
 import json
 import logging
 import random
+import string
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -28,10 +33,36 @@ CACHE_KEY = "teacher_logits.json"
 
 
 # -- augmentation (plain functions) ----------------------------------------------------------------
+MASK_SLOT = "\ue000"  # a private-use character: where a word was masked, until a tokenizer's own mask is put in
+
+
+def with_mask(texts: list[str], tokenizer) -> list[str]:
+    """`texts` with every `MASK_SLOT` as `tokenizer`'s mask token (its unknown token if it has no mask)."""
+    token = getattr(tokenizer, "mask_token", None) or getattr(tokenizer, "unk_token", None) or ""
+    return [t.replace(MASK_SLOT, token) if MASK_SLOT in t else t for t in texts]
+
+
+def _synonym_of(word: str, synonyms: Callable[[str], list[str]], rng: random.Random) -> str | None:
+    """`word` with its letters replaced by a random synonym (punctuation around it and its case kept),
+    or None where it has none."""
+    core = word.strip(string.punctuation)
+    if not core.isalpha():
+        return None
+    options = synonyms(core.lower())
+    if not options:
+        return None
+    new = options[rng.randrange(len(options))]
+    new = new.capitalize() if core[0].isupper() else new
+    start = word.index(core)
+    return word[:start] + new + word[start + len(core):]
+
+
 def augment_text(text: str, rng: random.Random, *, mask_token: str, mask_prob: float, drop_prob: float,
-                 span_prob: float) -> str:
+                 span_prob: float, synonym_prob: float = 0.0,
+                 synonyms: Callable[[str], list[str]] | None = None) -> str:
     """One changed copy of `text`: maybe a contiguous sub-span of at least half its words, then each
-    word masked with `mask_prob` or dropped with `drop_prob` (at least one word is kept)."""
+    word dropped with `drop_prob`, masked with `mask_prob`, or replaced by a random synonym (from
+    `synonyms(word)`, where it has one) with `synonym_prob` (at least one word is kept)."""
     words = text.split()
     if len(words) >= 4 and rng.random() < span_prob:
         length = rng.randint((len(words) + 1) // 2, len(words) - 1)
@@ -42,12 +73,18 @@ def augment_text(text: str, rng: random.Random, *, mask_token: str, mask_prob: f
         r = rng.random()
         if r < drop_prob:
             continue
-        out.append(mask_token if r < drop_prob + mask_prob else w)
+        if r < drop_prob + mask_prob:
+            out.append(mask_token)
+        elif r < drop_prob + mask_prob + synonym_prob and synonyms is not None:
+            out.append(_synonym_of(w, synonyms, rng) or w)
+        else:
+            out.append(w)
     return " ".join(out) if out else words[rng.randrange(len(words))] if words else text
 
 
 def augmented_rows(texts: list[str], pairs: list[str] | None, *, copies: int, seed: int, mask_token: str,
-                   mask_prob: float, drop_prob: float, span_prob: float) -> tuple[list[str], list[str] | None]:
+                   mask_prob: float, drop_prob: float, span_prob: float, synonym_prob: float = 0.0,
+                   synonyms: Callable[[str], list[str]] | None = None) -> tuple[list[str], list[str] | None]:
     """`copies` augmented versions of each text (its pair, when there is one, kept as it is), without
     duplicates of each other or of the originals; seeded."""
     rng = random.Random(seed)
@@ -58,7 +95,7 @@ def augmented_rows(texts: list[str], pairs: list[str] | None, *, copies: int, se
         pair = pairs[i] if pairs is not None else None
         for _ in range(copies):
             new = augment_text(text, rng, mask_token=mask_token, mask_prob=mask_prob, drop_prob=drop_prob,
-                               span_prob=span_prob)
+                               span_prob=span_prob, synonym_prob=synonym_prob, synonyms=synonyms)
             if (new, pair) in seen:
                 continue
             seen.add((new, pair))
@@ -109,14 +146,14 @@ def teacher_run(ref: str) -> tuple[Path, dict]:
 
 def teacher_logits(run: Path, meta: dict, texts: list[str], pairs: list[str] | None, *,
                    batch_size: int = 64) -> np.ndarray:
-    """The teacher's logits (N, C) for `texts`, read with its own tokenizer and max_length; a torch
+    """The teacher's logits (N, C) for `texts`, read with its own tokenizer, mask token and max_length; a torch
     teacher runs in bf16 where this machine runs bf16 fast (`resolve_precision("auto")`): soft labels
     do not need fp32's last digits, and an mpnet-base teacher labels 2-3x faster on AVX512-BF16."""
     from transformers import AutoTokenizer
 
     quiet_transformers()
     tokenizer = AutoTokenizer.from_pretrained(run / "model")
-    enc = encode(tokenizer, texts, pairs, [None] * len(texts), max_length=meta["max_length"])
+    enc = encode(tokenizer, with_mask(texts, tokenizer), pairs, [None] * len(texts), max_length=meta["max_length"])
     pad = tokenizer.pad_token_id or 0
     if meta.get("backend") == "onnx":
         from tunery.predict_onnx import ONNX_FILE, onnx_logits, open_session
@@ -175,10 +212,15 @@ def prepare(p, model, work: Path, train: Encoded) -> tuple[Encoded, object, dict
     extra_t: list[str] = []
     extra_p: list[str] | None = [] if pairs is not None else None
     if d.augment.copies:
-        mask = getattr(p.tokenizer, "mask_token", None) or "[MASK]"
-        extra_t, extra_p = augmented_rows(texts, pairs, copies=d.augment.copies, seed=cfg.train.seed, mask_token=mask,
-                                          mask_prob=d.augment.mask_prob, drop_prob=d.augment.drop_prob,
-                                          span_prob=d.augment.span_prob)
+        a = d.augment
+        synonyms = None
+        if a.synonym_prob:
+            from tunery.attack.wordnet import synonym_source
+
+            synonyms = synonym_source()  # WordNetMissing names the install
+        extra_t, extra_p = augmented_rows(texts, pairs, copies=a.copies, seed=cfg.train.seed, mask_token=MASK_SLOT,
+                                          mask_prob=a.mask_prob, drop_prob=a.drop_prob, span_prob=a.span_prob,
+                                          synonym_prob=a.synonym_prob, synonyms=synonyms)
     n_unlabelled = 0
     if d.unlabelled:
         if pairs is not None:
@@ -195,7 +237,7 @@ def prepare(p, model, work: Path, train: Encoded) -> tuple[Encoded, object, dict
         logits = (logits - task.mean) / task.scale
     # labels of rows without gold (the loss ignores them): a valid value of the task's label
     placeholder = float(task.mean) if p.data.task == "regression" else [] if p.data.task == "multilabel" else 0
-    extra = encode(p.tokenizer, extra_t, extra_p, [placeholder] * len(extra_t), max_length=cfg.data.max_length) \
+    extra = encode(p.tokenizer, with_mask(extra_t, p.tokenizer), extra_p, [placeholder] * len(extra_t), max_length=cfg.data.max_length) \
         if extra_t else Encoded([], [] if train.token_type_ids is not None else None, [])
     joined = train.extended(extra)
 
@@ -212,7 +254,8 @@ def prepare(p, model, work: Path, train: Encoded) -> tuple[Encoded, object, dict
                           hidden_weight=d.hidden_weight, attention_weight=d.attention_weight)
     info = {"teacher": {"run": run.name, "path": str(run.resolve()), "backbone": meta.get("backbone")},
             "alpha": d.alpha, "temperature": d.temperature, "gold_rows": len(texts),
-            "augmented_rows": len(extra_t) - n_unlabelled, "unlabelled_rows": n_unlabelled,
+            "augmented_rows": len(extra_t) - n_unlabelled, "augment": d.augment.model_dump(),
+            "unlabelled_rows": n_unlabelled,
             "intermediate": teacher_model is not None, "layer_map": mapping, "layers": d.layers}
     return joined, distiller, info
 
