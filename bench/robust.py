@@ -1,4 +1,4 @@
-"""Robustness benchmark: plain, FGM, PGD, FreeLB, R-Drop and noisy-copy training on one SST-2 slice, each model's
+"""Robustness benchmark: plain, FGM, PGD, FreeLB, R-Drop, noisy-copy training and typo correction on one SST-2 slice, each model's
 clean accuracy and accuracy under the `typo` and `synonym` attacks on SST-2 dev, and its training time
 relative to plain, in one run.
 
@@ -43,6 +43,10 @@ METHODS = {
     "rdrop": {"train.rdrop": 1.0},
     # noisy copies of the training texts (train/noise.py): random typos and synonyms under the gold label
     "noise": {"train.noise.copies": 2, "train.noise.typo": 0.2, "train.noise.synonym": 0.2},
+    # a typo corrector in front of the model (tunery/spelling.py), built from the slice's words and the vocabulary
+    "correct": {"model.correct_typos": True},
+    "noise+correct": {"train.noise.copies": 2, "train.noise.typo": 0.2, "train.noise.synonym": 0.2,
+                      "model.correct_typos": True},
 }
 
 

@@ -145,8 +145,8 @@ def test_robust_bench_smoke(tmp_path):
     """Every training method, each attacked by both recipes, on the tiny backbone and generated rows."""
     pytest.importorskip("nltk")
     result = run_bench("robust.py", tmp_path=tmp_path)
-    assert set(result["methods"]) == {"plain", "fgm", "pgd", "freelb", "rdrop", "noise"}
-    passes = {"plain": 1, "fgm": 2, "pgd": 4, "freelb": 3, "rdrop": 2, "noise": 1}
+    assert set(result["methods"]) == {"plain", "fgm", "pgd", "freelb", "rdrop", "noise", "correct", "noise+correct"}
+    passes = {"plain": 1, "fgm": 2, "pgd": 4, "freelb": 3, "rdrop": 2, "noise": 1, "correct": 1, "noise+correct": 1}
     assert result["methods"]["noise"]["noisy_copies"] > 64 and result["methods"]["plain"]["noisy_copies"] == 0
     for method, entry in result["methods"].items():
         assert entry["passes_per_step"] == passes[method] and 0 <= entry["dev_accuracy"] <= 1, method

@@ -139,6 +139,10 @@ class ModelConfig(_Part):
         description="how the head sees the text: cls (the [CLS] state), mean (an added layer that starts as "
         "mean pooling); auto: mean for backbones pretrained with it (sentence-transformers), else cls",
     )
+    correct_typos: bool = Field(
+        False, description="correct misspelt words before the model reads them (a defence against typo "
+        "attacks): each Latin-letter word outside the training texts' words and the backbone's vocabulary "
+        "becomes its most frequent neighbour one edit away; the lexicon is kept in the run (tunery/spelling.py)")
 
 
 class AdversarialConfig(_Part):

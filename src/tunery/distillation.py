@@ -237,6 +237,8 @@ def prepare(p, model, work: Path, train: Encoded) -> tuple[Encoded, object, dict
         logits = (logits - task.mean) / task.scale
     # labels of rows without gold (the loss ignores them): a valid value of the task's label
     placeholder = float(task.mean) if p.data.task == "regression" else [] if p.data.task == "multilabel" else 0
+    if p.speller is not None:  # the student reads its copies as predict will give them (model.correct_typos)
+        extra_t, extra_p = p.speller.correct_all(extra_t), p.speller.correct_all(extra_p)
     extra = encode(p.tokenizer, with_mask(extra_t, p.tokenizer), extra_p, [placeholder] * len(extra_t), max_length=cfg.data.max_length) \
         if extra_t else Encoded([], [] if train.token_type_ids is not None else None, [])
     joined = train.extended(extra)

@@ -98,10 +98,14 @@ def _texts(frame) -> list[str]:
     return texts
 
 
-def _encode_split(tokenizer, frame, max_length: int) -> Encoded:
+def _encode_split(tokenizer, frame, max_length: int, speller=None) -> Encoded:
+    """A split's rows as tokens, through the run's typo corrector when it has one (model.correct_typos):
+    the model reads what predict will give it."""
+    texts = frame["text"].astype(str).tolist()
     pairs = frame["text_pair"].astype(str).tolist() if "text_pair" in frame else None
-    return encode(tokenizer, frame["text"].astype(str).tolist(), pairs, frame["label"].tolist(),
-                  max_length=max_length)
+    if speller is not None:
+        texts, pairs = speller.correct_all(texts), speller.correct_all(pairs)
+    return encode(tokenizer, texts, pairs, frame["label"].tolist(), max_length=max_length)
 
 
 def _with_noisy_copies(p, train: Encoded) -> tuple[Encoded, int]:
@@ -116,6 +120,8 @@ def _with_noisy_copies(p, train: Encoded) -> tuple[Encoded, int]:
     extra_t, extra_p, extra_l = noisy_rows(texts, pairs, frame["label"].tolist(), copies=n.copies, typo_share=n.typo,
                                            synonym_share=n.synonym, seed=p.cfg.train.seed,
                                            synonyms=synonym_source() if n.synonym else None)
+    if p.speller is not None:  # the copies as the model will read them: typos it can undo, undone
+        extra_t, extra_p = p.speller.correct_all(extra_t), p.speller.correct_all(extra_p)
     extra = encode(p.tokenizer, extra_t, extra_p, extra_l, max_length=p.cfg.data.max_length)
     return train.extended(extra), len(extra)
 
@@ -131,6 +137,7 @@ class Prepared:
     report: object  # tunery.data.validate.ValidationReport
     task: Task
     encoded: dict[str, Encoded] | None = None  # the tokenised splits, filled by preflight
+    speller: object | None = None  # tunery.spelling.Speller with model.correct_typos, else None
 
 
 def prepare_run(cfg: RunConfig, *, quiet: bool = False, federated: bool = False) -> Prepared:
@@ -149,7 +156,18 @@ def prepare_run(cfg: RunConfig, *, quiet: bool = False, federated: bool = False)
     task = get_task(data.task,
                     label_mean=float(labels.mean()) if labels is not None else 0.0,
                     label_scale=float(labels.std() or 1.0) if labels is not None and len(labels) > 1 else 1.0)
-    return Prepared(cfg, backbone_path, tokenizer, data, report, task)
+    speller = None
+    if cfg.model.correct_typos:
+        if federated:
+            raise ConfigError("model.correct_typos is not supported in a federated run (the lexicon would be built "
+                              "from every client's words); set model.correct_typos: false")
+        from tunery.spelling import Speller, build_lexicon
+
+        frame = data.train
+        words = frame["text"].astype(str).tolist() + (frame["text_pair"].astype(str).tolist()
+                                                      if "text_pair" in frame else [])
+        speller = Speller(build_lexicon(words, tokenizer))
+    return Prepared(cfg, backbone_path, tokenizer, data, report, task, speller=speller)
 
 
 def preflight(p: Prepared):
@@ -175,7 +193,7 @@ def preflight(p: Prepared):
     if limit and p.cfg.data.max_length > limit:
         raise ConfigError(f"data.max_length {p.cfg.data.max_length} is more than backbone "
                           f"{p.cfg.model.backbone!r} takes ({limit} tokens); set data.max_length <= {limit}")
-    p.encoded = {split: _encode_split(p.tokenizer, getattr(p.data, split), p.cfg.data.max_length)
+    p.encoded = {split: _encode_split(p.tokenizer, getattr(p.data, split), p.cfg.data.max_length, p.speller)
                  for split in ("train", "validation", "test")}
     return model
 
@@ -528,7 +546,7 @@ def _train_and_write(p: Prepared, model, work: Path, *, resume: bool, callbacks)
     started = time.time()
     label_names = list(data.label_names)
     n_labels = len(label_names)
-    enc = p.encoded or {split: _encode_split(p.tokenizer, getattr(data, split), cfg.data.max_length)
+    enc = p.encoded or {split: _encode_split(p.tokenizer, getattr(data, split), cfg.data.max_length, p.speller)
                         for split in ("train", "validation", "test")}
     y_val = task.y_true(enc["validation"].labels, n_labels)
     metric = cfg.train.metric or default_metric(data.task)
@@ -684,6 +702,10 @@ def score_and_write(p: Prepared, model, work: Path, enc: dict, training: dict, *
         "metric": metric,
         "created_at": datetime.now(timezone.utc).isoformat(),
     }
+    if p.speller is not None:
+        from tunery.spelling import save_lexicon
+
+        meta["typo_correction"] = save_lexicon(p.speller.counts, model_dir)
     training = {**training,
                 "baseline_seconds": baseline_seconds, "wall_seconds": round(time.time() - started, 2),
                 "precision": "fp32" if cfg.train.dp.noise_multiplier else resolve_precision(cfg.train.precision),

@@ -16,6 +16,7 @@ import numpy as np
 from tunery.errors import DataError, RunError
 from tunery.refs import find_run
 from tunery.rundir import META, read_meta
+from tunery.spelling import read_speller
 from tunery.tasks import Task, get_task
 from tunery.inference import Encoded, encode, predict_scores, quiet_transformers, resolve_precision
 
@@ -63,6 +64,7 @@ class Predictor:
 
     supports_gradients = True  # explanation methods that need gradients (IG) run on this backend
     explainable = True  # it reads tokens, so tunery.explain can map its scores back to words
+    speller = None  # tunery.spelling.Speller of a run trained with model.correct_typos (set by `load`)
 
     def __init__(self, model, tokenizer, meta: dict, *, run_dir: Path | None = None, batch_size: int = 64,
                  precision: str = "fp32") -> None:
@@ -101,6 +103,8 @@ class Predictor:
     def score(self, texts: list[str], pairs: list[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Scores as `predict_scores`, and the number of tokens the model read for each text (N,)."""
         texts, pairs = self._check_inputs(texts, pairs)
+        if self.speller is not None:  # the run corrects typos before its model reads the text
+            texts, pairs = self.speller.correct_all(texts), self.speller.correct_all(pairs)
         if not texts:  # the tokenizer cannot take an empty batch
             n = len(self.label_names)
             empty = np.zeros((0, n)) if self.meta["task"] != "regression" else np.zeros((0,))
@@ -307,7 +311,11 @@ def load(run: str | Path, *, batch_size: int = 64, precision: str = "fp32", thre
         import importlib
 
         module, loader = BACKENDS[backend]
-        return getattr(importlib.import_module(module), loader)(run_dir, meta, batch_size=batch_size, threads=threads)
+        predictor = getattr(importlib.import_module(module), loader)(run_dir, meta, batch_size=batch_size,
+                                                                     threads=threads)
+        if isinstance(predictor, Predictor):  # an ONNX run of a model that corrects typos corrects them too
+            predictor.speller = read_speller(run_dir, meta)
+        return predictor
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     if threads:
@@ -331,7 +339,9 @@ def load(run: str | Path, *, batch_size: int = 64, precision: str = "fp32", thre
         import torch
 
         model.to(torch.bfloat16)
-    return Predictor(model, tokenizer, meta, run_dir=run_dir, batch_size=batch_size, precision=precision)
+    predictor = Predictor(model, tokenizer, meta, run_dir=run_dir, batch_size=batch_size, precision=precision)
+    predictor.speller = read_speller(run_dir, meta)
+    return predictor
 
 
 def _read_run_meta(run_dir: Path) -> dict:
