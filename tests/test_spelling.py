@@ -86,6 +86,8 @@ def test_a_correcting_run_reads_a_misspelt_text_as_the_clean_one(runs):
     assert (plain.predict_scores(clean).argmax(1) == truth).all()  # the model learned the words...
     moved = np.abs(plain.predict_scores(wrong) - plain.predict_scores(clean))[:, 0]
     assert moved.max() > 0.05  # ...and misspelt, they are other tokens to a model that does not correct
+    explanation = correcting.explain("wondreful film story", method="occlusion")
+    assert explanation.text == "wonderful film story" and "wonderful" in [w.text for w in explanation.words]
 
 
 def test_the_typo_attack_flips_fewer_texts_of_a_correcting_run(runs, tmp_path):

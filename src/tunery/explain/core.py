@@ -102,6 +102,9 @@ def explain(predictor, texts: list[str], pairs: list[str] | None = None, *, meth
     check_method(predictor, method)
     opts = resolve_options(method, options)
     texts, pairs = predictor._check_inputs(texts, pairs)
+    speller = getattr(predictor, "speller", None)
+    if speller is not None:  # a run with model.correct_typos: explain the text its model reads
+        texts, pairs = speller.correct_all(texts), speller.correct_all(pairs)
     return [_explain_one(predictor, text, pairs[i] if pairs else None, method, target, opts, seed, with_faithfulness)
             for i, text in enumerate(texts)]
 
