@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tunery.attack.edits import case_like
 from tunery.errors import ConfigError, DataError, RunError
 from tunery.inference import Encoded, encode, quiet_transformers, resolve_precision, torch_logits
 
@@ -51,8 +52,7 @@ def _synonym_of(word: str, synonyms: Callable[[str], list[str]], rng: random.Ran
     options = synonyms(core.lower())
     if not options:
         return None
-    new = options[rng.randrange(len(options))]
-    new = new.capitalize() if core[0].isupper() else new
+    new = case_like(options[rng.randrange(len(options))], core)
     start = word.index(core)
     return word[:start] + new + word[start + len(core):]
 
@@ -237,8 +237,9 @@ def prepare(p, model, work: Path, train: Encoded) -> tuple[Encoded, object, dict
         logits = (logits - task.mean) / task.scale
     # labels of rows without gold (the loss ignores them): a valid value of the task's label
     placeholder = float(task.mean) if p.data.task == "regression" else [] if p.data.task == "multilabel" else 0
-    if p.speller is not None:  # the student reads its copies as predict will give them (model.correct_typos)
-        extra_t, extra_p = p.speller.correct_all(extra_t), p.speller.correct_all(extra_p)
+    from tunery.spelling import as_read
+
+    extra_t, extra_p = as_read(p.speller, extra_t, extra_p)  # as predict will give them (model.correct_typos)
     extra = encode(p.tokenizer, with_mask(extra_t, p.tokenizer), extra_p, [placeholder] * len(extra_t), max_length=cfg.data.max_length) \
         if extra_t else Encoded([], [] if train.token_type_ids is not None else None, [])
     joined = train.extended(extra)

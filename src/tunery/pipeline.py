@@ -101,16 +101,17 @@ def _texts(frame) -> list[str]:
 def _encode_split(tokenizer, frame, max_length: int, speller=None) -> Encoded:
     """A split's rows as tokens, through the run's typo corrector when it has one (model.correct_typos):
     the model reads what predict will give it."""
-    texts = frame["text"].astype(str).tolist()
-    pairs = frame["text_pair"].astype(str).tolist() if "text_pair" in frame else None
-    if speller is not None:
-        texts, pairs = speller.correct_all(texts), speller.correct_all(pairs)
+    from tunery.spelling import as_read
+
+    texts, pairs = as_read(speller, frame["text"].astype(str).tolist(),
+                           frame["text_pair"].astype(str).tolist() if "text_pair" in frame else None)
     return encode(tokenizer, texts, pairs, frame["label"].tolist(), max_length=max_length)
 
 
 def _with_noisy_copies(p, train: Encoded) -> tuple[Encoded, int]:
     """The training split with `train.noise` copies of its rows appended (train/noise.py), and how many."""
     from tunery.attack.wordnet import synonym_source
+    from tunery.spelling import as_read
     from tunery.train.noise import noisy_rows
 
     n = p.cfg.train.noise
@@ -120,8 +121,7 @@ def _with_noisy_copies(p, train: Encoded) -> tuple[Encoded, int]:
     extra_t, extra_p, extra_l = noisy_rows(texts, pairs, frame["label"].tolist(), copies=n.copies, typo_share=n.typo,
                                            synonym_share=n.synonym, seed=p.cfg.train.seed,
                                            synonyms=synonym_source() if n.synonym else None)
-    if p.speller is not None:  # the copies as the model will read them: typos it can undo, undone
-        extra_t, extra_p = p.speller.correct_all(extra_t), p.speller.correct_all(extra_p)
+    extra_t, extra_p = as_read(p.speller, extra_t, extra_p)  # as the model will read them: typos it can undo, undone
     extra = encode(p.tokenizer, extra_t, extra_p, extra_l, max_length=p.cfg.data.max_length)
     return train.extended(extra), len(extra)
 

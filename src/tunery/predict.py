@@ -16,7 +16,7 @@ import numpy as np
 from tunery.errors import DataError, RunError
 from tunery.refs import find_run
 from tunery.rundir import META, read_meta
-from tunery.spelling import read_speller
+from tunery.spelling import as_read, read_speller
 from tunery.tasks import Task, get_task
 from tunery.inference import Encoded, encode, predict_scores, quiet_transformers, resolve_precision
 
@@ -102,9 +102,7 @@ class Predictor:
 
     def score(self, texts: list[str], pairs: list[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Scores as `predict_scores`, and the number of tokens the model read for each text (N,)."""
-        texts, pairs = self._check_inputs(texts, pairs)
-        if self.speller is not None:  # the run corrects typos before its model reads the text
-            texts, pairs = self.speller.correct_all(texts), self.speller.correct_all(pairs)
+        texts, pairs = self.inputs(texts, pairs)
         if not texts:  # the tokenizer cannot take an empty batch
             n = len(self.label_names)
             empty = np.zeros((0, n)) if self.meta["task"] != "regression" else np.zeros((0,))
@@ -131,6 +129,11 @@ class Predictor:
         out = explain(self, texts, pairs, method=method, target=target, options=options, seed=seed,
                       with_faithfulness=faithfulness)
         return out[0] if single else out
+
+    def inputs(self, texts, pairs=None) -> tuple[list[str], list[str] | None]:
+        """Texts and pairs as this run's model reads them: checked (`_check_inputs`), then corrected
+        where the run was trained with model.correct_typos. What `score` and `tunery.explain` read."""
+        return as_read(self.speller, *self._check_inputs(texts, pairs))
 
     def _check_inputs(self, texts, pairs) -> tuple[list[str], list[str] | None]:
         """Texts and pairs as lists of strings that fit this model: the same rules as the server,
@@ -313,9 +316,14 @@ def load(run: str | Path, *, batch_size: int = 64, precision: str = "fp32", thre
         module, loader = BACKENDS[backend]
         predictor = getattr(importlib.import_module(module), loader)(run_dir, meta, batch_size=batch_size,
                                                                      threads=threads)
-        if isinstance(predictor, Predictor):  # an ONNX run of a model that corrects typos corrects them too
-            predictor.speller = read_speller(run_dir, meta)
-        return predictor
+    else:
+        predictor = _load_transformers(run_dir, meta, batch_size=batch_size, precision=precision, threads=threads)
+    predictor.speller = read_speller(run_dir, meta)  # any backend: an ONNX run of a correcting model corrects too
+    return predictor
+
+
+def _load_transformers(run_dir: Path, meta: dict, *, batch_size: int, precision: str,
+                       threads: int | None) -> Predictor:
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     if threads:
@@ -339,9 +347,7 @@ def load(run: str | Path, *, batch_size: int = 64, precision: str = "fp32", thre
         import torch
 
         model.to(torch.bfloat16)
-    predictor = Predictor(model, tokenizer, meta, run_dir=run_dir, batch_size=batch_size, precision=precision)
-    predictor.speller = read_speller(run_dir, meta)
-    return predictor
+    return Predictor(model, tokenizer, meta, run_dir=run_dir, batch_size=batch_size, precision=precision)
 
 
 def _read_run_meta(run_dir: Path) -> dict:

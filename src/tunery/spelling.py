@@ -90,12 +90,19 @@ class Speller:
         return None if texts is None else [self.correct(t) for t in texts]
 
 
+def as_read(speller: Speller | None, texts: list[str], pairs: list[str] | None):
+    """`texts` and `pairs` as a model behind `speller` reads them (as they are without one)."""
+    if speller is None:
+        return texts, pairs
+    return speller.correct_all(texts), speller.correct_all(pairs)
+
+
 def build_lexicon(texts: Iterable[str], tokenizer) -> dict[str, int]:
     """The training texts' word counts, and the tokenizer's whole words (count 1 where the texts
     lack them: a word the backbone knows is never "corrected" away)."""
     counts = word_counts(texts)
-    for word in vocabulary_words(tokenizer):
-        counts[word] += 1 if word not in counts else 0
+    for word in vocabulary_words(tokenizer) - counts.keys():
+        counts[word] = 1
     return dict(sorted(counts.items()))
 
 

@@ -93,6 +93,7 @@ def compress_run(ref: str | Path, options: CompressOptions, *, name: str | None 
     from tunery.predict import load
     from tunery.predict_onnx import BACKEND, ONNX_FILE, load_onnx
     from tunery.rundir import META, write_json
+    from tunery.spelling import as_read
 
     options = options.check()
     try:
@@ -111,8 +112,7 @@ def compress_run(ref: str | Path, options: CompressOptions, *, name: str | None 
     split, texts, pairs, labels, train_rows = _check_rows(src, cfg, original, data, need_train=options.static)
     if not texts:
         raise RunError(f"run {src} has no test or validation rows to check the compressed model on; pass --data FILE")
-    if original.speller is not None:  # checked on the text the model reads (model.correct_typos)
-        texts, pairs = original.speller.correct_all(texts), original.speller.correct_all(pairs)
+    texts, pairs = as_read(original.speller, texts, pairs)  # the text the model reads (model.correct_typos)
     enc = encode(original.tokenizer, texts, pairs, [None] * len(texts), max_length=meta["max_length"])
     pad_id = original.tokenizer.pad_token_id or 0
     y = task.y_true(labels, len(label_names))

@@ -3,8 +3,9 @@ its cost and, on request, its measured faithfulness.
 
 `explain(predictor, texts)` is what `tunery.load(RUN).explain(...)`, `tunery explain` and the
 server's `/explain` call. The predictor is duck-typed (this package does not import predict.py):
-it gives `meta`, `label_names`, `threshold`, `task`, `tokenizer`, `encoded_scores(Encoded)`, and
-for gradient methods `model` and `supports_gradients`.
+it gives `meta`, `label_names`, `threshold`, `task`, `tokenizer`, `inputs(texts, pairs)` (the texts
+as its model reads them), `encoded_scores(Encoded)`, and for gradient methods `model` and
+`supports_gradients`.
 """
 
 from __future__ import annotations
@@ -101,10 +102,7 @@ def explain(predictor, texts: list[str], pairs: list[str] | None = None, *, meth
     comprehensiveness, sufficiency and LOO correlation, each beside random's (more evaluations)."""
     check_method(predictor, method)
     opts = resolve_options(method, options)
-    texts, pairs = predictor._check_inputs(texts, pairs)
-    speller = getattr(predictor, "speller", None)
-    if speller is not None:  # a run with model.correct_typos: explain the text its model reads
-        texts, pairs = speller.correct_all(texts), speller.correct_all(pairs)
+    texts, pairs = predictor.inputs(texts, pairs)  # the text its model reads (model.correct_typos: corrected)
     return [_explain_one(predictor, text, pairs[i] if pairs else None, method, target, opts, seed, with_faithfulness)
             for i, text in enumerate(texts)]
 
