@@ -163,6 +163,15 @@ def test_a_distilled_student_beats_the_same_student_without_its_teacher(world):
     info = doc["training"]["distillation"]
     assert info["gold_rows"] == 40 and info["unlabelled_rows"] == 560 and info["teacher"]["run"] == "teacher"
     assert (student / "teacher_logits.npy").is_file()  # cached in the run: a resume reads it back
+    from tunery.logit_cache import known_logits, teacher_folder
+    from tunery.rundir import read_meta
+    from tunery.store.home import tunery_home
+
+    # and by text for the teacher: the next run from it labels only texts no run labelled
+    shared = known_logits(teacher_folder(tunery_home(), world["teacher"], read_meta(world["teacher"])["created_at"]))
+    assert len(shared) >= len(set(make_dataset("binary", n=600, seed=1)["review"]))
+    rows = lambda a: {tuple(np.round(r, 4)) for r in a}  # noqa: E731
+    assert rows(np.load(student / "teacher_logits.npy")) <= rows(shared.values())
     acc_student = doc["model"]["test"]["accuracy"]
     acc_direct = json.loads((direct / "metrics.json").read_text())["model"]["test"]["accuracy"]
     assert acc_student >= acc_direct + 0.1, (acc_student, acc_direct)

@@ -1,7 +1,8 @@
 """What a distillation run adds to a training run (config `distill:`, set by `tunery distill`): the
 transfer rows (augmented copies of the training texts, the user's unlabelled texts), the teacher's
 logits for every training row, computed once and cached in the run directory (a resumed run reads
-them back), and the `Distiller` objective the training loop uses.
+them back) and by text for the teacher (`tunery.logit_cache`: another run from the same teacher labels
+only the texts no run labelled before), and the `Distiller` objective the training loop uses.
 
 Augmentation (plain functions below): word masking, word dropout, contiguous n-gram sub-spans of at
 least half the words (no external data), and, where asked, WordNet synonyms (Debian's wordnet-base,
@@ -26,6 +27,7 @@ import numpy as np
 from tunery.attack.edits import case_like
 from tunery.errors import ConfigError, DataError, RunError
 from tunery.inference import Encoded, encode, quiet_transformers, resolve_precision, torch_logits
+from tunery.logit_cache import cached_logits, teacher_folder
 
 log = logging.getLogger(__name__)
 
@@ -144,25 +146,40 @@ def teacher_run(ref: str) -> tuple[Path, dict]:
     return run, meta
 
 
-def teacher_logits(run: Path, meta: dict, texts: list[str], pairs: list[str] | None, *,
-                   batch_size: int = 64) -> np.ndarray:
-    """The teacher's logits (N, C) for `texts`, read with its own tokenizer, mask token and max_length; a torch
-    teacher runs in bf16 where this machine runs bf16 fast (`resolve_precision("auto")`): soft labels
-    do not need fp32's last digits, and an mpnet-base teacher labels 2-3x faster on AVX512-BF16."""
+def teacher_labeller(run: Path, meta: dict, *, batch_size: int = 64):
+    """`label(texts, pairs)`: the teacher's logits (N, C), read with its own tokenizer, mask token and
+    max_length; the model is loaded once. A torch teacher runs in bf16 where this machine runs bf16 fast
+    (`resolve_precision("auto")`): soft labels do not need fp32's last digits, and an mpnet-base teacher
+    labels 2-3x faster on AVX512-BF16."""
     from transformers import AutoTokenizer
 
     quiet_transformers()
     tokenizer = AutoTokenizer.from_pretrained(run / "model")
-    enc = encode(tokenizer, with_mask(texts, tokenizer), pairs, [None] * len(texts), max_length=meta["max_length"])
     pad = tokenizer.pad_token_id or 0
     if meta.get("backend") == "onnx":
         from tunery.predict_onnx import ONNX_FILE, onnx_logits, open_session
 
-        return onnx_logits(open_session(run / "model" / ONNX_FILE), enc, batch_size=batch_size, pad_id=pad)
-    from transformers import AutoModelForSequenceClassification
+        session = open_session(run / "model" / ONNX_FILE)
+        logits_of = lambda enc: onnx_logits(session, enc, batch_size=batch_size, pad_id=pad)  # noqa: E731
+    else:
+        from transformers import AutoModelForSequenceClassification
 
-    model = AutoModelForSequenceClassification.from_pretrained(run / "model")
-    return torch_logits(model, enc, batch_size=batch_size, pad_id=pad, precision=resolve_precision("auto"))
+        model = AutoModelForSequenceClassification.from_pretrained(run / "model")
+        precision = resolve_precision("auto")
+        logits_of = lambda enc: torch_logits(model, enc, batch_size=batch_size, pad_id=pad,  # noqa: E731
+                                             precision=precision)
+
+    def label(texts: list[str], pairs: list[str] | None) -> np.ndarray:
+        enc = encode(tokenizer, with_mask(texts, tokenizer), pairs, [None] * len(texts), max_length=meta["max_length"])
+        return logits_of(enc)
+
+    return label
+
+
+def teacher_logits(run: Path, meta: dict, texts: list[str], pairs: list[str] | None, *,
+                   batch_size: int = 64) -> np.ndarray:
+    """The teacher's logits (N, C) for `texts` (`teacher_labeller`, uncached)."""
+    return teacher_labeller(run, meta, batch_size=batch_size)(texts, pairs)
 
 
 def _same_vocabulary(a, b) -> bool:
@@ -231,7 +248,10 @@ def prepare(p, model, work: Path, train: Encoded) -> tuple[Encoded, object, dict
     all_t = texts + extra_t
     all_p = None if pairs is None else pairs + (extra_p or [])
     key = hashlib.sha256(json.dumps([str(run.resolve()), meta.get("created_at"), all_t, all_p]).encode()).hexdigest()
-    logits = _cached_logits(work, key, lambda: teacher_logits(run, meta, all_t, all_p))
+    from tunery.store.home import tunery_home
+
+    shared = teacher_folder(tunery_home(), run, meta.get("created_at"))
+    logits = _cached_logits(work, key, lambda: cached_logits(shared, all_t, all_p, teacher_labeller(run, meta)))
     task = p.task
     if p.data.task == "regression":  # the teacher's head outputs raw values; the student learns normalised ones
         logits = (logits - task.mean) / task.scale
