@@ -146,6 +146,11 @@ def main(argv: list[str] | None = None) -> dict:
                                    *overrides("teacher", runs, teacher_backbone, threads + quick + teacher_sets)],
                                   folder)
                 entry["teacher"] = summary(teacher, rc, wall)
+            result["datasets"][ds] = entry
+            save_partial(result, out)
+            if entry["teacher"].get("failed"):
+                eprint(f"[distill] {ds}: the teacher failed (its log is above); skipping the data set's other parts")
+                continue
             if args.direct:
                 direct = Path(args.direct).resolve()
                 entry["direct"] = {**summary(direct, 0, 0.0), "trained_here": False}
@@ -154,11 +159,13 @@ def main(argv: list[str] | None = None) -> dict:
                 rc, wall = tunery(["train", config, "--no-progress",
                                    *overrides("direct", runs, student, threads + quick)], folder)
                 entry["direct"] = summary(direct, rc, wall)
+                save_partial(result, out)
             distilled = runs / "distilled"
             sets = [x for s in args.set for x in ("--set", s)]
             rc, wall = tunery(["distill", "--teacher", teacher, "--student", student, "--name", "distilled",
                                "--output-dir", runs, "--no-progress", *threads, *quick, *sets], folder)
             entry["distilled"] = summary(distilled, rc, wall)
+            save_partial(result, out)
             if args.layers and not entry["direct"].get("failed"):
                 small = runs / f"direct-{args.layers}l"
                 rc, wall = tunery(["distill", "--teacher", direct, "--layers", args.layers, "--name", small.name,
@@ -175,8 +182,16 @@ def main(argv: list[str] | None = None) -> dict:
                     entry["layers"]["throughput_ratio"] = round(s["texts_per_s"] / d["texts_per_s"], 3)
             entry["loadavg_after"] = loadavg()
             entry["targets"] = targets(ds, entry)
-            result["datasets"][ds] = entry
+            save_partial(result, out)
     return write_result(result, None if args.smoke and not args.out else out, started)
+
+
+def save_partial(result: dict, out: Path | None) -> None:
+    """The result so far, written to `out` after every part (marked partial): a bench killed after
+    hours of training keeps the figures of the parts that finished."""
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps({**result, "partial": True}, indent=2) + "\n", encoding="utf-8")
 
 
 def targets(ds: str, e: dict) -> dict:
