@@ -46,6 +46,9 @@ def test_augmentation_is_seeded_changes_text_and_never_repeats():
     assert a == b and a[1] is None
     assert len(set(a[0])) == len(a[0]) and not set(a[0]) & set(texts) and len(a[0]) >= 4
     assert any("[MASK]" in t for t in a[0])
+    two = augmented_rows(texts, None, copies=2, seed=1, mask_token="[MASK]", mask_prob=0.2, drop_prob=0.2,
+                         span_prob=0.5)
+    assert set(two[0]) <= set(a[0])  # more copies keep the fewer: the teacher-logit cache labels only new ones
     rng = random.Random(0)
     spans = [augment_text(texts[0], rng, mask_token="M", mask_prob=0, drop_prob=0, span_prob=1) for _ in range(20)]
     assert all(s in texts[0] and len(s.split()) >= 4 for s in spans) and len(set(spans)) > 1

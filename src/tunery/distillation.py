@@ -88,14 +88,16 @@ def augmented_rows(texts: list[str], pairs: list[str] | None, *, copies: int, se
                    mask_prob: float, drop_prob: float, span_prob: float, synonym_prob: float = 0.0,
                    synonyms: Callable[[str], list[str]] | None = None) -> tuple[list[str], list[str] | None]:
     """`copies` augmented versions of each text (its pair, when there is one, kept as it is), without
-    duplicates of each other or of the originals; seeded."""
-    rng = random.Random(seed)
+    duplicates of each other or of the originals. Copy k of row i draws from its own seed (`seed`, i, k),
+    so a run with more copies holds a run's fewer copies, and the teacher-logit cache labels only the
+    new ones."""
     seen = set(zip(texts, pairs or [None] * len(texts)))
     out_t: list[str] = []
     out_p: list[str] | None = [] if pairs is not None else None
     for i, text in enumerate(texts):
         pair = pairs[i] if pairs is not None else None
-        for _ in range(copies):
+        for k in range(copies):
+            rng = random.Random(f"{seed}:{i}:{k}")
             new = augment_text(text, rng, mask_token=mask_token, mask_prob=mask_prob, drop_prob=drop_prob,
                                span_prob=span_prob, synonym_prob=synonym_prob, synonyms=synonyms)
             if (new, pair) in seen:
