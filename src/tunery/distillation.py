@@ -150,30 +150,34 @@ def teacher_run(ref: str) -> tuple[Path, dict]:
 
 def teacher_labeller(run: Path, meta: dict, *, batch_size: int = 64):
     """`label(texts, pairs)`: the teacher's logits (N, C), read with its own tokenizer, mask token and
-    max_length; the model is loaded once. A torch teacher runs in bf16 where this machine runs bf16 fast
-    (`resolve_precision("auto")`): soft labels do not need fp32's last digits, and an mpnet-base teacher
-    labels 2-3x faster on AVX512-BF16."""
-    from transformers import AutoTokenizer
+    max_length; the model is loaded at the first call (not at all when the cache holds every row) and
+    once. A torch teacher runs in bf16 where this machine runs bf16 fast (`resolve_precision("auto")`):
+    soft labels do not need fp32's last digits, and an mpnet-base teacher labels 2-3x faster on
+    AVX512-BF16."""
+    import functools
 
-    quiet_transformers()
-    tokenizer = AutoTokenizer.from_pretrained(run / "model")
-    pad = tokenizer.pad_token_id or 0
-    if meta.get("backend") == "onnx":
-        from tunery.predict_onnx import ONNX_FILE, onnx_logits, open_session
+    @functools.cache
+    def loaded():
+        from transformers import AutoTokenizer
 
-        session = open_session(run / "model" / ONNX_FILE)
-        logits_of = lambda enc: onnx_logits(session, enc, batch_size=batch_size, pad_id=pad)  # noqa: E731
-    else:
+        quiet_transformers()
+        tokenizer = AutoTokenizer.from_pretrained(run / "model")
+        pad = tokenizer.pad_token_id or 0
+        if meta.get("backend") == "onnx":
+            from tunery.predict_onnx import ONNX_FILE, onnx_logits, open_session
+
+            session = open_session(run / "model" / ONNX_FILE)
+            return tokenizer, lambda enc: onnx_logits(session, enc, batch_size=batch_size, pad_id=pad)
         from transformers import AutoModelForSequenceClassification
 
         model = AutoModelForSequenceClassification.from_pretrained(run / "model")
         precision = resolve_precision("auto")
-        logits_of = lambda enc: torch_logits(model, enc, batch_size=batch_size, pad_id=pad,  # noqa: E731
-                                             precision=precision)
+        return tokenizer, lambda enc: torch_logits(model, enc, batch_size=batch_size, pad_id=pad, precision=precision)
 
     def label(texts: list[str], pairs: list[str] | None) -> np.ndarray:
-        enc = encode(tokenizer, with_mask(texts, tokenizer), pairs, [None] * len(texts), max_length=meta["max_length"])
-        return logits_of(enc)
+        tokenizer, logits_of = loaded()
+        return logits_of(encode(tokenizer, with_mask(texts, tokenizer), pairs, [None] * len(texts),
+                                max_length=meta["max_length"]))
 
     return label
 
