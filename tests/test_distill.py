@@ -139,10 +139,10 @@ def world(tiny_backbone, tmp_path_factory):
 
 
 def _test_logits(run, texts):
-    from tunery.distillation import teacher_logits
+    from tunery.distillation import teacher_labeller
     from tunery.rundir import read_meta
 
-    return teacher_logits(run, read_meta(run), texts, None)
+    return teacher_labeller(run, read_meta(run))(texts, None)
 
 
 def _kl(teacher: np.ndarray, student: np.ndarray) -> float:

@@ -182,12 +182,6 @@ def teacher_labeller(run: Path, meta: dict, *, batch_size: int = 64):
     return label
 
 
-def teacher_logits(run: Path, meta: dict, texts: list[str], pairs: list[str] | None, *,
-                   batch_size: int = 64) -> np.ndarray:
-    """The teacher's logits (N, C) for `texts` (`teacher_labeller`, uncached)."""
-    return teacher_labeller(run, meta, batch_size=batch_size)(texts, pairs)
-
-
 def _same_vocabulary(a, b) -> bool:
     return type(a).__name__ == type(b).__name__ and a.get_vocab() == b.get_vocab()
 
