@@ -122,8 +122,8 @@ def predict_scores(model, task, data: Encoded, *, batch_size: int, pad_id: int, 
 
 def torch_logits(model, data: Encoded, *, batch_size: int, pad_id: int, precision: str = "fp32") -> np.ndarray:
     """A torch classifier's logits (N, C) in float32 for every row of `data`, in row order, computed in
-    `precision` (fp32, or bf16 under CPU autocast: for soft labels, where the speed matters more than
-    the last digits)."""
+    `precision` (fp32, or bf16 under autocast: for soft labels, where the speed matters more than
+    the last digits) on the device the model is on (CPU or CUDA)."""
     import contextlib
 
     import torch
@@ -131,12 +131,14 @@ def torch_logits(model, data: Encoded, *, batch_size: int, pad_id: int, precisio
     from tunery.cls_only import cls_only_last_layer
 
     model.eval()
-    cast = (torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext())
+    device = next(model.parameters()).device
+    cast = (torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext())
 
     @torch.no_grad()
     def logits_of(batch: dict[str, np.ndarray]) -> np.ndarray:
         with cast:
-            return model(**{k: torch.from_numpy(v) for k, v in batch.items()}).logits.float().numpy()
+            logits = model(**{k: torch.from_numpy(v).to(device) for k, v in batch.items()}).logits
+        return logits.float().cpu().numpy()
 
     with cls_only_last_layer(model):  # exact: the head reads [CLS] only
         return score_batches(logits_of, data, batch_size=batch_size, pad_id=pad_id)
