@@ -57,6 +57,28 @@ def test_augmentation_is_seeded_changes_text_and_never_repeats():
     assert len(pairs[0]) == len(pairs[1]) and set(pairs[1]) <= {"q1", "q2"}
 
 
+def test_joined_copies_are_a_text_followed_by_another_drawn_with_their_own_seeds():
+    from tunery.distillation import augmented_rows
+
+    texts = [f"phrase number {i} here" for i in range(30)]
+    kw = dict(seed=3, mask_token="M", mask_prob=0.1, drop_prob=0.1, span_prob=0.3)
+    joined, none = augmented_rows(texts, None, copies=0, joins=3, **kw)
+    assert none is None and len(joined) == len(set(joined)) > 60
+    for t in joined:  # each is one text, a space, another (never itself)
+        head = next(x for x in texts if t.startswith(x + " "))
+        assert t[len(head) + 1:] in texts and t[len(head) + 1:] != head
+    assert len({t.split(" here ")[1] for t in joined}) > 10  # partners drawn at random
+    both, _ = augmented_rows(texts, None, copies=2, joins=3, **kw)
+    plain, _ = augmented_rows(texts, None, copies=2, **kw)
+    fewer, _ = augmented_rows(texts, None, copies=0, joins=1, **kw)
+    # joins draw from their own seeds: adding them leaves the plain copies as they were, and more joins
+    # keep the fewer (the teacher-logit cache labels only new texts)
+    assert set(plain) | set(joined) == set(both) and set(fewer) <= set(joined)
+    with pytest.raises(ValueError, match="single-text"):
+        augmented_rows(texts, texts, copies=0, joins=1, **kw)
+    assert augmented_rows(texts[:1], None, copies=0, joins=2, **kw)[0] == []  # nothing to join with
+
+
 def test_each_model_reads_its_own_mask_token_where_a_word_was_masked():
     """A MiniLM student's "[MASK]" is three pieces to an mpnet teacher ("[", "mask", "]"): the copies
     hold a slot, and each tokenizer puts its own mask token (or its unknown token) there."""

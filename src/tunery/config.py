@@ -323,6 +323,9 @@ class AugmentConfig(_Part):
     synonym_prob: float = Field(0.0, ge=0, lt=1, description="share of words replaced by a random WordNet synonym "
                                 "(the teacher labels the copy, so the meaning may move); needs WordNet (Debian "
                                 "wordnet-base)")
+    joins: int = Field(0, ge=0, le=32, description="copies of each training text followed by another training "
+                       "text drawn at random, unchanged, which the teacher labels: inputs longer than the training "
+                       "texts, for when the texts to predict are longer (sentences after phrases); single-text tasks")
 
     @model_validator(mode="after")
     def _shares(self):

@@ -86,11 +86,15 @@ def augment_text(text: str, rng: random.Random, *, mask_token: str, mask_prob: f
 
 def augmented_rows(texts: list[str], pairs: list[str] | None, *, copies: int, seed: int, mask_token: str,
                    mask_prob: float, drop_prob: float, span_prob: float, synonym_prob: float = 0.0,
-                   synonyms: Callable[[str], list[str]] | None = None) -> tuple[list[str], list[str] | None]:
-    """`copies` augmented versions of each text (its pair, when there is one, kept as it is), without
-    duplicates of each other or of the originals. Copy k of row i draws from its own seed (`seed`, i, k),
-    so a run with more copies holds a run's fewer copies, and the teacher-logit cache labels only the
-    new ones."""
+                   synonyms: Callable[[str], list[str]] | None = None,
+                   joins: int = 0) -> tuple[list[str], list[str] | None]:
+    """`copies` augmented versions of each text (its pair, when there is one, kept as it is), then
+    `joins` copies of it followed by another text drawn at random (single texts only), without
+    duplicates of each other or of the originals. Copy k of row i draws from its own seed (`seed`, i, k;
+    a joined copy from (`seed`, i, "join", k)), so a run with more copies holds a run's fewer copies,
+    and the teacher-logit cache labels only the new ones."""
+    if joins and pairs is not None:
+        raise ValueError("joined copies are for single-text tasks; this one reads text pairs")
     seen = set(zip(texts, pairs or [None] * len(texts)))
     out_t: list[str] = []
     out_p: list[str] | None = [] if pairs is not None else None
@@ -106,6 +110,13 @@ def augmented_rows(texts: list[str], pairs: list[str] | None, *, copies: int, se
             out_t.append(new)
             if out_p is not None:
                 out_p.append(pair)
+        for k in range(joins if len(texts) > 1 else 0):
+            rng = random.Random(f"{seed}:{i}:join:{k}")
+            other = rng.randrange(len(texts) - 1)
+            new = f"{text} {texts[other + (other >= i)]}"  # any text but this one
+            if (new, None) not in seen:
+                seen.add((new, None))
+                out_t.append(new)
     return out_t, out_p
 
 
@@ -235,7 +246,10 @@ def prepare(p, model, work: Path, train: Encoded) -> tuple[Encoded, object, dict
     pairs = frame["text_pair"].astype(str).tolist() if "text_pair" in frame else None
     extra_t: list[str] = []
     extra_p: list[str] | None = [] if pairs is not None else None
-    if d.augment.copies:
+    if d.augment.joins and pairs is not None:
+        raise ConfigError("distill.augment.joins is for single-text tasks; this run reads text pairs: set "
+                          "distill.augment.joins: 0")
+    if d.augment.copies or d.augment.joins:
         a = d.augment
         synonyms = None
         if a.synonym_prob:
@@ -244,7 +258,7 @@ def prepare(p, model, work: Path, train: Encoded) -> tuple[Encoded, object, dict
             synonyms = synonym_source()  # WordNetMissing names the install
         extra_t, extra_p = augmented_rows(texts, pairs, copies=a.copies, seed=cfg.train.seed, mask_token=MASK_SLOT,
                                           mask_prob=a.mask_prob, drop_prob=a.drop_prob, span_prob=a.span_prob,
-                                          synonym_prob=a.synonym_prob, synonyms=synonyms)
+                                          synonym_prob=a.synonym_prob, synonyms=synonyms, joins=a.joins)
     n_unlabelled = 0
     if d.unlabelled:
         if pairs is not None:
