@@ -224,6 +224,26 @@ def test_ig_runs_in_the_models_own_precision(runs, planted):
     assert [w.score for w in e.words] == pytest.approx([w.score for w in f.words], abs=0.05)
 
 
+def test_load_puts_the_model_where_device_says(runs, planted):
+    """`tunery.load(run, device=...)`: the CPU by default, the GPU for "auto" where torch sees one (the
+    same helper the teacher labeller uses), the same predictions; a bad value, or "cuda" without a GPU,
+    fails before the run loads, naming the choices."""
+    import torch
+
+    import tunery
+
+    cpu, texts = planted
+    model = tunery.load(runs["planted"], device="auto")
+    assert next(model.model.parameters()).device.type == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert next(cpu.model.parameters()).device.type == "cpu"
+    assert [p["label"] for p in model.predict(texts)] == [p["label"] for p in cpu.predict(texts)]
+    with pytest.raises(ValueError, match="give auto .* cpu or cuda"):
+        tunery.load(runs["planted"], device="gpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no GPU here"):
+            tunery.load(runs["planted"], device="cuda")
+
+
 def test_faithfulness_beats_random_rankings(planted):
     model, texts = planted
     for method in ("ig", "occlusion"):

@@ -66,3 +66,24 @@ def test_a_damaged_part_is_labelled_again_and_another_teacher_has_its_own_folder
     run = tmp_path / "teacher"
     assert teacher_folder(tmp_path, run, "t1") != teacher_folder(tmp_path, run, "t2")  # retrained at the same path
     assert teacher_folder(tmp_path, run, "t1") == teacher_folder(tmp_path, run, "t1")
+
+
+def test_a_teacher_copied_elsewhere_finds_its_cache_and_an_old_folder_is_renamed(tmp_path):
+    """The folder is named by the run's directory name and created_at, not its path: the same teacher
+    copied to another machine or folder reads the same cache; a folder named by the older key (the
+    resolved path) is renamed to the new name, its rows kept."""
+    import hashlib
+    import json
+
+    here, there = tmp_path / "a" / "teacher", tmp_path / "b" / "teacher"
+    assert teacher_folder(tmp_path, here, "t1") == teacher_folder(tmp_path, there, "t1")
+    assert teacher_folder(tmp_path, here, "t1") != teacher_folder(tmp_path, tmp_path / "a" / "other", "t1")
+    old_run = tmp_path / "c" / "teacher2"
+    legacy = tmp_path / "cache" / "teacher-logits" / hashlib.sha256(
+        json.dumps([str(old_run.resolve()), "t9"]).encode()).hexdigest()[:20]
+    cached_logits(legacy, ["x1", "x2"], None, Labeller())
+    folder = teacher_folder(tmp_path, old_run, "t9")
+    assert folder != legacy and folder.is_dir() and not legacy.exists()
+    again = Labeller()
+    np.testing.assert_array_equal(cached_logits(folder, ["x1", "x2"], None, again), expected(["x1", "x2"]))
+    assert again.seen == []  # read from the renamed folder, nothing labelled again

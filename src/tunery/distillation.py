@@ -26,7 +26,7 @@ import numpy as np
 
 from tunery.attack.edits import case_like
 from tunery.errors import ConfigError, DataError, RunError
-from tunery.inference import Encoded, encode, quiet_transformers, resolve_precision, torch_logits
+from tunery.inference import Encoded, encode, quiet_transformers, resolve_device, resolve_precision, torch_logits
 from tunery.logit_cache import cached_logits, teacher_folder
 
 log = logging.getLogger(__name__)
@@ -161,16 +161,12 @@ def teacher_run(ref: str) -> tuple[Path, dict]:
 
 def teacher_labeller(run: Path, meta: dict, *, batch_size: int | None = None):
     """`label(texts, pairs)`: the teacher's logits (N, C), read with its own tokenizer, mask token and
-    max_length; the model is loaded at the first call (not at all when the cache holds every row) and
-    once. A torch teacher runs on the GPU where there is one (batches of 512 rows; 64 on a CPU), in
-    bf16 where bf16 is fast (`resolve_precision("auto")`): soft labels do not need fp32's last digits,
-    and an mpnet-base teacher labels 2-3x faster on AVX512-BF16."""
+    max_length; the model (and torch) is loaded at the first call (not at all when the cache holds every
+    row) and once. A torch teacher runs where `resolve_device("auto")` says: the GPU where there is one
+    (batches of 512 rows; 64 on a CPU), in bf16 where bf16 is fast (`resolve_precision("auto")`): soft
+    labels do not need fp32's last digits, and an mpnet-base teacher labels 2-3x faster on AVX512-BF16.
+    An ONNX teacher runs on the CPU (ONNX Runtime's CPU provider)."""
     import functools
-
-    import torch
-
-    gpu = torch.cuda.is_available()
-    batch_size = batch_size or (512 if gpu else 64)
 
     @functools.cache
     def loaded():
@@ -183,14 +179,14 @@ def teacher_labeller(run: Path, meta: dict, *, batch_size: int | None = None):
             from tunery.predict_onnx import ONNX_FILE, onnx_logits, open_session
 
             session = open_session(run / "model" / ONNX_FILE)
-            return tokenizer, lambda enc: onnx_logits(session, enc, batch_size=batch_size, pad_id=pad)
+            return tokenizer, lambda enc: onnx_logits(session, enc, batch_size=batch_size or 64, pad_id=pad)
         from transformers import AutoModelForSequenceClassification
 
-        model = AutoModelForSequenceClassification.from_pretrained(run / "model")
-        if gpu:
-            model.to("cuda")
+        device = resolve_device("auto")
+        size = batch_size or (512 if device == "cuda" else 64)
+        model = AutoModelForSequenceClassification.from_pretrained(run / "model").to(device)
         precision = resolve_precision("auto")
-        return tokenizer, lambda enc: torch_logits(model, enc, batch_size=batch_size, pad_id=pad, precision=precision)
+        return tokenizer, lambda enc: torch_logits(model, enc, batch_size=size, pad_id=pad, precision=precision)
 
     def label(texts: list[str], pairs: list[str] | None) -> np.ndarray:
         tokenizer, logits_of = loaded()
@@ -246,9 +242,6 @@ def prepare(p, model, work: Path, train: Encoded) -> tuple[Encoded, object, dict
     pairs = frame["text_pair"].astype(str).tolist() if "text_pair" in frame else None
     extra_t: list[str] = []
     extra_p: list[str] | None = [] if pairs is not None else None
-    if d.augment.joins and pairs is not None:
-        raise ConfigError("distill.augment.joins is for single-text tasks; this run reads text pairs: set "
-                          "distill.augment.joins: 0")
     if d.augment.copies or d.augment.joins:
         a = d.augment
         synonyms = None
@@ -256,9 +249,13 @@ def prepare(p, model, work: Path, train: Encoded) -> tuple[Encoded, object, dict
             from tunery.attack.wordnet import synonym_source
 
             synonyms = synonym_source()  # WordNetMissing names the install
-        extra_t, extra_p = augmented_rows(texts, pairs, copies=a.copies, seed=cfg.train.seed, mask_token=MASK_SLOT,
-                                          mask_prob=a.mask_prob, drop_prob=a.drop_prob, span_prob=a.span_prob,
-                                          synonym_prob=a.synonym_prob, synonyms=synonyms, joins=a.joins)
+        try:
+            extra_t, extra_p = augmented_rows(texts, pairs, copies=a.copies, seed=cfg.train.seed,
+                                              mask_token=MASK_SLOT, mask_prob=a.mask_prob, drop_prob=a.drop_prob,
+                                              span_prob=a.span_prob, synonym_prob=a.synonym_prob, synonyms=synonyms,
+                                              joins=a.joins)
+        except ValueError as err:  # the one rule it checks: joins need single texts
+            raise ConfigError(f"distill.augment.joins: {err}; set distill.augment.joins: 0") from None
     n_unlabelled = 0
     if d.unlabelled:
         if pairs is not None:

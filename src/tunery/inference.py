@@ -144,6 +144,24 @@ def torch_logits(model, data: Encoded, *, batch_size: int, pad_id: int, precisio
         return score_batches(logits_of, data, batch_size=batch_size, pad_id=pad_id)
 
 
+def resolve_device(device: str = "auto") -> str:
+    """The torch device a model runs on, decided in one place (the predictor, the teacher labeller and
+    the probe): "auto" is "cuda" where torch sees a GPU, else "cpu"; "cpu" and "cuda" as given.
+    Raises ValueError naming the value and the fix for anything else, or "cuda" without a GPU."""
+    if device not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"device {device!r}: give auto (a GPU where there is one), cpu or cuda")
+    if device == "cpu":
+        return device
+    import torch
+
+    if torch.cuda.is_available():
+        return "cuda"
+    if device == "cuda":
+        raise ValueError("device 'cuda': torch sees no GPU here (torch.cuda.is_available() is False); give "
+                         "device 'cpu' or 'auto', or install a CUDA build of torch on a machine with a GPU")
+    return "cpu"
+
+
 def fast_bf16_available() -> bool:
     """True where bf16 autocast speeds training up: CUDA with bf16, or a CPU with AVX512-BF16/AMX."""
     import torch

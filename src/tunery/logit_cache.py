@@ -8,8 +8,10 @@ only the texts no run labelled before. Each part file holds `keys` (a 16-byte di
 pair) and `logits`, and is written whole (a temporary file, then a rename) after every `chunk` rows, so a
 labelling pass that is killed keeps what it finished and a restart labels the rest.
 
-A teacher is named by its resolved path and its tunery.json `created_at`: a run retrained at the same path
-gets a fresh cache. Nothing here knows what a teacher is: `label(texts, pairs)` computes the logits.
+A teacher is named by its run directory's name and its tunery.json `created_at`: a run retrained under
+the same name gets a fresh cache, and a teacher copied to another machine or path (a GPU box that labels,
+a CPU box that trains) finds its cache there. (Folders named by the older key, the resolved path, are
+renamed to the new name when first looked up.) Nothing here knows what a teacher is: `label(texts, pairs)` computes the logits.
 """
 
 from __future__ import annotations
@@ -36,9 +38,22 @@ def row_keys(texts: list[str], pairs: list[str] | None) -> list[bytes]:
 
 
 def teacher_folder(home: Path, run: Path, created_at: str | None) -> Path:
-    """The cache folder of the teacher run at `run` (made when first written)."""
-    name = hashlib.sha256(json.dumps([str(run.resolve()), created_at]).encode()).hexdigest()[:20]
-    return home / "cache" / "teacher-logits" / name
+    """The cache folder of the teacher run at `run` (made when first written): named by the run's
+    directory name and `created_at`, not its path."""
+    root = home / "cache" / "teacher-logits"
+    folder = root / _digest([run.name, created_at])
+    legacy = root / _digest([str(run.resolve()), created_at])  # the key before 2026-12-05
+    if legacy.is_dir() and not folder.exists():
+        try:
+            os.replace(legacy, folder)
+            log.info("teacher-logit cache %s renamed to %s (named by the run, not its path)", legacy, folder)
+        except OSError:  # another process renamed it first, or the home is read-only: read it where it is
+            return folder if folder.exists() else legacy
+    return folder
+
+
+def _digest(value) -> str:
+    return hashlib.sha256(json.dumps(value).encode()).hexdigest()[:20]
 
 
 def known_logits(folder: Path) -> dict[bytes, np.ndarray]:

@@ -18,7 +18,7 @@ from tunery.refs import find_run
 from tunery.rundir import META, read_meta
 from tunery.spelling import as_read, read_speller
 from tunery.tasks import Task, get_task
-from tunery.inference import Encoded, encode, predict_scores, quiet_transformers, resolve_precision
+from tunery.inference import Encoded, encode, predict_scores, quiet_transformers, resolve_device, resolve_precision
 
 log = logging.getLogger(__name__)
 
@@ -284,7 +284,8 @@ def _autocast(model, precision: str):
 BACKENDS = {"tfidf": ("tunery.predict_tfidf", "load_tfidf"), "onnx": ("tunery.predict_onnx", "load_onnx")}
 
 
-def load(run: str | Path, *, batch_size: int = 64, precision: str = "fp32", threads: int | None = None) -> Predictor:
+def load(run: str | Path, *, batch_size: int = 64, precision: str = "fp32", threads: int | None = None,
+         device: str = "cpu") -> Predictor:
     """Load a completed run by path, run name or registry name (`sentiment@2`).
 
     ``precision``: "fp32"; "bf16" (autocast: faster on CPUs with AVX512-BF16/AMX and on GPUs, with
@@ -292,11 +293,15 @@ def load(run: str | Path, *, batch_size: int = 64, precision: str = "fp32", thre
     transformers runs; an ONNX run's precision is its graph's (fp32 or int8).
     ``threads``: intra-op threads for inference (None: the engine's default, one per core). For a
     transformers run this is torch's process-wide setting; an ONNX run's session keeps its own.
+    ``device``: where a transformers run's model runs: "cpu" (the default, as `tunery serve` runs it),
+    "cuda", or "auto" (the GPU where torch sees one); ValueError for anything else or "cuda" without a
+    GPU. An ONNX or TF-IDF run runs on the CPU whatever it says.
 
     Raises RunError (a TuneryError) naming the run and the fix when it is missing, unfinished or damaged.
     The backend is tunery.json's "backend": a TF-IDF run (from `tunery baseline`) loads as a
     `tunery.predict_tfidf.TfidfPredictor`, an ONNX run (from `tunery compress`) as a
     `tunery.predict_onnx.OnnxPredictor`."""
+    device = resolve_device(device)  # a bad value fails before anything loads
     if not isinstance(run, (str, os.PathLike)) or not str(run).strip():
         raise RunError(f"run {run!r}: give a run directory, run name or registry name, e.g. "
                        "tunery.load('runs/my-run') or tunery.load('sentiment@2') (`tunery runs list` shows them)")
@@ -317,13 +322,14 @@ def load(run: str | Path, *, batch_size: int = 64, precision: str = "fp32", thre
         predictor = getattr(importlib.import_module(module), loader)(run_dir, meta, batch_size=batch_size,
                                                                      threads=threads)
     else:
-        predictor = _load_transformers(run_dir, meta, batch_size=batch_size, precision=precision, threads=threads)
+        predictor = _load_transformers(run_dir, meta, batch_size=batch_size, precision=precision, threads=threads,
+                                       device=device)
     predictor.speller = read_speller(run_dir, meta)  # any backend: an ONNX run of a correcting model corrects too
     return predictor
 
 
 def _load_transformers(run_dir: Path, meta: dict, *, batch_size: int, precision: str,
-                       threads: int | None) -> Predictor:
+                       threads: int | None, device: str = "cpu") -> Predictor:
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     if threads:
@@ -338,6 +344,7 @@ def _load_transformers(run_dir: Path, meta: dict, *, batch_size: int, precision:
         first = str(err).strip().splitlines()[0] if str(err).strip() else ""
         raise RunError(f"{run_dir / 'model'}: no loadable model ({type(err).__name__}: {first[:300]}); the run "
                        "directory is damaged or incomplete: restore it from a copy or train the run again") from err
+    model.to(device)
     model.eval()
     model.requires_grad_(False)  # inference only: IG's gradients go to its inputs, never to the weights
     precision = resolve_precision(precision)

@@ -36,9 +36,9 @@ def machine_key() -> str:
     """The machine as the probe sees it: device, its model, torch threads, torch version, precision."""
     import torch
 
-    from tunery.inference import resolve_precision
+    from tunery.inference import resolve_device, resolve_precision
 
-    if torch.cuda.is_available():
+    if resolve_device("auto") == "cuda":
         device = f"cuda:{torch.cuda.get_device_name(0)}"
     else:
         device = f"cpu:{_cpu_model()}"
@@ -154,10 +154,10 @@ def _measure(alias: str) -> dict:
 
     from tunery.backbones import resolve_backbone
     from tunery.pooling import add_mean_pooling_layer, resolve_pooling
-    from tunery.inference import resolve_precision
+    from tunery.inference import resolve_device, resolve_precision
 
     path = resolve_backbone(alias)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = resolve_device("auto")
     model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=2)
     pooling = resolve_pooling(path, "auto", model)
     if pooling == "mean":
