@@ -205,6 +205,29 @@ def test_a_distilled_student_beats_the_same_student_without_its_teacher(world):
     assert _kl(teacher_l, _test_logits(student, texts)) < _kl(teacher_l, _test_logits(direct, texts))
 
 
+def test_augment_seed_keeps_the_copies_when_the_training_seed_changes(world, tmp_path):
+    """`distill.augment.seed` fixes the copies (and so their teacher labels, read from the cache) while
+    train.seed draws another student; by default the copies follow train.seed."""
+    from tunery.compress import distill_run
+
+    base = [f"train.{k}={v}" for k, v in fast_train(epochs=1).items()] + [
+        f"data.train={world['files']['small']}", "evaluate.baseline=false", "distill.augment.copies=2",
+        "distill.augment.joins=1"]
+
+    def copies(name, *extra):
+        run = distill_run(world["teacher"], world["backbone"], name=name, output_dir=str(tmp_path / "runs"),
+                          overrides=base + list(extra), store=world["store"])
+        info = json.loads((run / "metrics.json").read_text())["training"]["distillation"]
+        return info, np.load(run / "teacher_logits.npy")
+
+    a_info, a = copies("s1", "train.seed=1", "distill.augment.seed=7")
+    b_info, b = copies("s2", "train.seed=2", "distill.augment.seed=7")
+    c_info, c = copies("s2-own", "train.seed=2")
+    assert a_info["augment"]["seed"] == b_info["augment"]["seed"] == 7 and c_info["augment"]["seed"] is None
+    assert a_info["augmented_rows"] > 40 and np.array_equal(a, b)  # the same copies, the same teacher labels
+    assert c.shape != b.shape or not np.array_equal(c, b)  # train.seed's own copies
+
+
 def test_a_k_layer_student_is_built_from_the_teachers_lower_layers(world):
     from transformers import AutoModelForSequenceClassification
 

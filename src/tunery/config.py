@@ -326,6 +326,8 @@ class AugmentConfig(_Part):
     joins: int = Field(0, ge=0, le=32, description="copies of each training text followed by another training "
                        "text drawn at random, unchanged, which the teacher labels: inputs longer than the training "
                        "texts, for when the texts to predict are longer (sentences after phrases); single-text tasks")
+    seed: int | None = Field(None, description="the seed the copies are drawn with (default: train.seed): fix it to "
+                             "train other seeds on the same copies (their teacher labels cached)")
 
     @model_validator(mode="after")
     def _shares(self):

@@ -249,8 +249,9 @@ def prepare(p, model, work: Path, train: Encoded) -> tuple[Encoded, object, dict
             from tunery.attack.wordnet import synonym_source
 
             synonyms = synonym_source()  # WordNetMissing names the install
+        seed = cfg.train.seed if a.seed is None else a.seed
         try:
-            extra_t, extra_p = augmented_rows(texts, pairs, copies=a.copies, seed=cfg.train.seed,
+            extra_t, extra_p = augmented_rows(texts, pairs, copies=a.copies, seed=seed,
                                               mask_token=MASK_SLOT, mask_prob=a.mask_prob, drop_prob=a.drop_prob,
                                               span_prob=a.span_prob, synonym_prob=a.synonym_prob, synonyms=synonyms,
                                               joins=a.joins)
