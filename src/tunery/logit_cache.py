@@ -11,7 +11,8 @@ labelling pass that is killed keeps what it finished and a restart labels the re
 A teacher is named by its run directory's name and its tunery.json `created_at`: a run retrained under
 the same name gets a fresh cache, and a teacher copied to another machine or path (a GPU box that labels,
 a CPU box that trains) finds its cache there. (Folders named by the older key, the resolved path, are
-renamed to the new name when first looked up.) Nothing here knows what a teacher is: `label(texts, pairs)` computes the logits.
+renamed to the new name when first looked up.) Nothing here knows what a teacher is: `label(texts,
+pairs)` computes the logits.
 """
 
 from __future__ import annotations
