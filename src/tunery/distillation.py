@@ -266,10 +266,11 @@ def prepare(p, model, work: Path, train: Encoded) -> tuple[Encoded, object, dict
         extra_t += more
     all_t = texts + extra_t
     all_p = None if pairs is None else pairs + (extra_p or [])
-    key = hashlib.sha256(json.dumps([str(run.resolve()), meta.get("created_at"), all_t, all_p]).encode()).hexdigest()
     from tunery.store.home import tunery_home
 
     shared = teacher_folder(tunery_home(), run, meta.get("created_at"))
+    # the run's own cache is keyed by the same teacher identity as the shared one (its folder's name), not a path
+    key = hashlib.sha256(json.dumps([shared.name, all_t, all_p]).encode()).hexdigest()
     logits = _cached_logits(work, key, lambda: cached_logits(shared, all_t, all_p, teacher_labeller(run, meta)))
     task = p.task
     if p.data.task == "regression":  # the teacher's head outputs raw values; the student learns normalised ones
